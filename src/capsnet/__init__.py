@@ -1,0 +1,33 @@
+"""capsnet: capsule networks with routing-by-agreement (Sabour, Frosst & Hinton, NIPS 2017) in PyTorch."""
+
+from . import routing
+from .functional import capsule_lengths, mask_capsules, squash
+from .layers import CapsuleDecoder, PrimaryCapsules, RoutedCapsules
+from .losses import CapsuleLoss, LossTerms, margin_loss, reconstruction_loss
+from .models import CapsNet, CapsNetOutput, create_model, list_models, register_model
+from .routing import DynamicRouting, Routing, RoutingOutput, dynamic_routing
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "squash",
+    "capsule_lengths",
+    "mask_capsules",
+    "routing",
+    "Routing",
+    "RoutingOutput",
+    "DynamicRouting",
+    "dynamic_routing",
+    "PrimaryCapsules",
+    "RoutedCapsules",
+    "CapsuleDecoder",
+    "CapsNet",
+    "CapsNetOutput",
+    "create_model",
+    "list_models",
+    "register_model",
+    "margin_loss",
+    "reconstruction_loss",
+    "CapsuleLoss",
+    "LossTerms",
+]

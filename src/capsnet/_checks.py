@@ -1,0 +1,34 @@
+"""Validation helpers shared by the public API: errors name the argument, what was expected and what arrived."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+
+
+def check_choice(value: str, name: str, valid: Iterable[str]) -> str:
+    """Return ``value`` if it is one of ``valid``, else raise a ``ValueError`` listing the valid values."""
+    valid = sorted(valid)
+    if value not in valid:
+        raise ValueError(f"unknown value {value!r} for {name}; valid values are {', '.join(map(repr, valid))}")
+    return value
+
+
+def check_positive(value: int | float, name: str) -> int | float:
+    """Return ``value`` if it is > 0, else raise a ``ValueError`` naming ``name``."""
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+    return value
+
+
+def check_shape(tensor: torch.Tensor, name: str, pattern: str, ndim: int, sizes: Sequence[int | None] = ()) -> None:
+    """Raise a ``ValueError`` unless ``tensor`` has ``ndim`` dims and the given sizes (``None`` = any).
+
+    ``pattern`` is the expected shape in words, e.g. ``"(b, i, j, d_out)"``; it is quoted in the message.
+    """
+    shape = tuple(tensor.shape)
+    ok = len(shape) == ndim and all(s is None or s == n for s, n in zip(sizes, shape))
+    if not ok:
+        wanted = f"{pattern} = ({', '.join('*' if s is None else str(s) for s in sizes)})" if sizes else pattern
+        raise ValueError(f"expected {name} of shape {wanted}, got {shape}")

@@ -1,0 +1,89 @@
+"""Stateless capsule operations.
+
+Axis glossary used in every shape comment and docstring of capsnet:
+
+    b      batch
+    i      lower (input) capsules, e.g. the 1152 primary capsules of the MNIST CapsNet
+    j      higher (output) capsules, e.g. the 10 digit capsules
+    d_in   dimension of a lower capsule (8 in the paper)
+    d_out  dimension of a higher capsule (16 in the paper)
+    h, w   spatial grid of convolutional capsules
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["squash", "capsule_lengths", "mask_capsules"]
+
+# Below this squared norm the 1/|s| of squash is replaced by 1/sqrt(eps): the output there is ~|s|^2 * s,
+# i.e. below 1e-12 in length, so the change is invisible while value and gradient stay finite at s = 0.
+_SQUASH_EPS = 1e-12
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    # Squared norms of half-precision inputs overflow (16 entries of 1e4 give 1.6e9 > fp16 max 65504)
+    # or lose all precision (bf16), so norms are always taken in at least float32.
+    return torch.promote_types(dtype, torch.float32)
+
+
+def squash(s: Tensor, dim: int = -1) -> Tensor:
+    """The capsule non-linearity ``v = |s|^2 / (1 + |s|^2) * s / |s|`` (Sabour et al., eq. 1).
+
+    Keeps the direction of ``s`` and maps its length ``n`` to ``n^2 / (1 + n^2)`` in [0, 1).
+    Value and gradient are finite at ``s = 0``; float16/bfloat16 inputs are computed in float32
+    and returned in their own dtype, so neither overflows nor returns NaN.
+
+    Args:
+        s: capsule pre-activations.
+        dim: the capsule dimension.
+
+    Shape:
+        ``s``: ``(..., d, ...)`` with the capsule dimension at ``dim``; the output has the same shape.
+
+    Example:
+        >>> v = squash(torch.tensor([[3.0, 4.0]]))  # length 5 -> 25 / 26
+        >>> round(v.norm().item(), 6)
+        0.961538
+    """
+    s_wide = s.to(_compute_dtype(s.dtype))
+    sq_norm = s_wide.square().sum(dim, keepdim=True)
+    scale = sq_norm / ((1 + sq_norm) * sq_norm.clamp_min(_SQUASH_EPS).sqrt())
+    return (s_wide * scale).to(s.dtype)
+
+
+def capsule_lengths(poses: Tensor) -> Tensor:
+    """Euclidean length of each capsule vector: the probability that its entity is present.
+
+    Shape:
+        ``poses``: ``(b, j, d)`` -> ``(b, j)``, in float32 or wider whatever the input dtype.
+    """
+    return torch.linalg.vector_norm(poses.to(_compute_dtype(poses.dtype)), dim=-1)
+
+
+def mask_capsules(poses: Tensor, labels: Tensor | None = None) -> Tensor:
+    """Zero every capsule but one per example and flatten, as the decoder's input (paper, section 4.1).
+
+    The kept capsule is ``labels[b]`` when labels are given (training) and the longest capsule otherwise.
+
+    Args:
+        poses: higher-capsule vectors.
+        labels: class index per example, or ``None`` to keep the longest capsule.
+
+    Shape:
+        ``poses``: ``(b, j, d)``; ``labels``: ``(b,)`` -> ``(b, j * d)``.
+
+    Example:
+        >>> poses = torch.tensor([[[0.1, 0.0], [0.0, 0.9]]])
+        >>> mask_capsules(poses)
+        tensor([[0.0000, 0.0000, 0.0000, 0.9000]])
+        >>> mask_capsules(poses, torch.tensor([0]))
+        tensor([[0.1000, 0.0000, 0.0000, 0.0000]])
+    """
+    if labels is None:
+        labels = capsule_lengths(poses).argmax(dim=-1)
+    elif labels.shape != poses.shape[:1]:
+        raise ValueError(f"expected labels of shape (b,) = ({poses.shape[0]},), got {tuple(labels.shape)}")
+    keep = torch.nn.functional.one_hot(labels, poses.shape[1]).to(poses.dtype)  # (b, j)
+    return (poses * keep.unsqueeze(-1)).flatten(1)  # (b, j * d)

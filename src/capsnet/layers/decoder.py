@@ -1,0 +1,47 @@
+"""The reconstruction decoder: masked capsule vectors in, pixels out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from ..functional import mask_capsules
+
+__all__ = ["CapsuleDecoder"]
+
+
+class CapsuleDecoder(nn.Module):
+    """Fully connected decoder that reconstructs the input from one capsule (paper, section 4.1, Fig. 2).
+
+    All capsules but one are masked to zero: the capsule of ``labels`` when given (training), the
+    longest one otherwise. The masked ``num_caps * caps_dim`` vector goes through FC+ReLU layers of
+    sizes ``hidden`` and a final FC+sigmoid to ``out_features`` pixel intensities in [0, 1].
+
+    Args:
+        num_caps: number of capsules ``j`` (classes).
+        caps_dim: their dimension ``d_out``.
+        out_features: pixels to reconstruct, ``C * H * W`` (784 for MNIST).
+        hidden: sizes of the hidden layers; the paper's are (512, 1024).
+
+    Shape:
+        ``poses``: ``(b, num_caps, caps_dim)``, ``labels``: ``(b,)`` or ``None`` -> ``(b, out_features)``.
+
+    Example:
+        >>> decoder = CapsuleDecoder()
+        >>> decoder(torch.rand(2, 10, 16)).shape
+        torch.Size([2, 784])
+    """
+
+    def __init__(
+        self, *, num_caps: int = 10, caps_dim: int = 16, out_features: int = 784, hidden: Sequence[int] = (512, 1024)
+    ) -> None:
+        super().__init__()
+        sizes = [num_caps * caps_dim, *hidden]
+        layers: list[nn.Module] = []
+        for fan_in, fan_out in zip(sizes, sizes[1:]):
+            layers += [nn.Linear(fan_in, fan_out), nn.ReLU(inplace=True)]
+        self.net = nn.Sequential(*layers, nn.Linear(sizes[-1], out_features), nn.Sigmoid())
+
+    def forward(self, poses: Tensor, labels: Tensor | None = None) -> Tensor:
+        return self.net(mask_capsules(poses, labels))

@@ -1,0 +1,50 @@
+"""Primary capsules: a convolution whose channels are grouped into capsule vectors."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from ..functional import squash
+
+__all__ = ["PrimaryCapsules"]
+
+
+class PrimaryCapsules(nn.Module):
+    """Convolutional capsules (paper, section 4): one convolution, channels grouped into ``types`` vectors.
+
+    A single ``Conv2d`` with ``types * dim`` output channels computes every capsule type at once
+    (eight narrow convolutions would do the same work several times slower). Channel ``t * dim + k``
+    is component ``k`` of capsule type ``t``, as in the official code.
+
+    Args:
+        in_channels: channels of the input feature map (256 after Conv1 in the paper).
+        types: capsule types (channels of capsules); 32 in the paper.
+        dim: capsule dimension ``d_in``; 8 in the paper.
+        kernel_size, stride: of the convolution; 9 and 2 in the paper.
+
+    Shape:
+        ``(b, in_channels, H, W)`` -> ``(b, types * h * w, dim)``, squashed, with
+        ``h = (H - kernel_size) // stride + 1`` (likewise ``w``); capsules ordered by (type, row, column).
+
+    Example:
+        >>> layer = PrimaryCapsules(in_channels=256)
+        >>> layer(torch.randn(2, 256, 20, 20)).shape
+        torch.Size([2, 1152, 8])
+    """
+
+    def __init__(self, *, in_channels: int, types: int = 32, dim: int = 8, kernel_size: int = 9, stride: int = 2):
+        super().__init__()
+        self.types, self.dim = types, dim
+        self.conv = nn.Conv2d(in_channels, types * dim, kernel_size, stride)
+
+    def output_grid(self, height: int, width: int) -> tuple[int, int]:
+        """Spatial size ``(h, w)`` of the capsule grid for an input feature map of ``height x width``."""
+        (kernel_h, kernel_w), (stride_h, stride_w) = self.conv.kernel_size, self.conv.stride
+        return (height - kernel_h) // stride_h + 1, (width - kernel_w) // stride_w + 1
+
+    def forward(self, features: Tensor) -> Tensor:
+        out = self.conv(features)  # (b, types * dim, h, w)
+        batch, _, height, width = out.shape
+        capsules = out.view(batch, self.types, self.dim, height, width)
+        capsules = capsules.permute(0, 1, 3, 4, 2).reshape(batch, -1, self.dim)  # (b, types * h * w, dim)
+        return squash(capsules)

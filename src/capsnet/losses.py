@@ -1,0 +1,128 @@
+"""Margin loss, reconstruction loss and their weighted sum (paper, sections 3 and 4.1)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+if TYPE_CHECKING:  # only for annotations: the loss works on any output with these fields
+    from .models.capsnet import CapsNetOutput
+
+__all__ = ["margin_loss", "reconstruction_loss", "CapsuleLoss", "LossTerms"]
+
+M_POS = 0.9  # a present class must have |v_k| >= m+ (paper, eq. 4)
+M_NEG = 0.1  # an absent class must have |v_k| <= m-
+LAMBDA = 0.5  # down-weights absent classes so early learning does not shrink every capsule
+RECONSTRUCTION_WEIGHT = 0.0005  # "so that it does not dominate the margin loss" (section 4.1)
+
+
+def _multi_hot(targets: Tensor, lengths: Tensor) -> Tensor:
+    """Class indices ``(b,)`` or a multi-hot matrix ``(b, k)`` -> float multi-hot ``(b, k)``."""
+    batch, classes = lengths.shape
+    if targets.shape == (batch,) and not targets.is_floating_point():
+        return F.one_hot(targets, classes).to(lengths.dtype)
+    if targets.shape == (batch, classes):
+        return targets.to(lengths.dtype)
+    raise ValueError(
+        f"expected targets as class indices of shape (b,) = ({batch},) or multi-hot of shape "
+        f"(b, k) = ({batch}, {classes}), got {tuple(targets.shape)} ({targets.dtype})"
+    )
+
+
+def margin_loss(
+    lengths: Tensor,
+    targets: Tensor,
+    m_pos: float = M_POS,
+    m_neg: float = M_NEG,
+    lambda_: float = LAMBDA,
+    halve: bool = False,
+) -> Tensor:
+    """Margin loss ``sum_k T_k max(0, m+ - |v_k|)^2 + lambda (1 - T_k) max(0, |v_k| - m-)^2``, batch mean.
+
+    Args:
+        lengths: capsule lengths ``|v_k|``.
+        targets: class indices, or a multi-hot matrix when several classes are present (MultiMNIST).
+        m_pos, m_neg, lambda_: the paper's 0.9, 0.1 and 0.5.
+        halve: multiply the loss by 0.5, as the official TensorFlow code does (which doubles the
+            relative weight of the reconstruction term). Off by default: the paper's formula.
+
+    Shape:
+        ``lengths``: ``(b, k)``; ``targets``: ``(b,)`` integer or ``(b, k)`` multi-hot -> scalar.
+
+    Example:
+        >>> margin_loss(torch.tensor([[0.95, 0.05], [0.5, 0.3]]), torch.tensor([0, 0]))
+        tensor(0.0900)
+    """
+    present = _multi_hot(targets, lengths)
+    per_class = present * F.relu(m_pos - lengths).square() + lambda_ * (1 - present) * F.relu(lengths - m_neg).square()
+    loss = per_class.sum(dim=-1).mean()
+    return 0.5 * loss if halve else loss
+
+
+def reconstruction_loss(reconstructions: Tensor, images: Tensor) -> Tensor:
+    """Sum of squared pixel errors per example, mean over the batch (unweighted).
+
+    Shape:
+        ``reconstructions``: ``(b, C * H * W)``; ``images``: ``(b, C, H, W)`` or ``(b, C * H * W)`` -> scalar.
+    """
+    target = images.reshape(images.shape[0], -1)
+    if target.shape != reconstructions.shape:
+        raise ValueError(
+            f"reconstructions of shape {tuple(reconstructions.shape)} do not match images of shape "
+            f"{tuple(images.shape)} ({target.shape[1]} values per example)"
+        )
+    return (reconstructions - target.to(reconstructions.dtype)).square().sum(dim=-1).mean()
+
+
+class LossTerms(NamedTuple):
+    """The two unweighted terms of :class:`CapsuleLoss`; ``reconstruction`` is 0 without a decoder."""
+
+    margin: Tensor
+    reconstruction: Tensor
+
+
+class CapsuleLoss(nn.Module):
+    """Margin loss plus ``reconstruction_weight`` times the reconstruction loss (paper, section 4.1).
+
+    Args:
+        reconstruction_weight: 0.0005 in the paper.
+        m_pos, m_neg, lambda_, halve_margin: passed to :func:`margin_loss` (``halve_margin`` is the
+            official code's factor 0.5; off by default).
+
+    Example:
+        >>> model, loss_fn = CapsNet(), CapsuleLoss()
+        >>> images, labels = torch.rand(2, 1, 28, 28), torch.tensor([3, 7])
+        >>> loss = loss_fn(model(images, labels), images, labels)
+        >>> loss.shape
+        torch.Size([])
+    """
+
+    def __init__(
+        self,
+        reconstruction_weight: float = RECONSTRUCTION_WEIGHT,
+        *,
+        m_pos: float = M_POS,
+        m_neg: float = M_NEG,
+        lambda_: float = LAMBDA,
+        halve_margin: bool = False,
+    ) -> None:
+        super().__init__()
+        self.reconstruction_weight = reconstruction_weight
+        self.m_pos, self.m_neg, self.lambda_, self.halve_margin = m_pos, m_neg, lambda_, halve_margin
+
+    def terms(self, output: CapsNetOutput, images: Tensor, targets: Tensor) -> LossTerms:
+        """The unweighted margin and reconstruction losses, e.g. to log them separately."""
+        margin = margin_loss(output.lengths, targets, self.m_pos, self.m_neg, self.lambda_, self.halve_margin)
+        if output.reconstructions is None:
+            return LossTerms(margin, torch.zeros_like(margin))
+        return LossTerms(margin, reconstruction_loss(output.reconstructions, images))
+
+    def forward(self, output: CapsNetOutput, images: Tensor, targets: Tensor) -> Tensor:
+        margin, reconstruction = self.terms(output, images, targets)
+        return margin + self.reconstruction_weight * reconstruction
+
+    def extra_repr(self) -> str:
+        return f"reconstruction_weight={self.reconstruction_weight}, halve_margin={self.halve_margin}"

@@ -1,0 +1,11 @@
+"""Model assembly and the registry of named configurations."""
+
+from .capsnet import CapsNet, CapsNetOutput
+from .registry import create_model, list_models, register_model
+
+# The paper's MNIST network: CapsNet's defaults are its values, so the config is empty.
+register_model("capsnet-mnist", CapsNet)
+# The same network with the official TensorFlow code's choices (see SPEC "Where the official code differs").
+register_model("capsnet-mnist-official", CapsNet, digit_bias=True, detach_intermediate=False)
+
+__all__ = ["CapsNet", "CapsNetOutput", "create_model", "list_models", "register_model"]

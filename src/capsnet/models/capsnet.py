@@ -1,0 +1,118 @@
+"""The paper's CapsNet: Conv1 -> PrimaryCaps -> DigitCaps (routing) -> decoder."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..functional import capsule_lengths
+from ..layers import CapsuleDecoder, PrimaryCapsules, RoutedCapsules
+from ..routing import DynamicRouting, Routing
+
+__all__ = ["CapsNet", "CapsNetOutput"]
+
+
+class CapsNetOutput(NamedTuple):
+    """Everything one forward pass of :class:`CapsNet` computes.
+
+    Attributes:
+        lengths: ``(b, num_classes)`` capsule lengths, the class probabilities; ``argmax`` predicts.
+        poses: ``(b, num_classes, out_dim)`` digit-capsule vectors ``v``.
+        reconstructions: ``(b, C * H * W)`` decoder output in [0, 1], or ``None`` without a decoder.
+        coupling: ``(b, in_caps, num_classes)`` coupling coefficients of the last routing iteration.
+    """
+
+    lengths: Tensor
+    poses: Tensor
+    reconstructions: Tensor | None
+    coupling: Tensor
+
+
+def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+class CapsNet(nn.Module):
+    """Capsule network of Sabour, Frosst & Hinton (2017); the defaults are the paper's MNIST model.
+
+    Conv1 (``conv_channels`` 9x9 kernels, stride 1, ReLU) -> :class:`~capsnet.PrimaryCapsules`
+    (``primary_types`` x ``primary_dim``-D, 9x9, stride 2) -> :class:`~capsnet.RoutedCapsules` (one
+    ``out_dim``-D capsule per class) -> optional :class:`~capsnet.CapsuleDecoder` (FC 512, 1024, C*H*W).
+    With the defaults: 8,215,568 parameters, 6,804,224 without the decoder.
+
+    Args:
+        num_classes: output capsules, one per class.
+        in_channels: image channels ``C``.
+        image_size: ``H`` (square images) or ``(H, W)``; at least 17 pixels per side for the two 9x9 convolutions.
+        conv_channels: Conv1 kernels (256 in the paper).
+        primary_types: primary capsule types (32).
+        primary_dim: primary capsule dimension (8).
+        out_dim: digit capsule dimension (16).
+        routing_iterations: dynamic routing iterations (3); ignored when ``routing`` is given.
+        detach_intermediate: stop-gradient through ``u_hat`` in all but the last routing iteration
+            (default ``True``; the official code: ``False``). See :func:`capsnet.dynamic_routing`.
+        digit_bias: learned bias on each digit capsule's ``s[j]``, as in the official code (off: the
+            paper has none; adds ``num_classes * out_dim`` parameters).
+        reconstruction: build the reconstruction decoder.
+        routing: a :class:`~capsnet.routing.Routing` module to use instead of dynamic routing.
+
+    Shape:
+        ``images``: ``(b, C, H, W)`` in [0, 1]; ``targets``: ``(b,)`` class indices or ``None``.
+
+    Example:
+        >>> model = CapsNet()
+        >>> out = model(torch.rand(2, 1, 28, 28))
+        >>> out.lengths.shape, out.poses.shape, out.reconstructions.shape, out.coupling.shape
+        (torch.Size([2, 10]), torch.Size([2, 10, 16]), torch.Size([2, 784]), torch.Size([2, 1152, 10]))
+    """
+
+    def __init__(
+        self,
+        *,
+        num_classes: int = 10,
+        in_channels: int = 1,
+        image_size: int | tuple[int, int] = 28,
+        conv_channels: int = 256,
+        primary_types: int = 32,
+        primary_dim: int = 8,
+        out_dim: int = 16,
+        routing_iterations: int = 3,
+        detach_intermediate: bool = True,
+        digit_bias: bool = False,
+        reconstruction: bool = True,
+        routing: Routing | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_channels, self.image_size = in_channels, _pair(image_size)
+        height, width = self.image_size
+        if min(height, width) < 17:
+            raise ValueError(f"image_size must be at least 17 x 17 for the two 9x9 convolutions, got {height} x {width}")
+        self.conv1 = nn.Conv2d(in_channels, conv_channels, kernel_size=9)
+        self.primary = PrimaryCapsules(in_channels=conv_channels, types=primary_types, dim=primary_dim)
+        grid_h, grid_w = self.primary.output_grid(height - 8, width - 8)
+        self.digits = RoutedCapsules(
+            in_caps=primary_types * grid_h * grid_w,
+            in_dim=primary_dim,
+            out_caps=num_classes,
+            out_dim=out_dim,
+            routing=routing or DynamicRouting(routing_iterations, detach_intermediate),
+            bias=digit_bias,
+        )
+        out_features = in_channels * height * width
+        self.decoder = CapsuleDecoder(num_caps=num_classes, caps_dim=out_dim, out_features=out_features) if reconstruction else None
+
+    def forward(self, images: Tensor, targets: Tensor | None = None) -> CapsNetOutput:
+        """Classify ``images``; reconstruct from the ``targets`` capsule if given, else the longest one."""
+        self._check_images(images)
+        features = F.relu(self.conv1(images))  # (b, conv_channels, H - 8, W - 8)
+        primary = self.primary(features)  # (b, i, primary_dim)
+        poses, coupling = self.digits(primary)  # (b, j, out_dim), (b, i, j)
+        reconstructions = None if self.decoder is None else self.decoder(poses, targets)
+        return CapsNetOutput(capsule_lengths(poses), poses, reconstructions, coupling)
+
+    def _check_images(self, images: Tensor) -> None:
+        expected = (self.in_channels, *self.image_size)
+        if images.dim() != 4 or tuple(images.shape[1:]) != expected:
+            raise ValueError(f"expected images of shape (b, C, H, W) = (*, {', '.join(map(str, expected))}), got {tuple(images.shape)}")

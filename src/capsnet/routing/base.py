@@ -1,0 +1,78 @@
+"""The routing contract shared by every routing algorithm, and the registry that names them."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import NamedTuple, TypeVar
+
+from torch import Tensor, nn
+
+from .._checks import check_choice, check_shape
+
+__all__ = ["Routing", "RoutingOutput", "register_routing", "create_routing", "list_routings"]
+
+
+class RoutingOutput(NamedTuple):
+    """What a routing algorithm returns; unpacks as ``v, c = routing(u_hat)``.
+
+    Attributes:
+        poses: higher-capsule vectors ``v``, shape ``(b, j, d_out)``.
+        coupling: coupling coefficients ``c`` of the last iteration, shape ``(b, i, j)``.
+    """
+
+    poses: Tensor
+    coupling: Tensor
+
+
+class Routing(nn.Module):
+    """Base class of routing algorithms: ``forward(u_hat, bias=None) -> (v, c)``.
+
+    Subclasses implement :meth:`route`; the base class validates the input, so every algorithm
+    gives the same error messages and can be swapped into :class:`capsnet.RoutedCapsules`.
+
+    Shape:
+        ``u_hat``: ``(b, i, j, d_out)``, the predictions of every lower capsule ``i`` for every
+        higher capsule ``j`` (any memory layout); ``bias``: ``(j, d_out)`` or ``None``.
+        Returns ``poses`` ``(b, j, d_out)`` and ``coupling`` ``(b, i, j)``.
+    """
+
+    def forward(self, u_hat: Tensor, bias: Tensor | None = None) -> RoutingOutput:
+        check_routing_input(u_hat, bias)
+        return self.route(u_hat, bias)
+
+    def route(self, u_hat: Tensor, bias: Tensor | None) -> RoutingOutput:
+        raise NotImplementedError
+
+
+def check_routing_input(u_hat: Tensor, bias: Tensor | None) -> None:
+    """Raise a ``ValueError`` unless ``u_hat`` is ``(b, i, j, d_out)`` and ``bias`` is ``None`` or ``(j, d_out)``."""
+    check_shape(u_hat, "u_hat", "(b, i, j, d_out)", 4)
+    if bias is not None:
+        check_shape(bias, "bias", "(j, d_out)", 2, u_hat.shape[2:])
+
+
+_ROUTINGS: dict[str, type[Routing]] = {}
+R = TypeVar("R", bound=type[Routing])
+
+
+def register_routing(name: str) -> Callable[[R], R]:
+    """Class decorator that makes a :class:`Routing` subclass available to :func:`create_routing`."""
+
+    def register(cls: R) -> R:
+        if name in _ROUTINGS:
+            warnings.warn(f"routing {name!r} is registered twice; the later definition wins", stacklevel=2)
+        _ROUTINGS[name] = cls
+        return cls
+
+    return register
+
+
+def create_routing(name: str, **kwargs) -> Routing:
+    """Build a registered routing algorithm by name, e.g. ``create_routing("dynamic", iterations=3)``."""
+    return _ROUTINGS[check_choice(name, "routing", _ROUTINGS)](**kwargs)
+
+
+def list_routings() -> list[str]:
+    """Names accepted by :func:`create_routing`, sorted."""
+    return sorted(_ROUTINGS)

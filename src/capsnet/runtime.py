@@ -1,0 +1,30 @@
+"""Process-wide settings that make CPU training faster; opt-in, used by the training app and benchmarks."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+
+__all__ = ["retain_freed_memory"]
+
+_M_TRIM_THRESHOLD = -1  # glibc mallopt parameters (malloc.h)
+_M_MMAP_MAX = -4
+
+
+def retain_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory for reuse instead of returning it to the OS.
+
+    glibc serves every allocation above 32 MiB with a fresh ``mmap`` and unmaps it on free, so each
+    training step page-faults its large activations (the ``u_hat`` of the MNIST CapsNet is 94 MB at
+    batch 128) in again: measured here, an element-wise product of two such tensors took 47 ms into
+    a new tensor but 7.5 ms into an existing one. This turns ``mmap`` off and never trims the heap,
+    so the process keeps its peak memory. Returns ``True`` if applied (glibc Linux only), else ``False``.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to tune
+        return False

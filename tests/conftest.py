@@ -1,0 +1,22 @@
+"""Shared fixtures: deterministic seeds and the location of the real datasets."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+# The shared datasets live beside the repository: <repo>/../shared/data (read-only; never write there).
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The folder holding mnist/ and fashion-mnist/; skips the test when it is absent."""
+    if not (SHARED_DATA / "mnist").is_dir():
+        pytest.skip(f"real MNIST not found at {SHARED_DATA} (the shared datasets folder beside the repository)")
+    return SHARED_DATA

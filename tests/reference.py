@@ -1,0 +1,36 @@
+"""Slow, literal transcriptions of the paper used as references by the tests. Not part of the library."""
+
+import torch
+
+
+def squash_reference(s: torch.Tensor) -> torch.Tensor:
+    """Eq. 1 of the paper for a single vector, written as printed."""
+    norm = torch.sqrt(torch.sum(s * s))
+    return (norm**2 / (1 + norm**2)) * s / norm
+
+
+def routing_reference(u_hat: torch.Tensor, iterations: int, detach_intermediate: bool = False):
+    """Procedure 1, one example and one pair (i, j) at a time, with explicit loops.
+
+    ``u_hat``: (b, i, j, d). Returns ``v`` (b, j, d) and ``c`` (b, i, j) of the last iteration.
+    With ``detach_intermediate`` the predictions are detached in every iteration but the last.
+    """
+    batch, n_in, n_out, dim = u_hat.shape
+    vs, cs = [], []
+    for n in range(batch):
+        logits = [[u_hat.new_zeros(()) for _ in range(n_out)] for _ in range(n_in)]
+        for r in range(iterations):
+            last = r == iterations - 1
+            votes = u_hat[n] if (last or not detach_intermediate) else u_hat[n].detach()
+            c = [torch.softmax(torch.stack(logits[i]), dim=0) for i in range(n_in)]  # softmax over j, per i
+            v = []
+            for j in range(n_out):
+                s = sum(c[i][j] * votes[i, j] for i in range(n_in))
+                v.append(squash_reference(s))
+            if not last:
+                for i in range(n_in):
+                    for j in range(n_out):
+                        logits[i][j] = logits[i][j] + torch.dot(votes[i, j], v[j])
+        vs.append(torch.stack(v))
+        cs.append(torch.stack(c))
+    return torch.stack(vs), torch.stack(cs)

@@ -1,0 +1,96 @@
+import math
+
+import pytest
+import torch
+
+from capsnet import capsule_lengths, mask_capsules, squash
+from reference import squash_reference
+
+
+@pytest.mark.parametrize("norm", [0.1, 0.5, 1.0, 2.0, 10.0])
+def test_squash_maps_length_n_to_n2_over_1_plus_n2(norm):
+    direction = torch.tensor([1.0, -2.0, 2.0, 0.0], dtype=torch.float64) / 3.0
+    v = squash(norm * direction)
+    assert v.norm().item() == pytest.approx(norm**2 / (1 + norm**2), rel=1e-12)
+    torch.testing.assert_close(v / v.norm(), direction)
+
+
+def test_squash_hand_computed_values():
+    # |(3, 4)| = 5 -> length 25/26, direction (0.6, 0.8); a norm-1 capsule squashes to length exactly 0.5.
+    torch.testing.assert_close(squash(torch.tensor([3.0, 4.0])), torch.tensor([0.6, 0.8]) * 25 / 26)
+    torch.testing.assert_close(squash(torch.tensor([0.0, 1.0])), torch.tensor([0.0, 0.5]))
+
+
+def test_squash_matches_the_formula_as_printed():
+    s = torch.randn(7, 16, dtype=torch.float64)
+    expected = torch.stack([squash_reference(row) for row in s])
+    torch.testing.assert_close(squash(s), expected)
+
+
+def test_squash_acts_along_dim():
+    s = torch.randn(3, 8, 5)
+    torch.testing.assert_close(squash(s, dim=1), squash(s.transpose(1, 2)).transpose(1, 2))
+
+
+@pytest.mark.parametrize("dtype, max_log10", [(torch.float32, 1), (torch.float64, 6)])
+def test_squash_norm_stays_below_one(dtype, max_log10):
+    # 1 - |v| = 1 / (1 + |s|^2) is representable up to |s| ~ 10^(digits / 2) in each dtype.
+    s = torch.randn(1000, 16, dtype=dtype) * torch.logspace(-3, max_log10, 1000, dtype=dtype).unsqueeze(1)
+    lengths = squash(s).norm(dim=-1)
+    assert (lengths < 1).all() and (lengths > 0).all()
+
+
+def test_squash_at_zero_has_finite_value_and_zero_gradient():
+    s = torch.zeros(2, 16, requires_grad=True)
+    with torch.autograd.detect_anomaly():
+        v = squash(s)
+        v.sum().backward()
+    assert torch.equal(v, torch.zeros_like(v))
+    assert torch.isfinite(s.grad).all()
+    # Near 0, squash(s) ~ |s| s, so the true derivative at 0 is 0.
+    assert torch.equal(s.grad, torch.zeros_like(s))
+
+
+def test_squash_gradcheck_float64():
+    s = torch.randn(4, 8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(squash, (s,))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("magnitude", [1e-4, 1.0, 1e4])
+def test_squash_half_precision_is_finite_and_accurate(dtype, magnitude):
+    s = (torch.randn(64, 16) * magnitude).to(dtype).requires_grad_()
+    v = squash(s)
+    assert v.dtype == dtype
+    assert torch.isfinite(v).all()
+    v.float().sum().backward()
+    assert torch.isfinite(s.grad).all()
+    expected = squash(s.detach().float())
+    torch.testing.assert_close(v.float(), expected, atol=1e-2, rtol=1e-2)
+
+
+def test_capsule_lengths():
+    poses = torch.tensor([[[3.0, 4.0], [0.0, 0.0]]])
+    torch.testing.assert_close(capsule_lengths(poses), torch.tensor([[5.0, 0.0]]))
+    assert capsule_lengths(poses.bfloat16()).dtype == torch.float32
+
+
+def test_mask_capsules_keeps_label_or_longest():
+    poses = torch.arange(2 * 3 * 2, dtype=torch.float32).view(2, 3, 2)
+    poses[1, 0] = 100.0  # the longest capsule of example 1 is capsule 0
+    masked = mask_capsules(poses, torch.tensor([1, 2])).view(2, 3, 2)
+    assert torch.equal(masked[0, 1], poses[0, 1]) and masked[0, [0, 2]].abs().sum() == 0
+    assert torch.equal(masked[1, 2], poses[1, 2]) and masked[1, :2].abs().sum() == 0
+    longest = mask_capsules(poses).view(2, 3, 2)
+    assert torch.equal(longest[0, 2], poses[0, 2]) and torch.equal(longest[1, 0], poses[1, 0])
+    assert longest[1, 1:].abs().sum() == 0
+
+
+def test_mask_capsules_rejects_wrong_label_shape():
+    with pytest.raises(ValueError, match=r"expected labels of shape \(b,\) = \(2,\), got \(2, 3\)"):
+        mask_capsules(torch.rand(2, 3, 4), torch.zeros(2, 3, dtype=torch.long))
+
+
+def test_squash_is_exactly_half_at_norm_one_in_float32():
+    v = squash(torch.tensor([[0.6, 0.8]]))
+    assert math.isclose(v.norm().item(), 0.5, rel_tol=1e-6)

@@ -1,0 +1,84 @@
+import pytest
+import torch
+
+import capsnet
+from capsnet import CapsuleDecoder, PrimaryCapsules, RoutedCapsules
+
+
+def test_primary_capsules_shape_and_channel_grouping():
+    layer = PrimaryCapsules(in_channels=4, types=3, dim=5, kernel_size=3, stride=2).double()
+    x = torch.randn(2, 4, 9, 11, dtype=torch.float64)
+    caps = layer(x)
+    assert layer.output_grid(9, 11) == (4, 5)
+    assert caps.shape == (2, 3 * 4 * 5, 5)
+    conv = layer.conv(x)  # (b, types * dim, h, w): channel t * dim + k is component k of type t
+    t, row, col = 2, 1, 3
+    index = t * 4 * 5 + row * 5 + col  # capsules ordered by (type, row, column)
+    torch.testing.assert_close(caps[1, index], capsnet.squash(conv[1, t * 5 : (t + 1) * 5, row, col]))
+
+
+def test_primary_capsules_paper_size():
+    assert PrimaryCapsules(in_channels=256)(torch.randn(1, 256, 20, 20)).shape == (1, 1152, 8)
+
+
+def test_routed_capsules_predictions_are_w_times_u():
+    layer = RoutedCapsules(in_caps=5, in_dim=3, out_caps=4, out_dim=2).double()
+    u = torch.randn(6, 5, 3, dtype=torch.float64)
+    expected = torch.einsum("ijdk,bik->bijd", layer.weight, u)  # u_hat[j|i] = W[i, j] @ u[i]
+    torch.testing.assert_close(layer.predictions(u), expected)
+    assert layer.weight.shape == (5, 4, 2, 3)
+
+
+def test_routed_capsules_forward_is_routing_of_predictions():
+    routing = capsnet.DynamicRouting(iterations=2)
+    layer = RoutedCapsules(in_caps=5, in_dim=3, out_caps=4, out_dim=2, routing=routing, bias=True).double()
+    torch.nn.init.normal_(layer.bias)
+    u = torch.randn(6, 5, 3, dtype=torch.float64)
+    v, c = layer(u)
+    v_ref, c_ref = capsnet.dynamic_routing(layer.predictions(u), 2, bias=layer.bias)
+    torch.testing.assert_close(v, v_ref)
+    torch.testing.assert_close(c, c_ref)
+    assert layer.routing is routing and sum(p.numel() for p in layer.parameters()) == 5 * 4 * 2 * 3 + 4 * 2
+
+
+def test_routed_capsules_default_routing_and_gradients():
+    layer = RoutedCapsules(in_caps=1152, in_dim=8, out_caps=10, out_dim=16)
+    assert isinstance(layer.routing, capsnet.DynamicRouting) and layer.routing.iterations == 3
+    assert layer.bias is None
+    u = torch.randn(2, 1152, 8, requires_grad=True)
+    v, c = layer(u)
+    assert v.shape == (2, 10, 16) and c.shape == (2, 1152, 10)
+    v.square().sum().backward()
+    assert torch.isfinite(layer.weight.grad).all() and layer.weight.grad.abs().sum() > 0
+    assert torch.isfinite(u.grad).all() and u.grad.abs().sum() > 0
+
+
+def test_routed_capsules_rejects_wrong_input():
+    layer = RoutedCapsules(in_caps=1152, in_dim=8, out_caps=10, out_dim=16)
+    with pytest.raises(ValueError, match=r"expected u of shape \(b, in_caps, in_dim\) = \(\*, 1152, 8\), got \(2, 1152, 16\)"):
+        layer(torch.randn(2, 1152, 16))
+
+
+def test_routed_capsules_constructor_is_keyword_only():
+    with pytest.raises(TypeError):
+        RoutedCapsules(1152, 8, 10, 16)
+
+
+def test_decoder_architecture_and_shape():
+    decoder = CapsuleDecoder()
+    linears = [m for m in decoder.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(160, 512), (512, 1024), (1024, 784)]
+    out = decoder(torch.randn(3, 10, 16))
+    assert out.shape == (3, 784) and (out > 0).all() and (out < 1).all()
+
+
+def test_decoder_ignores_masked_capsules():
+    decoder = CapsuleDecoder(num_caps=4, caps_dim=3, out_features=20, hidden=(8,))
+    poses = torch.randn(2, 4, 3)
+    labels = torch.tensor([1, 3])
+    changed = poses.clone()
+    changed[0, 0] += 5.0  # not the target of example 0
+    changed[1, 2] -= 5.0  # not the target of example 1
+    torch.testing.assert_close(decoder(changed, labels), decoder(poses, labels))
+    changed[0, 1] += 1.0  # the target of example 0
+    assert not torch.allclose(decoder(changed, labels)[0], decoder(poses, labels)[0])

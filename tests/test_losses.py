@@ -1,0 +1,79 @@
+import pytest
+import torch
+
+import capsnet
+from capsnet import CapsuleLoss, margin_loss, reconstruction_loss
+from capsnet.models import CapsNetOutput
+
+LENGTHS = torch.tensor([[0.95, 0.30, 0.05], [0.50, 0.10, 0.80]], dtype=torch.float64)
+
+
+def test_margin_loss_hand_computed_with_class_indices():
+    """Example 0, target 0: present |v|=0.95 >= 0.9 -> 0; absent 0.30 -> 0.5 * 0.2^2 = 0.02; 0.05 -> 0.
+    Example 1, target 2: present 0.80 -> 0.1^2 = 0.01; absent 0.50 -> 0.5 * 0.4^2 = 0.08; 0.10 -> 0.
+    Batch mean: (0.02 + 0.09) / 2 = 0.055."""
+    loss = margin_loss(LENGTHS, torch.tensor([0, 2]))
+    assert loss.item() == pytest.approx(0.055, abs=1e-12)
+
+
+def test_margin_loss_hand_computed_with_multi_hot_targets():
+    """Example 0, classes {0, 1}: 0 + (0.9 - 0.3)^2 = 0.36, absent 0.05 -> 0.
+    Example 1, classes {0, 2}: (0.4)^2 + (0.1)^2 = 0.17, absent 0.10 -> 0.  Mean: 0.265."""
+    targets = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 1.0]])
+    assert margin_loss(LENGTHS, targets).item() == pytest.approx(0.265, abs=1e-12)
+    assert margin_loss(LENGTHS, targets.bool()).item() == pytest.approx(0.265, abs=1e-12)
+
+
+def test_margin_loss_one_hot_equals_indices_and_options():
+    indices = torch.tensor([0, 2])
+    one_hot = torch.nn.functional.one_hot(indices, 3)
+    assert margin_loss(LENGTHS, one_hot) == margin_loss(LENGTHS, indices)
+    assert margin_loss(LENGTHS, indices, halve=True).item() == pytest.approx(0.0275, abs=1e-12)
+    # lambda_ = 1, m- = 0.2: example 0 -> 0.1^2 = 0.01, example 1 -> 0.01 + 0.3^2 = 0.10; mean 0.055.
+    assert margin_loss(LENGTHS, indices, m_neg=0.2, lambda_=1.0).item() == pytest.approx(0.055, abs=1e-12)
+
+
+def test_margin_loss_gradcheck_float64():
+    lengths = (torch.rand(4, 5, dtype=torch.float64) * 0.8 + 0.1).requires_grad_()
+    targets = torch.tensor([0, 3, 4, 1])
+    assert torch.autograd.gradcheck(lambda x: margin_loss(x, targets), (lengths,))
+
+
+def test_margin_loss_rejects_bad_targets():
+    with pytest.raises(ValueError, match=r"class indices of shape \(b,\) = \(2,\) or multi-hot .* got \(3,\)"):
+        margin_loss(LENGTHS, torch.tensor([0, 1, 2]))
+
+
+def test_reconstruction_loss_sum_per_example_mean_over_batch():
+    images = torch.zeros(2, 1, 2, 2, dtype=torch.float64)
+    recon = torch.tensor([[0.5, 0.5, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    # Example 0: 0.25 + 0.25 = 0.5; example 1: 1.0; mean 0.75.
+    assert reconstruction_loss(recon, images).item() == pytest.approx(0.75)
+    recon.requires_grad_()
+    assert torch.autograd.gradcheck(lambda r: reconstruction_loss(r, images.flatten(1) + 0.3), (recon,))
+    with pytest.raises(ValueError, match=r"do not match images of shape \(2, 1, 3, 3\) \(9 values per example\)"):
+        reconstruction_loss(recon, torch.zeros(2, 1, 3, 3))
+
+
+def test_capsule_loss_combines_terms_with_paper_weight():
+    images = torch.rand(2, 1, 2, 2, dtype=torch.float64)
+    recon = torch.rand(2, 4, dtype=torch.float64)
+    output = CapsNetOutput(LENGTHS, torch.zeros(2, 3, 4), recon, torch.zeros(2, 5, 3))
+    targets = torch.tensor([0, 2])
+    loss_fn = CapsuleLoss()
+    assert loss_fn.reconstruction_weight == 0.0005
+    expected = margin_loss(LENGTHS, targets) + 0.0005 * reconstruction_loss(recon, images)
+    torch.testing.assert_close(loss_fn(output, images, targets), expected)
+    halved = CapsuleLoss(halve_margin=True)(output, images, targets)
+    torch.testing.assert_close(halved, 0.5 * margin_loss(LENGTHS, targets) + 0.0005 * reconstruction_loss(recon, images))
+    terms = loss_fn.terms(output._replace(reconstructions=None), images, targets)
+    assert terms.reconstruction.item() == 0.0
+    torch.testing.assert_close(terms.margin, margin_loss(LENGTHS, targets))
+
+
+def test_capsule_loss_backpropagates_through_the_model():
+    model = capsnet.CapsNet(conv_channels=16, primary_types=4)
+    images, labels = torch.rand(3, 1, 28, 28), torch.tensor([1, 2, 3])
+    CapsuleLoss()(model(images, labels), images, labels).backward()
+    missing = [name for name, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing, f"parameters without a finite gradient: {missing}"

@@ -1,0 +1,116 @@
+import pytest
+import torch
+
+import capsnet
+from capsnet import CapsNet, CapsNetOutput, create_model, list_models
+
+
+def count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def tiny(**kwargs) -> CapsNet:
+    return CapsNet(conv_channels=16, primary_types=4, **kwargs)
+
+
+def test_paper_parameter_counts_are_exact():
+    model = create_model("capsnet-mnist")
+    assert count(model) == 8_215_568
+    assert count(model) - count(model.decoder) == 6_804_224
+    assert count(CapsNet(reconstruction=False)) == 6_804_224
+    assert model.digits.in_caps == 1152
+
+
+def test_official_code_options_are_off_by_default_and_counted_when_on():
+    model = CapsNet()
+    assert model.digits.bias is None
+    assert model.digits.routing.detach_intermediate is True and model.digits.routing.iterations == 3
+    official = create_model("capsnet-mnist-official")
+    assert count(official) == 8_215_568 + 10 * 16  # the digit-capsule biases
+    assert official.digits.routing.detach_intermediate is False
+
+
+@pytest.mark.parametrize(
+    "image_size, in_channels, in_caps",
+    [(28, 1, 1152), (36, 1, 32 * 10 * 10), ((32, 40), 3, 32 * 8 * 12)],
+)
+def test_output_shapes(image_size, in_channels, in_caps):
+    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    model = CapsNet(image_size=image_size, in_channels=in_channels, num_classes=7)
+    out = model(torch.rand(2, in_channels, height, width))
+    assert isinstance(out, CapsNetOutput)
+    assert out.lengths.shape == (2, 7)
+    assert out.poses.shape == (2, 7, 16)
+    assert out.reconstructions.shape == (2, in_channels * height * width)
+    assert out.coupling.shape == (2, in_caps, 7)
+    assert torch.isfinite(out.lengths).all() and (out.lengths < 1).all()
+    torch.testing.assert_close(out.lengths, out.poses.norm(dim=-1))
+    torch.testing.assert_close(out.coupling.sum(-1), torch.ones(2, in_caps))
+
+
+def test_without_decoder_reconstructions_are_none():
+    assert tiny(reconstruction=False)(torch.rand(1, 1, 28, 28)).reconstructions is None
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_masking_uses_targets_when_given_and_longest_otherwise_in_both_modes(train):
+    model = tiny().train(train)
+    images = torch.rand(4, 1, 28, 28)
+    out = model(images)
+    predicted = out.lengths.argmax(-1)
+    others = (predicted + 1) % 10
+    torch.testing.assert_close(out.reconstructions, model.decoder(out.poses, predicted))
+    with_targets = model(images, others)
+    torch.testing.assert_close(with_targets.reconstructions, model.decoder(out.poses, others))
+    assert not torch.allclose(with_targets.reconstructions, out.reconstructions)
+    torch.testing.assert_close(with_targets.lengths, out.lengths)  # targets only steer the decoder
+
+
+def test_every_parameter_gets_a_gradient_and_state_dict_round_trips():
+    model = tiny(digit_bias=True)
+    images, labels = torch.rand(2, 1, 28, 28), torch.tensor([0, 9])
+    capsnet.CapsuleLoss()(model(images, labels), images, labels).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    clone = tiny(digit_bias=True)
+    clone.load_state_dict(model.state_dict())
+    torch.testing.assert_close(clone(images).lengths, model(images).lengths)
+
+
+def test_custom_routing_module_is_used():
+    routing = capsnet.DynamicRouting(iterations=1)
+    model = tiny(routing=routing)
+    assert model.digits.routing is routing
+    out = model(torch.rand(1, 1, 28, 28))
+    torch.testing.assert_close(out.coupling, torch.full_like(out.coupling, 0.1))
+
+
+def test_registry_and_overrides():
+    assert {"capsnet-mnist", "capsnet-mnist-official"} <= set(list_models())
+    model = create_model("capsnet-mnist", routing_iterations=1, reconstruction=False, num_classes=None)
+    assert model.digits.routing.iterations == 1 and model.decoder is None and model.digits.out_caps == 10
+    with pytest.raises(ValueError, match=r"unknown value 'capsnet-cifar' for model; valid values are"):
+        create_model("capsnet-cifar")
+
+
+def test_register_model_warns_on_redefinition():
+    capsnet.register_model("test-tiny", tiny)
+    with pytest.warns(UserWarning, match="registered twice"):
+        capsnet.register_model("test-tiny", tiny)
+    assert isinstance(create_model("test-tiny"), CapsNet)
+
+
+def test_constructor_is_keyword_only_and_checks_inputs():
+    with pytest.raises(TypeError):
+        CapsNet(10)
+    with pytest.raises(ValueError, match=r"image_size must be at least 17 x 17 .* got 16 x 28"):
+        CapsNet(image_size=(16, 28))
+    with pytest.raises(ValueError, match=r"expected images of shape \(b, C, H, W\) = \(\*, 1, 28, 28\), got \(2, 28, 28\)"):
+        tiny()(torch.rand(2, 28, 28))
+    with pytest.raises(ValueError, match=r"expected images of shape .* got \(2, 3, 28, 28\)"):
+        tiny()(torch.rand(2, 3, 28, 28))
+
+
+def test_public_api_is_exported():
+    for name in capsnet.__all__:
+        assert getattr(capsnet, name) is not None
+    assert capsnet.routing.DynamicRouting is capsnet.DynamicRouting
