@@ -6,6 +6,8 @@ from .layers import CapsuleDecoder, PrimaryCapsules, RoutedCapsules
 from .losses import CapsuleLoss, LossTerms, margin_loss, reconstruction_loss
 from .models import CapsNet, CapsNetOutput, create_model, list_models, register_model
 from .routing import DynamicRouting, Routing, RoutingOutput, dynamic_routing
+from .config import TrainConfig
+from .training import Trainer, evaluate, train
 
 __version__ = "0.1.0"
 
@@ -30,4 +32,8 @@ __all__ = [
     "reconstruction_loss",
     "CapsuleLoss",
     "LossTerms",
+    "TrainConfig",
+    "Trainer",
+    "train",
+    "evaluate",
 ]

@@ -1,0 +1,74 @@
+"""Training configuration: the one place that holds the paper's recipe as defaults.
+
+The command line (``capsnet train --help``) and the Python API (``capsnet.train(...)``) are both
+built from :class:`TrainConfig`, so a default changes here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from .data import DATASETS
+
+__all__ = ["TrainConfig"]
+
+
+def _option(default: Any, help: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run. Defaults: the paper's MNIST recipe (SPEC.md, section 4)."""
+
+    dataset: str = _option("mnist", "dataset to train on", choices=tuple(DATASETS))
+    data_dir: str | None = _option(None, "folder with the dataset files (default: $CAPSNET_DATA, else ~/.cache/capsnet)")
+    model: str = _option("capsnet-mnist", "model configuration (capsnet.list_models())")
+    epochs: int = _option(10, "training epochs (the official code's 300k steps are ~640 epochs)")
+    batch_size: int = _option(128, "training batch size (paper: 128)")
+    eval_batch_size: int = _option(500, "batch size for evaluation (no effect on results)")
+    lr: float = _option(1e-3, "Adam learning rate (paper: 1e-3)")
+    lr_decay: float = _option(0.96, "exponential learning-rate decay factor (official code: 0.96 ...)")
+    lr_decay_steps: int = _option(2000, "... every this many steps, applied smoothly after each step")
+    routing_iterations: int = _option(3, "dynamic routing iterations (paper: 3)")
+    reconstruction: bool = _option(True, "train the reconstruction decoder (paper: yes)")
+    reconstruction_weight: float = _option(0.0005, "weight of the reconstruction loss (paper: 0.0005)")
+    max_shift: int = _option(2, "random shift augmentation in pixels, zero padded (paper: 2)")
+    seed: int = _option(0, "random seed: model init, data order and augmentation")
+    device: str = _option("auto", "auto (cuda if available), cpu or cuda", choices=("auto", "cpu", "cuda"))
+    output_dir: str = _option("runs/capsnet-mnist", "run folder: config.json, metrics.jsonl, last.pt, best.pt")
+    limit_train: int | None = _option(None, "use only the first N training images (quick runs)")
+    limit_test: int | None = _option(None, "evaluate on only the first N test images")
+    resume: bool = _option(False, "continue the run in --output-dir from its last.pt")
+    progress: bool = _option(True, "show progress bars")
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "eval_batch_size", "routing_iterations", "lr_decay_steps"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+        for name in ("limit_train", "limit_test"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+        if self.lr <= 0 or not 0 < self.lr_decay <= 1:
+            raise ValueError(f"--lr must be > 0 and --lr-decay in (0, 1], got {self.lr} and {self.lr_decay}")
+        if self.max_shift < 0 or self.reconstruction_weight < 0:
+            raise ValueError("--max-shift and --reconstruction-weight must not be negative")
+
+    def model_kwargs(self, num_classes: int, in_channels: int, image_size: tuple[int, int]) -> dict[str, Any]:
+        """The overrides passed to ``create_model(self.model, ...)``: what a checkpoint must match."""
+        return {
+            "num_classes": num_classes,
+            "in_channels": in_channels,
+            "image_size": list(image_size),
+            "routing_iterations": self.routing_iterations,
+            "reconstruction": self.reconstruction,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in values.items() if key in known})
