@@ -69,6 +69,8 @@ def test_capsule_loss_combines_terms_with_paper_weight():
     terms = loss_fn.terms(output._replace(reconstructions=None), images, targets)
     assert terms.reconstruction.item() == 0.0
     torch.testing.assert_close(terms.margin, margin_loss(LENGTHS, targets))
+    torch.testing.assert_close(terms.total, terms.margin)
+    torch.testing.assert_close(loss_fn.terms(output, images, targets).total, expected)
 
 
 def test_capsule_loss_backpropagates_through_the_model():

@@ -111,6 +111,12 @@ def test_constructor_is_keyword_only_and_checks_inputs():
 
 
 def test_public_api_is_exported():
+    promised = {  # names later issues and users rely on (issue "Core", deliverable 2)
+        "squash", "dynamic_routing", "routing", "PrimaryCapsules", "RoutedCapsules", "CapsuleDecoder", "CapsNet",
+        "CapsNetOutput", "create_model", "margin_loss", "reconstruction_loss", "CapsuleLoss", "DynamicRouting",
+        "train", "Trainer", "TrainConfig",
+    }
+    assert promised <= set(capsnet.__all__)
     for name in capsnet.__all__:
         assert getattr(capsnet, name) is not None
     assert capsnet.routing.DynamicRouting is capsnet.DynamicRouting

@@ -26,12 +26,12 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         default = None if f.default is MISSING else f.default
-        kind = hints[f.name]
+        kinds = (hints[f.name], *typing.get_args(hints[f.name]))  # X | None -> (X | None, X, NoneType)
         help_text = f.metadata["help"] + ("" if default is None else f" (default: {default})")
-        if kind is bool:
+        if bool in kinds:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
         else:
-            base = next(t for t in (int, float, str) if t is kind or t in typing.get_args(kind))
+            base = next(t for t in (int, float, str) if t in kinds)
             parser.add_argument(flag, type=base, default=default, choices=f.metadata.get("choices"), help=help_text)
 
 
@@ -51,6 +51,9 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
+    for flag, value in (("--batch-size", args.batch_size), ("--limit-test", args.limit_test)):
+        if value is not None and value <= 0:
+            raise ValueError(f"{flag} must be a positive integer, got {value}")
     checkpoint = load_checkpoint(args.checkpoint)
     config = checkpoint["config"]
     device = resolve_device(args.device)
@@ -101,4 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     except _USER_ERRORS as exc:
         print(f"capsnet: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before training started (e.g. while loading data): nothing to save
+        print("\ninterrupted", file=sys.stderr)
+        return 130
     return 0

@@ -78,8 +78,10 @@ def reconstruction_loss(reconstructions: Tensor, images: Tensor) -> Tensor:
 
 
 class LossTerms(NamedTuple):
-    """The two unweighted terms of :class:`CapsuleLoss`; ``reconstruction`` is 0 without a decoder."""
+    """What :meth:`CapsuleLoss.terms` returns: the weighted total and its two unweighted parts
+    (``reconstruction`` is 0 without a decoder). All are scalars."""
 
+    total: Tensor
     margin: Tensor
     reconstruction: Tensor
 
@@ -114,15 +116,21 @@ class CapsuleLoss(nn.Module):
         self.m_pos, self.m_neg, self.lambda_, self.halve_margin = m_pos, m_neg, lambda_, halve_margin
 
     def terms(self, output: CapsNetOutput, images: Tensor, targets: Tensor) -> LossTerms:
-        """The unweighted margin and reconstruction losses, e.g. to log them separately."""
+        """The total loss with its unweighted margin and reconstruction parts, e.g. to log them separately."""
         margin = margin_loss(output.lengths, targets, self.m_pos, self.m_neg, self.lambda_, self.halve_margin)
         if output.reconstructions is None:
-            return LossTerms(margin, torch.zeros_like(margin))
-        return LossTerms(margin, reconstruction_loss(output.reconstructions, images))
+            return LossTerms(margin, margin, torch.zeros_like(margin))
+        reconstruction = reconstruction_loss(output.reconstructions, images)
+        return LossTerms(margin + self.reconstruction_weight * reconstruction, margin, reconstruction)
 
     def forward(self, output: CapsNetOutput, images: Tensor, targets: Tensor) -> Tensor:
-        margin, reconstruction = self.terms(output, images, targets)
-        return margin + self.reconstruction_weight * reconstruction
+        """Total loss.
+
+        Shape:
+            ``output.lengths``: ``(b, k)``; ``output.reconstructions``: ``(b, C * H * W)`` or ``None``;
+            ``images``: ``(b, C, H, W)``; ``targets``: ``(b,)`` or ``(b, k)`` -> scalar.
+        """
+        return self.terms(output, images, targets).total
 
     def extra_repr(self) -> str:
         return f"reconstruction_weight={self.reconstruction_weight}, halve_margin={self.halve_margin}"

@@ -53,7 +53,7 @@ class RoutedCapsules(nn.Module):
         # capsule lengths around 0.02, with the 0.01 of many ports around 3e-4 (measured at init).
         self.weight = nn.Parameter(torch.randn(in_caps, out_caps, out_dim, in_dim) * 0.1)  # W[i, j]
         self.bias = nn.Parameter(torch.zeros(out_caps, out_dim)) if bias else None
-        self.routing = routing if routing is not None else DynamicRouting(iterations=3)
+        self.routing = routing if routing is not None else DynamicRouting()
 
     def predictions(self, u: Tensor) -> Tensor:
         """The prediction vectors ``u_hat``: ``(b, in_caps, in_dim)`` -> ``(b, in_caps, out_caps, out_dim)``.

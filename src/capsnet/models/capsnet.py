@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from ..functional import capsule_lengths
 from ..layers import CapsuleDecoder, PrimaryCapsules, RoutedCapsules
-from ..routing import DynamicRouting, Routing
+from ..routing import ROUTING_ITERATIONS, DynamicRouting, Routing
 
 __all__ = ["CapsNet", "CapsNetOutput"]
 
@@ -78,7 +78,7 @@ class CapsNet(nn.Module):
         primary_types: int = 32,
         primary_dim: int = 8,
         out_dim: int = 16,
-        routing_iterations: int = 3,
+        routing_iterations: int = ROUTING_ITERATIONS,
         detach_intermediate: bool = True,
         digit_bias: bool = False,
         reconstruction: bool = True,
@@ -97,14 +97,20 @@ class CapsNet(nn.Module):
             in_dim=primary_dim,
             out_caps=num_classes,
             out_dim=out_dim,
-            routing=routing or DynamicRouting(routing_iterations, detach_intermediate),
+            routing=routing if routing is not None else DynamicRouting(routing_iterations, detach_intermediate),
             bias=digit_bias,
         )
         out_features = in_channels * height * width
         self.decoder = CapsuleDecoder(num_caps=num_classes, caps_dim=out_dim, out_features=out_features) if reconstruction else None
 
     def forward(self, images: Tensor, targets: Tensor | None = None) -> CapsNetOutput:
-        """Classify ``images``; reconstruct from the ``targets`` capsule if given, else the longest one."""
+        """Classify ``images``; reconstruct from the ``targets`` capsule if given, else the longest one.
+
+        Shape:
+            ``images``: ``(b, C, H, W)``; ``targets``: ``(b,)`` or ``None`` -> :class:`CapsNetOutput` with
+            ``lengths`` ``(b, j)``, ``poses`` ``(b, j, out_dim)``, ``reconstructions`` ``(b, C * H * W)``,
+            ``coupling`` ``(b, i, j)``.
+        """
         self._check_images(images)
         features = F.relu(self.conv1(images))  # (b, conv_channels, H - 8, W - 8)
         primary = self.primary(features)  # (b, i, primary_dim)

@@ -8,7 +8,9 @@ from torch import Tensor
 from ..functional import squash
 from .base import Routing, RoutingOutput, check_routing_input, register_routing
 
-__all__ = ["DynamicRouting", "dynamic_routing"]
+__all__ = ["DynamicRouting", "dynamic_routing", "ROUTING_ITERATIONS"]
+
+ROUTING_ITERATIONS = 3  # the paper's choice for MNIST (section 4)
 
 
 def _check_iterations(iterations: int) -> int:
@@ -29,7 +31,7 @@ def _weighted_sum(coupling: Tensor | None, votes: Tensor, bias: Tensor | None) -
 
 def dynamic_routing(
     u_hat: Tensor,
-    iterations: int = 3,
+    iterations: int = ROUTING_ITERATIONS,
     detach_intermediate: bool = True,
     bias: Tensor | None = None,
 ) -> RoutingOutput:
@@ -42,11 +44,12 @@ def dynamic_routing(
     Args:
         u_hat: predictions of each lower capsule ``i`` for each higher capsule ``j``; any memory layout.
         iterations: routing iterations ``r`` (the paper uses 3; 1 means uniform coupling).
-        detach_intermediate: stop gradients through ``u_hat`` in every iteration but the last, so the
-            coupling coefficients are treated as constants by backpropagation. Default ``True``: it is
-            what widely used ports do, it needs no activations of the earlier iterations (several times
-            less memory) and trains to the same accuracy. The official TensorFlow code lets gradients
-            flow through every iteration: pass ``False`` for that.
+        detach_intermediate: stop gradients through ``u_hat`` in every iteration but the last, so
+            backpropagation treats the coupling coefficients as constants with respect to ``u_hat`` (a
+            ``bias`` still gets gradients through every iteration). Default ``True``: what widely used
+            ports do; the early iterations record no autograd graph (several times less memory) and
+            training reaches the same accuracy. The official TensorFlow code lets gradients flow
+            through every iteration: pass ``False`` for that.
         bias: optional ``(j, d_out)`` bias added to every ``s[j]`` in every iteration, as the official
             code does (the paper has none).
 
@@ -96,7 +99,7 @@ class DynamicRouting(Routing):
         (torch.Size([2, 10, 16]), torch.Size([2, 32, 10]))
     """
 
-    def __init__(self, iterations: int = 3, detach_intermediate: bool = True) -> None:
+    def __init__(self, iterations: int = ROUTING_ITERATIONS, detach_intermediate: bool = True) -> None:
         super().__init__()
         self.iterations = _check_iterations(iterations)
         self.detach_intermediate = detach_intermediate

@@ -26,6 +26,8 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save({"format": FORMAT, "version": VERSION, **payload}, f)
+            f.flush()
+            os.fsync(f.fileno())  # the rename must not outlive the data after a power loss
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -40,7 +42,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # pickle, zip and torch errors all mean the same to the user
-        raise CheckpointError(f"{path} is not a capsnet checkpoint ({type(exc).__name__}: {exc})") from None
+        first_line = (str(exc).strip().splitlines() or [""])[0]  # torch's messages run to several paragraphs
+        raise CheckpointError(f"{path} is not a capsnet checkpoint ({type(exc).__name__}: {first_line})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a capsnet checkpoint (no '{FORMAT}' marker)")
     if payload.get("version") != VERSION:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import signal
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,8 +21,8 @@ from tqdm.auto import tqdm
 from ..data import TensorLoader, get_dataset_class, random_shift
 from ..losses import CapsuleLoss
 from ..models import create_model
-from ..runtime import retain_freed_memory
 from ..config import TrainConfig
+from ..runtime import retain_freed_memory
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 __all__ = ["Trainer", "TrainingError", "train", "evaluate", "resolve_device"]
@@ -27,7 +30,8 @@ __all__ = ["Trainer", "TrainingError", "train", "evaluate", "resolve_device"]
 # Settings a resumed run must share with its checkpoint, or the continuation would not be the same run.
 _RESUME_MUST_MATCH = (
     "dataset", "model", "batch_size", "lr", "lr_decay", "lr_decay_steps", "routing_iterations",
-    "reconstruction", "reconstruction_weight", "max_shift", "seed", "limit_train",
+    "reconstruction", "reconstruction_weight", "halve_margin", "detach_intermediate", "digit_bias",
+    "max_shift", "seed", "limit_train",
 )
 _POSTFIX_EVERY = 20  # progress-bar updates read the device's running sums (a sync on GPU): not every step
 
@@ -70,19 +74,20 @@ class Trainer:
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
         self.device = resolve_device(config.device)
-        if self.device.type == "cpu":
+        if self.device.type == "cpu" and config.retain_memory:
             retain_freed_memory()
         self.run_dir = _prepare_run_dir(Path(config.output_dir), resume=config.resume)
         self._load_data()
         torch.manual_seed(config.seed)
         self.model = create_model(config.model, **self.model_kwargs).to(self.device)
-        self.loss_fn = CapsuleLoss(config.reconstruction_weight)
+        self.loss_fn = CapsuleLoss(config.reconstruction_weight, halve_margin=config.halve_margin)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, **_fast_adam(self.device))
         # Official code: lr * 0.96^(step / 2000), applied after every step.
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: config.lr_decay ** (step / config.lr_decay_steps)
         )
         self.progress = _Progress()
+        self._interrupted = False
         self._augment_generator = torch.Generator(device=self.device)
         if config.resume:
             self._restore(load_checkpoint(self.run_dir / "last.pt", map_location=self.device))
@@ -105,17 +110,40 @@ class Trainer:
     def fit(self) -> list[dict[str, Any]]:
         """Train until ``config.epochs``; returns the metrics of the epochs run by this call.
 
-        Ctrl-C saves ``last.pt`` at the current step (resume continues from there) and re-raises.
+        Ctrl-C (SIGINT) is honoured at the next batch boundary: ``last.pt`` is saved there, so a resumed
+        run continues exactly, and ``KeyboardInterrupt`` is raised. A second Ctrl-C stops at once.
         """
         history = []
-        while self.progress.epoch < self.config.epochs:
-            try:
+        with self._deferred_interrupt():
+            while self.progress.epoch < self.config.epochs:
                 self._train_epoch()
-            except KeyboardInterrupt:
-                self._save("last.pt")
-                raise
-            history.append(self._finish_epoch())
+                if self._interrupted:
+                    break
+                history.append(self._finish_epoch())
+                if self._interrupted:
+                    break
+        if self._interrupted:
+            self._check_finite(self.progress.sums["loss"])
+            self._save("last.pt")
+            raise KeyboardInterrupt
         return history
+
+    @contextmanager
+    def _deferred_interrupt(self) -> Iterator[None]:
+        """Turn the first SIGINT into a flag read between batches (signal handlers live in the main thread only)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def request_stop(signum, frame):
+            self._interrupted = True
+            signal.signal(signal.SIGINT, previous)  # a second Ctrl-C interrupts at once
+
+        previous = signal.signal(signal.SIGINT, request_stop)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
     def _epoch_batches(self) -> Iterator[tuple[Tensor, Tensor]]:
         """This epoch's batches in an order drawn from (seed, epoch) alone, so a resumed run sees the same ones."""
@@ -142,21 +170,22 @@ class Trainer:
                 self._train_step(images, labels, sums)
                 progress.batch += 1
                 progress.step += 1
+                if self._interrupted:
+                    break
                 if progress.batch % _POSTFIX_EVERY == 0:
-                    self._check_finite(sums)
+                    self._check_finite(sums["loss"])
                     bar.set_postfix(loss=f"{sums['loss'].item() / sums['seen'].item():.4f}",
                                     acc=f"{sums['correct'].item() / sums['seen'].item():.2%}")
         finally:
             bar.close()
             progress.seconds += time.perf_counter() - start
             progress.sums = {key: value.item() for key, value in sums.items()}
-        self._check_finite(sums)
+        self._check_finite(progress.sums["loss"])
 
     def _train_step(self, images: Tensor, labels: Tensor, sums: dict[str, Tensor]) -> None:
         inputs = random_shift(images, self.config.max_shift, self._augment_generator).float().div_(255)
         output = self.model(inputs, labels)
-        margin, reconstruction = self.loss_fn.terms(output, inputs, labels)
-        loss = margin + self.loss_fn.reconstruction_weight * reconstruction
+        loss, margin, reconstruction = self.loss_fn.terms(output, inputs, labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -169,11 +198,14 @@ class Trainer:
             sums["correct"] += (output.lengths.argmax(-1) == labels).sum()
             sums["seen"] += batch
 
-    def _check_finite(self, sums: dict[str, Tensor]) -> None:
-        if not math.isfinite(sums["loss"].item()):
+    def _check_finite(self, loss_sum: Tensor | float) -> None:
+        value = float(loss_sum)
+        if not math.isfinite(value):
+            last = self.run_dir / "last.pt"
+            kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
             raise TrainingError(
-                f"the loss became {sums['loss'].item()} in epoch {self.progress.epoch + 1} (step {self.progress.step}); "
-                f"stopped without saving, the last good checkpoint is {self.run_dir / 'last.pt'}; try a lower --lr"
+                f"the loss became {value} in epoch {self.progress.epoch + 1} (step {self.progress.step}); "
+                f"stopped without saving, {kept}; try a lower --lr"
             )
 
     def _finish_epoch(self) -> dict[str, Any]:
@@ -216,6 +248,7 @@ class Trainer:
             "config": self.config.to_dict(),
             "model_name": self.config.model,
             "model_kwargs": self.model_kwargs,
+            "device_type": self.device.type,
             "classes": self.classes,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -229,6 +262,8 @@ class Trainer:
             f"--{key.replace('_', '-')} is {getattr(self.config, key)!r} but the checkpoint has {saved.get(key)!r}"
             for key in _RESUME_MUST_MATCH if saved.get(key) != getattr(self.config, key)
         ]
+        if checkpoint["device_type"] != self.device.type:
+            mismatched.append(f"the run is on {self.device.type} but the checkpoint was trained on {checkpoint['device_type']}")
         if mismatched or checkpoint["model_kwargs"] != self.model_kwargs:
             raise CheckpointError(
                 f"{self.run_dir / 'last.pt'} does not match this run: " + "; ".join(mismatched or ["model shape differs"])

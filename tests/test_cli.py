@@ -1,0 +1,96 @@
+"""The command line: help text from the config, and one-line errors with exit status 2."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from capsnet import TrainConfig
+from capsnet.cli import main
+from capsnet.training import save_checkpoint
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_train_help_shows_the_config_defaults(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    for flag in ("--dataset", "--data-dir", "--epochs", "--batch-size", "--lr", "--lr-decay", "--routing-iterations",
+                 "--no-reconstruction", "--reconstruction-weight", "--seed", "--device", "--output-dir",
+                 "--limit-train", "--resume"):
+        assert flag in out
+    assert f"(default: {TrainConfig.batch_size})" in out and "(default: 0.0005)" in out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--epochs", "0"], "--epochs must be a positive integer, got 0"),
+        (["train", "--batch-size", "-4"], "--batch-size must be a positive integer, got -4"),
+        (["train", "--data-dir", "/nonexistent/capsnet-data", "--output-dir", "{tmp}/run"], "/nonexistent/capsnet-data"),
+        (["train", "--output-dir", "{tmp}/a-file/run"], "cannot write to the output folder"),
+        (["evaluate", "{tmp}/a-file"], "is not a capsnet checkpoint"),
+        (["evaluate", "{tmp}/missing.pt"], "does not exist"),
+        (["train", "--resume", "--output-dir", "{tmp}/empty"], "nothing to resume"),
+        (["train", "--max-shift", "-1"], "--max-shift must not be negative, got -1"),
+        (["evaluate", "{tmp}/a-file", "--limit-test", "0"], "--limit-test must be a positive integer, got 0"),
+        (["evaluate", "{tmp}/a-file", "--batch-size", "-1"], "--batch-size must be a positive integer, got -1"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, argv, message):
+    (tmp_path / "a-file").write_text("not a checkpoint")
+    code, out, err = run(capsys, *[a.replace("{tmp}", str(tmp_path)) for a in argv])
+    assert code == 2
+    assert err.startswith("capsnet: error: ") and message in err and "Traceback" not in err
+    assert err.count("\n") == 1
+
+
+def test_unknown_dataset_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--dataset", "cifar10"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'cifar10'" in capsys.readouterr().err
+
+
+def test_checkpoint_must_match_the_model_flags(capsys, tmp_path, shared_data):
+    common = ["--data-dir", str(shared_data), "--model", "capsnet-tiny", "--limit-train", "64", "--limit-test", "50",
+              "--batch-size", "32", "--no-progress", "--output-dir", str(tmp_path / "run")]
+    assert run(capsys, "train", "--epochs", "1", *common)[0] == 0
+    code, _, err = run(capsys, "train", "--epochs", "2", "--resume", "--routing-iterations", "1", *common)
+    assert code == 2 and "--routing-iterations is 1 but the checkpoint has 3" in err
+    code, out, _ = run(capsys, "evaluate", str(tmp_path / "run" / "best.pt"), "--limit-test", "50")
+    assert code == 0 and "test error" in out and out.count("%") == 11  # overall + 10 classes
+
+
+def test_foreign_torch_file_is_rejected(capsys, tmp_path):
+    torch.save({"state_dict": {}}, tmp_path / "other.pt")
+    code, _, err = run(capsys, "evaluate", str(tmp_path / "other.pt"))
+    assert code == 2 and "is not a capsnet checkpoint" in err
+
+
+def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
+    save_checkpoint(tmp_path / "c.pt", {"x": 1})
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+    good = (tmp_path / "c.pt").read_bytes()
+
+    def save_half_then_fail(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", save_half_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(tmp_path / "c.pt", {"x": 2})
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"] and (tmp_path / "c.pt").read_bytes() == good
+
+
+def test_python_dash_m_entry_point_exits_2_without_traceback():
+    result = subprocess.run([sys.executable, "-m", "capsnet", "train", "--epochs", "-1"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "capsnet: error: --epochs must be a positive integer, got -1"

@@ -1,0 +1,138 @@
+"""The training app on real MNIST: end-to-end accuracy, exact resume, interruption and divergence."""
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+
+import capsnet
+from capsnet import TrainConfig, Trainer
+from capsnet.training import TrainingError, load_checkpoint
+
+QUICK = dict(model="capsnet-tiny", limit_train=256, limit_test=100, batch_size=32, progress=False)
+
+
+def config(tmp_path, shared_data, name="run", **overrides) -> TrainConfig:
+    values = {**QUICK, "data_dir": str(shared_data), "output_dir": str(tmp_path / name), **overrides}
+    return TrainConfig(**values)
+
+
+def strip_times(history):
+    return [{k: v for k, v in m.items() if k not in ("epoch_seconds", "train_images_per_second")} for m in history]
+
+
+def read_metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module):
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0, msg=f"{name} differs")
+
+
+def test_quick_run_reaches_stated_test_accuracy(tmp_path, shared_data):
+    """3,000 training images, 2 epochs of the tiny CapsNet: >= 85% on the first 1,000 test images."""
+    cfg = config(tmp_path, shared_data, limit_train=3000, limit_test=1000, batch_size=64, epochs=2)
+    history = Trainer(cfg).fit()
+    assert len(history) == 2 and history[-1]["test_examples"] == 1000
+    assert history[-1]["test_error"] <= 0.15, history
+    run = tmp_path / "run"
+    assert {p.name for p in run.iterdir()} == {"config.json", "metrics.jsonl", "last.pt", "best.pt"}
+    assert json.loads((run / "config.json").read_text())["model_kwargs"]["routing_iterations"] == 3
+    assert strip_times(read_metrics(run)) == strip_times(history)
+
+
+def test_resume_after_an_epoch_matches_an_uninterrupted_run(tmp_path, shared_data):
+    straight = Trainer(config(tmp_path, shared_data, "straight", epochs=2))
+    history = straight.fit()
+    Trainer(config(tmp_path, shared_data, "split", epochs=1)).fit()
+    resumed = Trainer(config(tmp_path, shared_data, "split", epochs=2, resume=True))
+    resumed.fit()
+    assert strip_times(read_metrics(tmp_path / "split")) == strip_times(history)
+    assert_same_weights(resumed.model, straight.model)
+
+
+def test_interrupt_mid_epoch_saves_and_resumes_exactly(tmp_path, shared_data, monkeypatch):
+    straight = Trainer(config(tmp_path, shared_data, "straight", epochs=2))
+    straight.fit()
+
+    interrupted = Trainer(config(tmp_path, shared_data, "split", epochs=2))
+    original_step, calls = interrupted._train_step, []
+
+    def step_with_ctrl_c(*args):
+        calls.append(1)
+        if len(calls) == 11:  # in the middle of the second epoch (8 batches per epoch), before the update
+            os.kill(os.getpid(), signal.SIGINT)
+        original_step(*args)
+
+    monkeypatch.setattr(interrupted, "_train_step", step_with_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit()
+    saved = load_checkpoint(tmp_path / "split" / "last.pt")["progress"]
+    assert (saved["epoch"], saved["batch"], saved["step"]) == (1, 3, 11)
+
+    resumed = Trainer(config(tmp_path, shared_data, "split", epochs=2, resume=True))
+    resumed.fit()
+    assert_same_weights(resumed.model, straight.model)
+    assert strip_times(read_metrics(tmp_path / "split")) == strip_times(read_metrics(tmp_path / "straight"))
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, shared_data, monkeypatch):
+    trainer = Trainer(config(tmp_path, shared_data, epochs=2))
+    trainer.fit()  # epochs 1 and 2 are fine
+    before = (tmp_path / "run" / "last.pt").read_bytes()
+    more = Trainer(config(tmp_path, shared_data, epochs=3, resume=True))
+    poison_loss(more, monkeypatch)
+    with pytest.raises(TrainingError, match=r"the loss became nan in epoch 3 .* last good checkpoint is .*last.pt"):
+        more.fit()
+    assert (tmp_path / "run" / "last.pt").read_bytes() == before
+
+
+def test_non_finite_loss_in_the_first_epoch_says_no_checkpoint_exists(tmp_path, shared_data, monkeypatch):
+    trainer = Trainer(config(tmp_path, shared_data, epochs=1))
+    poison_loss(trainer, monkeypatch)
+    with pytest.raises(TrainingError, match="the loss became nan in epoch 1 .* no checkpoint was written yet"):
+        trainer.fit()
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def poison_loss(trainer, monkeypatch):
+    original_terms = trainer.loss_fn.terms
+    monkeypatch.setattr(trainer.loss_fn, "terms", lambda *a: original_terms(*a)._replace(total=original_terms(*a).total * float("nan")))
+
+
+def test_learning_rate_follows_the_official_decay(tmp_path, shared_data):
+    trainer = Trainer(config(tmp_path, shared_data, epochs=1, lr_decay_steps=4))
+    trainer.fit()  # 8 steps
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.96 ** (8 / 4))
+    assert read_metrics(tmp_path / "run")[0]["lr"] == pytest.approx(1e-3 * 0.96**2)
+
+
+def test_training_batches_are_shifted_and_test_images_are_not(tmp_path, shared_data, monkeypatch):
+    trainer = Trainer(config(tmp_path, shared_data, epochs=1, limit_train=64))
+    seen = []
+    forward = trainer.model.forward
+    monkeypatch.setattr(trainer.model, "forward", lambda images, targets=None: seen.append(images.clone()) or forward(images, targets))
+    trainer.fit()
+    train_batches, test_batch = seen[:2], seen[2]
+    originals = {tuple(image.flatten().tolist()) for image in trainer.train_images}
+    as_uint8 = [(image * 255).round().to(torch.uint8) for batch in train_batches for image in batch]
+    shifted = sum(tuple(image.flatten().tolist()) not in originals for image in as_uint8)
+    assert shifted > 40  # 64 images, each unshifted with probability 1/25
+    torch.testing.assert_close(test_batch, trainer.test_images.float() / 255, rtol=0, atol=0)
+
+
+def test_python_api_is_one_call(tmp_path, shared_data):
+    history = capsnet.train(**QUICK, epochs=1, data_dir=str(shared_data), output_dir=str(tmp_path / "api"))
+    assert [m["epoch"] for m in history] == [1]
+    assert 0 <= history[0]["test_error"] <= 1
+
+
+def test_run_folder_guards(tmp_path, shared_data):
+    with pytest.raises(TrainingError, match="nothing to resume"):
+        Trainer(config(tmp_path, shared_data, epochs=1, resume=True))
+    Trainer(config(tmp_path, shared_data, epochs=1)).fit()
+    with pytest.raises(TrainingError, match="already holds a run; pass --resume"):
+        Trainer(config(tmp_path, shared_data, epochs=1))
