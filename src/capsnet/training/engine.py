@@ -113,7 +113,7 @@ class Trainer:
         Ctrl-C (SIGINT) is honoured at the next batch boundary: ``last.pt`` is saved there, so a resumed
         run continues exactly, and ``KeyboardInterrupt`` is raised. A second Ctrl-C stops at once.
         """
-        history = []
+        history, self._interrupted = [], False
         with self._deferred_interrupt():
             while self.progress.epoch < self.config.epochs:
                 self._train_epoch()
@@ -123,7 +123,7 @@ class Trainer:
                 if self._interrupted:
                     break
         if self._interrupted:
-            self._check_finite(self.progress.sums["loss"])
+            self._check_finite(self.progress.sums.get("loss", 0.0))  # empty right after an epoch's end
             self._save("last.pt")
             raise KeyboardInterrupt
         return history
@@ -257,13 +257,14 @@ class Trainer:
         })
 
     def _restore(self, checkpoint: dict[str, Any]) -> None:
-        saved = checkpoint["config"]
+        saved = TrainConfig.from_dict(checkpoint["config"])  # fields newer than the file take their defaults
         mismatched = [
-            f"--{key.replace('_', '-')} is {getattr(self.config, key)!r} but the checkpoint has {saved.get(key)!r}"
-            for key in _RESUME_MUST_MATCH if saved.get(key) != getattr(self.config, key)
+            f"--{key.replace('_', '-')} is {getattr(self.config, key)!r} but the checkpoint has {getattr(saved, key)!r}"
+            for key in _RESUME_MUST_MATCH if getattr(saved, key) != getattr(self.config, key)
         ]
-        if checkpoint["device_type"] != self.device.type:
-            mismatched.append(f"the run is on {self.device.type} but the checkpoint was trained on {checkpoint['device_type']}")
+        saved_device = checkpoint.get("device_type", self.device.type)
+        if saved_device != self.device.type:
+            mismatched.append(f"the run is on {self.device.type} but the checkpoint was trained on {saved_device}")
         if mismatched or checkpoint["model_kwargs"] != self.model_kwargs:
             raise CheckpointError(
                 f"{self.run_dir / 'last.pt'} does not match this run: " + "; ".join(mismatched or ["model shape differs"])
