@@ -136,3 +136,21 @@ def test_run_folder_guards(tmp_path, shared_data):
     Trainer(config(tmp_path, shared_data, epochs=1)).fit()
     with pytest.raises(TrainingError, match="already holds a run; pass --resume"):
         Trainer(config(tmp_path, shared_data, epochs=1))
+
+
+def test_ctrl_c_during_evaluation_keeps_the_finished_epoch(tmp_path, shared_data, monkeypatch):
+    import capsnet.training.engine as engine
+
+    original_evaluate = engine.evaluate
+
+    def evaluate_with_ctrl_c(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return original_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "evaluate", evaluate_with_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(config(tmp_path, shared_data, epochs=2)).fit()
+    saved = load_checkpoint(tmp_path / "run" / "last.pt")["progress"]
+    assert (saved["epoch"], saved["batch"], saved["step"]) == (1, 0, 8)
+    assert [m["epoch"] for m in read_metrics(tmp_path / "run")] == [1]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
