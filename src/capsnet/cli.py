@@ -61,7 +61,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     model.load_state_dict(checkpoint["model"])
     test = get_dataset_class(config["dataset"])(args.data_dir or config["data_dir"], train=False)
     images, labels = test.images[: args.limit_test].to(device), test.labels[: args.limit_test].to(device)
-    result = evaluate(model, images, labels, batch_size=args.batch_size, num_classes=len(checkpoint["classes"]))
+    result = evaluate(model, images, labels, batch_size=args.batch_size, num_classes=len(checkpoint["classes"]), progress=True)
     print(f"{args.checkpoint}: test error {result['error']:.2%} on {result['examples']} {config['dataset']} test images "
           f"(epoch {checkpoint['progress']['epoch']})")
     for name, accuracy in zip(checkpoint["classes"], result["per_class_accuracy"]):

@@ -211,7 +211,7 @@ class Trainer:
     def _finish_epoch(self) -> dict[str, Any]:
         progress, sums = self.progress, self.progress.sums
         result = evaluate(self.model, self.test_images, self.test_labels, batch_size=self.config.eval_batch_size,
-                          num_classes=len(self.classes))
+                          num_classes=len(self.classes), progress=self.config.progress)
         progress.epoch += 1
         metrics = {
             "epoch": progress.epoch,
@@ -279,7 +279,9 @@ class Trainer:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, images: Tensor, labels: Tensor, *, batch_size: int = 500, num_classes: int = 10) -> dict[str, Any]:
+def evaluate(
+    model: nn.Module, images: Tensor, labels: Tensor, *, batch_size: int = 500, num_classes: int = 10, progress: bool = False
+) -> dict[str, Any]:
     """Test error and per-class accuracy of ``model`` (eval mode, longest capsule) on uint8 ``images``.
 
     Shape:
@@ -289,7 +291,8 @@ def evaluate(model: nn.Module, images: Tensor, labels: Tensor, *, batch_size: in
     model.eval()
     correct = torch.zeros(num_classes, dtype=torch.long, device=labels.device)
     counts = torch.bincount(labels, minlength=num_classes)
-    for start in range(0, len(labels), batch_size):
+    starts = range(0, len(labels), batch_size)
+    for start in tqdm(starts, desc="evaluating", unit="batch", disable=not progress, leave=False, dynamic_ncols=True):
         batch_labels = labels[start : start + batch_size]
         predictions = model(images[start : start + batch_size].float().div_(255)).lengths.argmax(-1)
         correct += torch.bincount(batch_labels[predictions == batch_labels], minlength=num_classes)
