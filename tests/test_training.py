@@ -9,6 +9,7 @@ import torch
 
 import capsnet
 from capsnet import TrainConfig, Trainer
+from capsnet.cli import main
 from capsnet.training import TrainingError, load_checkpoint
 
 QUICK = dict(model="capsnet-tiny", limit_train=256, limit_test=100, batch_size=32, progress=False)
@@ -32,16 +33,21 @@ def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module):
         torch.testing.assert_close(p, q, rtol=0, atol=0, msg=f"{name} differs")
 
 
-def test_quick_run_reaches_stated_test_accuracy(tmp_path, shared_data):
-    """3,000 training images, 2 epochs of the tiny CapsNet: >= 85% on the first 1,000 test images."""
-    cfg = config(tmp_path, shared_data, limit_train=3000, limit_test=1000, batch_size=64, epochs=2)
-    history = Trainer(cfg).fit()
-    assert len(history) == 2 and history[-1]["test_examples"] == 1000
-    assert history[-1]["test_error"] <= 0.15, history
+def test_capsnet_train_quick_run_reaches_stated_test_accuracy(tmp_path, shared_data, capsys):
+    """`capsnet train --limit-train 3000`, 2 epochs of the tiny CapsNet: >= 85% on the first 1,000 test images."""
     run = tmp_path / "run"
+    argv = ["train", "--model", "capsnet-tiny", "--data-dir", str(shared_data), "--limit-train", "3000",
+            "--limit-test", "1000", "--batch-size", "64", "--epochs", "2", "--no-progress", "--output-dir", str(run)]
+    assert main(argv) == 0
+    metrics = read_metrics(run)
+    assert [m["epoch"] for m in metrics] == [1, 2] and metrics[-1]["test_examples"] == 1000
+    assert metrics[-1]["test_error"] <= 0.15, metrics
     assert {p.name for p in run.iterdir()} == {"config.json", "metrics.jsonl", "last.pt", "best.pt"}
     assert json.loads((run / "config.json").read_text())["model_kwargs"]["routing_iterations"] == 3
-    assert strip_times(read_metrics(run)) == strip_times(history)
+    out = capsys.readouterr().out
+    assert "epoch 2/2: train loss" in out and f"done: test error {metrics[-1]['test_error']:.2%}" in out
+    assert main(argv + ["--resume"]) == 0
+    assert "nothing to do" in capsys.readouterr().out
 
 
 def test_resume_after_an_epoch_matches_an_uninterrupted_run(tmp_path, shared_data):
@@ -112,11 +118,21 @@ def test_learning_rate_follows_the_official_decay(tmp_path, shared_data):
 
 def test_training_batches_are_shifted_and_test_images_are_not(tmp_path, shared_data, monkeypatch):
     trainer = Trainer(config(tmp_path, shared_data, epochs=1, limit_train=64))
-    seen = []
+    seen, seen_targets = [], []
     forward = trainer.model.forward
-    monkeypatch.setattr(trainer.model, "forward", lambda images, targets=None: seen.append(images.clone()) or forward(images, targets))
+
+    def recording_forward(images, targets=None):
+        seen.append(images.clone())
+        seen_targets.append(targets)
+        return forward(images, targets)
+
+    monkeypatch.setattr(trainer.model, "forward", recording_forward)
     trainer.fit()
     train_batches, test_batch = seen[:2], seen[2]
+    # Labels travel with their images: the first batch of epoch 1 in the trainer's own order.
+    order = torch.randperm(64, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(seen_targets[0], trainer.train_labels[order[:32]])
+    assert seen_targets[2] is None  # evaluation masks the longest capsule
     originals = {tuple(image.flatten().tolist()) for image in trainer.train_images}
     as_uint8 = [(image * 255).round().to(torch.uint8) for batch in train_batches for image in batch]
     shifted = sum(tuple(image.flatten().tolist()) not in originals for image in as_uint8)
@@ -154,3 +170,18 @@ def test_ctrl_c_during_evaluation_keeps_the_finished_epoch(tmp_path, shared_data
     assert (saved["epoch"], saved["batch"], saved["step"]) == (1, 0, 8)
     assert [m["epoch"] for m in read_metrics(tmp_path / "run")] == [1]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+
+
+def test_default_run_folder_is_new_for_every_run():
+    first = TrainConfig()
+    assert first.output_dir.startswith("runs/capsnet-mnist-mnist-")
+    assert TrainConfig(model="capsnet-tiny", dataset="fashion-mnist").output_dir.startswith("runs/capsnet-tiny-fashion-mnist-")
+
+
+def test_torn_metrics_line_does_not_block_resume(tmp_path, shared_data):
+    Trainer(config(tmp_path, shared_data, epochs=1)).fit()
+    with open(tmp_path / "run" / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 2, "step"')  # killed mid-write
+    resumed = Trainer(config(tmp_path, shared_data, epochs=2, resume=True))
+    resumed.fit()
+    assert [m["epoch"] for m in read_metrics(tmp_path / "run")] == [1, 2]

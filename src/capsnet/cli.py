@@ -12,13 +12,14 @@ import typing
 from dataclasses import MISSING, fields
 from pathlib import Path
 
-from .config import TrainConfig
+from .config import DEVICES, TrainConfig
 from .data import DATASETS, DataError, download_dataset, get_dataset_class
 from .models import create_model
-from .training import CheckpointError, TrainingError, evaluate, load_checkpoint, resolve_device
+from .training import CheckpointError, TrainingError, TrainingInterrupted, evaluate, load_checkpoint, resolve_device
 from .training.engine import Trainer
 
-_USER_ERRORS = (ValueError, DataError, CheckpointError, TrainingError)
+# OSError: unreadable or unwritable files and full disks are the user's to fix, not a bug to trace back.
+_USER_ERRORS = (ValueError, DataError, CheckpointError, TrainingError, OSError)
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -42,10 +43,13 @@ def _train(args: argparse.Namespace) -> None:
           f"run folder {trainer.run_dir}")
     try:
         history = trainer.fit()
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: checkpoint saved to {trainer.run_dir / 'last.pt'}; continue with --resume", file=sys.stderr)
+    except TrainingInterrupted as stop:
+        print(f"\ninterrupted: checkpoint saved to {stop.checkpoint}; continue with --resume --output-dir {trainer.run_dir}",
+              file=sys.stderr)
         raise SystemExit(130) from None
-    if history:
+    if not history:
+        print(f"nothing to do: {trainer.run_dir} has already trained {trainer.progress.epoch} epochs; raise --epochs")
+    else:
         print(f"done: test error {history[-1]['test_error']:.2%} after {trainer.progress.epoch} epochs; "
               f"best {trainer.progress.best_error:.2%}; checkpoints in {trainer.run_dir}")
 
@@ -84,8 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_cmd = commands.add_parser("evaluate", help="test error and per-class accuracy of a checkpoint")
     evaluate_cmd.add_argument("checkpoint", type=Path, help="a last.pt or best.pt written by capsnet train")
     evaluate_cmd.add_argument("--data-dir", help="folder with the dataset (default: the one used in training)")
-    evaluate_cmd.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    evaluate_cmd.add_argument("--batch-size", type=int, default=500)
+    evaluate_cmd.add_argument("--device", default=TrainConfig.device, choices=DEVICES)
+    evaluate_cmd.add_argument("--batch-size", type=int, default=TrainConfig.eval_batch_size)
     evaluate_cmd.add_argument("--limit-test", type=int, default=None, help="only the first N test images")
     evaluate_cmd.set_defaults(func=_evaluate)
 
@@ -104,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     except _USER_ERRORS as exc:
         print(f"capsnet: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # before training started (e.g. while loading data): nothing to save
+    except KeyboardInterrupt:  # before training started, or a second Ctrl-C: nothing was saved
         print("\ninterrupted", file=sys.stderr)
         return 130
     return 0

@@ -7,14 +7,19 @@ built from :class:`TrainConfig`, so a default changes here and nowhere else.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
+import math
+import time
 from typing import Any
 
 from ._checks import check_choice
 from .data import DATASETS
 from .losses import RECONSTRUCTION_WEIGHT
+from .models import list_models
 from .routing import ROUTING_ITERATIONS
 
-__all__ = ["TrainConfig"]
+__all__ = ["TrainConfig", "DEVICES"]
+
+DEVICES = ("auto", "cpu", "cuda")
 
 
 def _option(default: Any, help: str, **extra: Any) -> Any:
@@ -44,8 +49,10 @@ class TrainConfig:
     halve_margin: bool = _option(False, "multiply the margin loss by 0.5, as the official code does")
     max_shift: int = _option(2, "random shift augmentation in pixels, zero padded (paper: 2)")
     seed: int = _option(0, "random seed: model init, data order and augmentation")
-    device: str = _option("auto", "auto (cuda if available), cpu or cuda", choices=("auto", "cpu", "cuda"))
-    output_dir: str = _option("runs/capsnet-mnist", "run folder: config.json, metrics.jsonl, last.pt, best.pt")
+    device: str = _option("auto", "auto (cuda if available), cpu or cuda", choices=DEVICES)
+    output_dir: str | None = _option(
+        None, "run folder for config.json, metrics.jsonl, last.pt, best.pt (default: runs/MODEL-DATASET-TIMESTAMP)"
+    )
     limit_train: int | None = _option(None, "use only the first N training images (quick runs)")
     limit_test: int | None = _option(None, "evaluate on only the first N test images")
     resume: bool = _option(False, "continue the run in --output-dir from its last.pt")
@@ -56,13 +63,20 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_choice(self.dataset, "--dataset", DATASETS)
-        check_choice(self.device, "--device", ("auto", "cpu", "cuda"))
+        check_choice(self.device, "--device", DEVICES)
+        check_choice(self.model, "--model", list_models())
+        if self.output_dir is None:
+            if self.resume:
+                raise ValueError("--resume needs the --output-dir of the run to continue")
+            self.output_dir = f"runs/{self.model}-{self.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
         for name in ("epochs", "batch_size", "eval_batch_size", "routing_iterations", "lr_decay_steps"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
         for name in ("limit_train", "limit_test"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+        if not math.isfinite(self.lr + self.lr_decay + self.reconstruction_weight):
+            raise ValueError("--lr, --lr-decay and --reconstruction-weight must be finite numbers")
         if self.lr <= 0 or not 0 < self.lr_decay <= 1:
             raise ValueError(f"--lr must be > 0 and --lr-decay in (0, 1], got {self.lr} and {self.lr_decay}")
         for name in ("max_shift", "reconstruction_weight"):

@@ -224,7 +224,10 @@ class FashionMNIST(MNIST):
     """Fashion-MNIST (Xiao, Rasul & Vollgraf 2017): Zalando article images in MNIST's format and sizes."""
 
     name: ClassVar[str] = "fashion-mnist"
-    mirrors: ClassVar[list[str]] = ["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"]
+    mirrors: ClassVar[list[str]] = [
+        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+        "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+    ]
     resources: ClassVar[dict[str, tuple[Resource, Resource]]] = {
         "train": (
             Resource(
@@ -309,7 +312,10 @@ def _verify(path: Path, resource: Resource) -> None:
     if _key(path) in _VERIFIED:
         return
     expected = resource.sha256 if path.name == resource.filename else resource.raw_sha256
-    digest = sha256_file(path)
+    try:
+        digest = sha256_file(path)
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
     # A re-compressed archive (other gzip header or level) is fine if its content is the published one.
     if digest != expected and expected == resource.sha256 and _content_sha256(path) == resource.raw_sha256:
         digest = expected

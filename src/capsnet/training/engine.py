@@ -25,19 +25,27 @@ from ..config import TrainConfig
 from ..runtime import retain_freed_memory
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
-__all__ = ["Trainer", "TrainingError", "train", "evaluate", "resolve_device"]
+__all__ = ["Trainer", "TrainingError", "TrainingInterrupted", "train", "evaluate", "resolve_device"]
 
 # Settings a resumed run must share with its checkpoint, or the continuation would not be the same run.
 _RESUME_MUST_MATCH = (
     "dataset", "model", "batch_size", "lr", "lr_decay", "lr_decay_steps", "routing_iterations",
     "reconstruction", "reconstruction_weight", "halve_margin", "detach_intermediate", "digit_bias",
-    "max_shift", "seed", "limit_train",
+    "max_shift", "seed", "limit_train", "limit_test",
 )
 _POSTFIX_EVERY = 20  # progress-bar updates read the device's running sums (a sync on GPU): not every step
 
 
 class TrainingError(RuntimeError):
     """A run that cannot start or go on: unusable output folder, nothing to resume, diverged loss."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped :meth:`Trainer.fit` after it saved ``checkpoint``; ``--resume`` continues from there."""
+
+    def __init__(self, checkpoint: Path) -> None:
+        super().__init__(f"interrupted; checkpoint saved to {checkpoint}")
+        self.checkpoint = checkpoint
 
 
 def resolve_device(name: str) -> torch.device:
@@ -91,6 +99,8 @@ class Trainer:
         self._augment_generator = torch.Generator(device=self.device)
         if config.resume:
             self._restore(load_checkpoint(self.run_dir / "last.pt", map_location=self.device))
+        else:
+            _truncate_metrics(self.run_dir / "metrics.jsonl", 0)  # lines left by a run killed before its first save
         _write_json(self.run_dir / "config.json", {**config.to_dict(), "model_kwargs": self.model_kwargs})
 
     def _load_data(self) -> None:
@@ -125,21 +135,23 @@ class Trainer:
         if self._interrupted:
             self._check_finite(self.progress.sums.get("loss", 0.0))  # empty right after an epoch's end
             self._save("last.pt")
-            raise KeyboardInterrupt
+            raise TrainingInterrupted(self.run_dir / "last.pt")
         return history
 
     @contextmanager
     def _deferred_interrupt(self) -> Iterator[None]:
         """Turn the first SIGINT into a flag read between batches (signal handlers live in the main thread only)."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
+        previous = signal.getsignal(signal.SIGINT)
+        if threading.current_thread() is not threading.main_thread() or previous is signal.SIG_IGN:
+            yield  # no handler possible, or the caller chose to ignore Ctrl-C
             return
+        previous = previous if previous is not None else signal.default_int_handler  # None: set outside Python
 
         def request_stop(signum, frame):
             self._interrupted = True
             signal.signal(signal.SIGINT, previous)  # a second Ctrl-C interrupts at once
 
-        previous = signal.signal(signal.SIGINT, request_stop)
+        signal.signal(signal.SIGINT, request_stop)
         try:
             yield
         finally:
@@ -226,6 +238,9 @@ class Trainer:
             "epoch_seconds": round(progress.seconds, 2),
             "train_images_per_second": round(sums["seen"] / progress.seconds, 1),
         }
+        if not all(torch.isfinite(p).all() for p in self.model.parameters()):  # the last update may be the bad one
+            raise TrainingError(f"the weights became non-finite in epoch {progress.epoch}; the last good checkpoint is "
+                                f"kept; try a lower --lr")
         improved = metrics["test_error"] < progress.best_error
         progress.best_error = min(progress.best_error, metrics["test_error"])
         progress.batch, progress.sums, progress.seconds = 0, {}, 0.0
@@ -280,7 +295,13 @@ class Trainer:
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, images: Tensor, labels: Tensor, *, batch_size: int = 500, num_classes: int = 10, progress: bool = False
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    *,
+    batch_size: int = TrainConfig.eval_batch_size,
+    num_classes: int = 10,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Test error and per-class accuracy of ``model`` (eval mode, longest capsule) on uint8 ``images``.
 
@@ -341,5 +362,13 @@ def _write_json(path: Path, values: dict[str, Any]) -> None:
 def _truncate_metrics(path: Path, epochs_done: int) -> None:
     """Drop metric lines of epochs the checkpoint does not include (written just before a crash)."""
     if path.exists():
-        lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["epoch"] <= epochs_done]
-        path.write_text("".join(line + "\n" for line in lines))
+        kept = [line for line in path.read_text().splitlines() if _epoch_of(line) in range(1, epochs_done + 1)]
+        path.write_text("".join(line + "\n" for line in kept))
+
+
+def _epoch_of(line: str) -> int | None:
+    """The epoch of a metrics line, or ``None`` for a line torn by a crash."""
+    try:
+        return json.loads(line)["epoch"]
+    except (ValueError, KeyError, TypeError):
+        return None
