@@ -12,7 +12,7 @@ import typing
 from dataclasses import MISSING, fields
 from pathlib import Path
 
-from .config import DEVICES, TrainConfig
+from .config import DEVICES, TrainConfig, check_positive_flag
 from .data import DATASETS, DataError, download_dataset, get_dataset_class
 from .models import create_model
 from .training import CheckpointError, TrainingError, TrainingInterrupted, evaluate, load_checkpoint, resolve_device
@@ -55,9 +55,8 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    for flag, value in (("--batch-size", args.batch_size), ("--limit-test", args.limit_test)):
-        if value is not None and value <= 0:
-            raise ValueError(f"{flag} must be a positive integer, got {value}")
+    check_positive_flag("--batch-size", args.batch_size)
+    check_positive_flag("--limit-test", args.limit_test)
     checkpoint = load_checkpoint(args.checkpoint)
     config = checkpoint["config"]
     device = resolve_device(args.device)

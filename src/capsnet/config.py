@@ -17,9 +17,15 @@ from .losses import RECONSTRUCTION_WEIGHT
 from .models import list_models
 from .routing import ROUTING_ITERATIONS
 
-__all__ = ["TrainConfig", "DEVICES"]
+__all__ = ["TrainConfig", "DEVICES", "check_positive_flag"]
 
 DEVICES = ("auto", "cpu", "cuda")
+
+
+def check_positive_flag(flag: str, value: int | None) -> None:
+    """Raise a ``ValueError`` naming ``flag`` unless ``value`` is ``None`` (unset) or a positive number."""
+    if value is not None and value <= 0:
+        raise ValueError(f"{flag} must be a positive integer, got {value}")
 
 
 def _option(default: Any, help: str, **extra: Any) -> Any:
@@ -69,12 +75,9 @@ class TrainConfig:
             if self.resume:
                 raise ValueError("--resume needs the --output-dir of the run to continue")
             self.output_dir = f"runs/{self.model}-{self.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
-        for name in ("epochs", "batch_size", "eval_batch_size", "routing_iterations", "lr_decay_steps"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
-        for name in ("limit_train", "limit_test"):
-            if getattr(self, name) is not None and getattr(self, name) <= 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+        for name in ("epochs", "batch_size", "eval_batch_size", "routing_iterations", "lr_decay_steps", "limit_train",
+                     "limit_test"):
+            check_positive_flag("--" + name.replace("_", "-"), getattr(self, name))
         if not math.isfinite(self.lr + self.lr_decay + self.reconstruction_weight):
             raise ValueError("--lr, --lr-decay and --reconstruction-weight must be finite numbers")
         if self.lr <= 0 or not 0 < self.lr_decay <= 1:
