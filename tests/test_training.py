@@ -157,13 +157,13 @@ def test_run_folder_guards(tmp_path, shared_data):
 def test_ctrl_c_during_evaluation_keeps_the_finished_epoch(tmp_path, shared_data, monkeypatch):
     import capsnet.training.engine as engine
 
-    original_evaluate = engine.evaluate
+    original_counts = engine._class_counts
 
     def evaluate_with_ctrl_c(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGINT)
-        return original_evaluate(*args, **kwargs)
+        return original_counts(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "evaluate", evaluate_with_ctrl_c)
+    monkeypatch.setattr(engine, "_class_counts", evaluate_with_ctrl_c)
     with pytest.raises(KeyboardInterrupt):
         Trainer(config(tmp_path, shared_data, epochs=2)).fit()
     saved = load_checkpoint(tmp_path / "run" / "last.pt")["progress"]
@@ -185,3 +185,24 @@ def test_torn_metrics_line_does_not_block_resume(tmp_path, shared_data):
     resumed = Trainer(config(tmp_path, shared_data, epochs=2, resume=True))
     resumed.fit()
     assert [m["epoch"] for m in read_metrics(tmp_path / "run")] == [1, 2]
+
+
+def test_sigterm_saves_like_ctrl_c_and_the_handlers_are_restored(tmp_path, shared_data, monkeypatch):
+    """Cluster schedulers and torchrun stop workers with SIGTERM: it must save a resumable checkpoint too."""
+    trainer = Trainer(config(tmp_path, shared_data, epochs=1))
+    original_step = trainer._train_step
+    calls = []
+
+    def step_with_sigterm(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        original_step(*args)
+
+    monkeypatch.setattr(trainer, "_train_step", step_with_sigterm)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    saved = load_checkpoint(tmp_path / "run" / "last.pt")["progress"]
+    assert (saved["epoch"], saved["batch"]) == (0, 3)
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -12,11 +12,13 @@ import typing
 from dataclasses import MISSING, fields
 from pathlib import Path
 
-from .config import DEVICES, TrainConfig, check_positive_flag
+from .config import DEVICES, PRECISIONS, TrainConfig, check_positive_flag
 from .data import DATASETS, DataError, download_dataset, get_dataset_class
 from .models import create_model
 from .training import CheckpointError, TrainingError, TrainingInterrupted, evaluate, load_checkpoint, resolve_device
+from .training.distributed import shutdown_distributed
 from .training.engine import Trainer
+from .training.precision import resolve_precision
 
 # OSError: unreadable or unwritable files and full disks are the user's to fix, not a bug to trace back.
 _USER_ERRORS = (ValueError, DataError, CheckpointError, TrainingError, OSError)
@@ -38,19 +40,29 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 def _train(args: argparse.Namespace) -> None:
     config = TrainConfig.from_dict(vars(args))
+    try:
+        _run_training(config)
+    finally:
+        shutdown_distributed()
+
+
+def _run_training(config: TrainConfig) -> None:
     trainer = Trainer(config)
-    print(f"training {config.model} on {config.dataset} ({len(trainer.train_labels)} images) on {trainer.device}; "
-          f"run folder {trainer.run_dir}")
+    say = print if trainer.distributed.is_main else (lambda *args, **kwargs: None)  # one voice under torchrun
+    settings = trainer.settings()
+    processes = f" x {settings['world_size']} processes" if settings["world_size"] > 1 else ""
+    say(f"training {config.model} on {config.dataset} ({len(trainer.train_labels)} images) on "
+        f"{settings['device']}{processes}, precision {settings['precision']}; run folder {trainer.run_dir}")
     try:
         history = trainer.fit()
     except TrainingInterrupted as stop:
-        print(f"\ninterrupted: checkpoint saved to {stop.checkpoint}; continue with --resume --output-dir {trainer.run_dir}",
-              file=sys.stderr)
+        say(f"\ninterrupted: checkpoint saved to {stop.checkpoint}; continue with --resume --output-dir {trainer.run_dir}",
+            file=sys.stderr)
         raise SystemExit(130) from None
     if not history:
-        print(f"nothing to do: {trainer.run_dir} has already trained {trainer.progress.epoch} epochs; raise --epochs")
+        say(f"nothing to do: {trainer.run_dir} has already trained {trainer.progress.epoch} epochs; raise --epochs")
     else:
-        print(f"done: test error {history[-1]['test_error']:.2%} after {trainer.progress.epoch} epochs; "
+        say(f"done: test error {history[-1]['test_error']:.2%} after {trainer.progress.epoch} epochs; "
               f"best {trainer.progress.best_error:.2%}; checkpoints in {trainer.run_dir}")
 
 
@@ -64,7 +76,8 @@ def _evaluate(args: argparse.Namespace) -> None:
     model.load_state_dict(checkpoint["model"])
     test = get_dataset_class(config["dataset"])(args.data_dir or config["data_dir"], train=False)
     images, labels = test.images[: args.limit_test].to(device), test.labels[: args.limit_test].to(device)
-    result = evaluate(model, images, labels, batch_size=args.batch_size, num_classes=len(checkpoint["classes"]), progress=True)
+    result = evaluate(model, images, labels, batch_size=args.batch_size, num_classes=len(checkpoint["classes"]),
+                      precision=resolve_precision(args.precision, device), progress=True)
     print(f"{args.checkpoint}: test error {result['error']:.2%} on {result['examples']} {config['dataset']} test images "
           f"(epoch {checkpoint['progress']['epoch']})")
     for name, accuracy in zip(checkpoint["classes"], result["per_class_accuracy"]):
@@ -89,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_cmd.add_argument("--data-dir", help="folder with the dataset (default: the one used in training)")
     evaluate_cmd.add_argument("--device", default=TrainConfig.device, choices=DEVICES)
     evaluate_cmd.add_argument("--batch-size", type=int, default=TrainConfig.eval_batch_size)
+    evaluate_cmd.add_argument("--precision", default=TrainConfig.precision, choices=PRECISIONS,
+                              help="autocast precision (auto: bf16 on CUDA, 32 on CPU)")
     evaluate_cmd.add_argument("--limit-test", type=int, default=None, help="only the first N test images")
     evaluate_cmd.set_defaults(func=_evaluate)
 

@@ -17,9 +17,10 @@ from .losses import RECONSTRUCTION_WEIGHT
 from .models import list_models
 from .routing import ROUTING_ITERATIONS
 
-__all__ = ["TrainConfig", "DEVICES", "check_positive_flag"]
+__all__ = ["TrainConfig", "DEVICES", "PRECISIONS", "check_positive_flag"]
 
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "32", "bf16", "16-mixed")
 
 
 def check_positive_flag(flag: str, value: int | None) -> None:
@@ -56,6 +57,11 @@ class TrainConfig:
     max_shift: int = _option(2, "random shift augmentation in pixels, zero padded (paper: 2)")
     seed: int = _option(0, "random seed: model init, data order and augmentation")
     device: str = _option("auto", "auto (cuda if available), cpu or cuda", choices=DEVICES)
+    precision: str = _option(
+        "auto", "autocast precision; auto: bf16 on CUDA GPUs that support it, else 16-mixed; 32 on CPU", choices=PRECISIONS
+    )
+    compile: bool = _option(False, "torch.compile the model (falls back to eager with a warning where unsupported)")
+    channels_last: bool | None = _option(None, "channels-last memory format for the convolutions (default: on CUDA only)")
     output_dir: str | None = _option(
         None, "run folder for config.json, metrics.jsonl, last.pt, best.pt (default: runs/MODEL-DATASET-TIMESTAMP)"
     )
@@ -70,6 +76,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check_choice(self.dataset, "--dataset", DATASETS)
         check_choice(self.device, "--device", DEVICES)
+        check_choice(self.precision, "--precision", PRECISIONS)
         check_choice(self.model, "--model", list_models())
         if self.output_dir is None:
             if self.resume:

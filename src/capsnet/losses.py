@@ -65,6 +65,9 @@ def margin_loss(
 def reconstruction_loss(reconstructions: Tensor, images: Tensor) -> Tensor:
     """Sum of squared pixel errors per example, mean over the batch (unweighted).
 
+    Computed in float32 (or wider) whatever the dtype of ``reconstructions``: a bf16 sum of 784 squared
+    errors would keep only about three significant digits.
+
     Shape:
         ``reconstructions``: ``(b, C * H * W)``; ``images``: ``(b, C, H, W)`` or ``(b, C * H * W)`` -> scalar.
     """
@@ -74,7 +77,8 @@ def reconstruction_loss(reconstructions: Tensor, images: Tensor) -> Tensor:
             f"reconstructions of shape {tuple(reconstructions.shape)} do not match images of shape "
             f"{tuple(images.shape)} ({target.shape[1]} values per example)"
         )
-    return (reconstructions - target.to(reconstructions.dtype)).square().sum(dim=-1).mean()
+    wide = torch.promote_types(reconstructions.dtype, torch.float32)
+    return (reconstructions.to(wide) - target.to(wide)).square().sum(dim=-1).mean()
 
 
 class LossTerms(NamedTuple):

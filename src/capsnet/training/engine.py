@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from ..data import TensorLoader, get_dataset_class, random_shift
@@ -24,6 +25,8 @@ from ..models import create_model
 from ..config import TrainConfig
 from ..runtime import retain_freed_memory
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .distributed import init_distributed, shutdown_distributed
+from .precision import CompiledOrEager, autocast, grad_scaler, resolve_channels_last, resolve_precision
 
 __all__ = ["Trainer", "TrainingError", "TrainingInterrupted", "train", "evaluate", "resolve_device"]
 
@@ -34,6 +37,7 @@ _RESUME_MUST_MATCH = (
     "max_shift", "seed", "limit_train", "limit_test",
 )
 _POSTFIX_EVERY = 20  # progress-bar updates read the device's running sums (a sync on GPU): not every step
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; torchrun and cluster schedulers send SIGTERM
 
 
 class TrainingError(RuntimeError):
@@ -81,13 +85,31 @@ class Trainer:
 
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
-        self.device = resolve_device(config.device)
+        device = resolve_device(config.device)
+        self.distributed = init_distributed(device)
+        self.device = self.distributed.device(device)
+        if config.batch_size < self.distributed.world_size:
+            raise TrainingError(f"--batch-size {config.batch_size} is the global batch: it must be at least the "
+                                f"{self.distributed.world_size} processes")
+        self.precision = resolve_precision(config.precision, self.device)
+        self.channels_last = resolve_channels_last(config.channels_last, self.device)
         if self.device.type == "cpu" and config.retain_memory:
             retain_freed_memory()
-        self.run_dir = _prepare_run_dir(Path(config.output_dir), resume=config.resume)
+        self.run_dir = Path(config.output_dir)
+        if self.distributed.is_main:
+            _prepare_run_dir(self.run_dir, resume=config.resume)
         self._load_data()
-        torch.manual_seed(config.seed)
+        torch.manual_seed(config.seed)  # the same initial weights on every rank
         self.model = create_model(config.model, **self.model_kwargs).to(self.device)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        # DDP averages the gradients over the ranks during backward; one process trains the model itself.
+        self._ddp_model = (
+            DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            if self.distributed.enabled else self.model
+        )
+        self._forward = CompiledOrEager(self._ddp_model) if config.compile else self._ddp_model
+        self.scaler = grad_scaler(self.precision, self.device)
         self.loss_fn = CapsuleLoss(config.reconstruction_weight, halve_margin=config.halve_margin)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, **_fast_adam(self.device))
         # Official code: lr * 0.96^(step / 2000), applied after every step.
@@ -99,17 +121,33 @@ class Trainer:
         self._augment_generator = torch.Generator(device=self.device)
         if config.resume:
             self._restore(load_checkpoint(self.run_dir / "last.pt", map_location=self.device))
-        else:
+        elif self.distributed.is_main:
             _truncate_metrics(self.run_dir / "metrics.jsonl", 0)  # lines left by a run killed before its first save
-        _write_json(self.run_dir / "config.json", {**config.to_dict(), "model_kwargs": self.model_kwargs})
+        if self.distributed.is_main:
+            _write_json(self.run_dir / "config.json", {
+                **config.to_dict(), "model_kwargs": self.model_kwargs, "resolved": self.settings(),
+            })
+
+    def settings(self) -> dict[str, Any]:
+        """What ``auto`` and ``None`` options became on this machine, and the number of processes."""
+        return {
+            "device": str(self.device), "precision": self.precision, "channels_last": self.channels_last,
+            "compile": self.config.compile, "world_size": self.distributed.world_size,
+        }
 
     def _load_data(self) -> None:
         config = self.config
         dataset_class = get_dataset_class(config.dataset)
-        train = dataset_class(config.data_dir, train=True, progress=config.progress)
-        test = dataset_class(config.data_dir, train=False, progress=config.progress)
+        show = config.progress and self.distributed.is_main
+        if not self.distributed.is_main:
+            self.distributed.barrier()  # rank 0 downloads, if it must, while the others wait
+        train = dataset_class(config.data_dir, train=True, progress=show)
+        test = dataset_class(config.data_dir, train=False, progress=show)
+        if self.distributed.is_main:
+            self.distributed.barrier()
         self.classes = list(train.classes)
-        # The whole split lives on the training device: batches are index operations, no host copies.
+        # The whole split lives on the training device: batches are index operations, no host copies. Every rank
+        # holds it (47 MB for MNIST) and trains on its own part of each batch.
         self.train_images = train.images[: config.limit_train].to(self.device)
         self.train_labels = train.labels[: config.limit_train].to(self.device)
         self.test_images = test.images[: config.limit_test].to(self.device)
@@ -120,8 +158,9 @@ class Trainer:
     def fit(self) -> list[dict[str, Any]]:
         """Train until ``config.epochs``; returns the metrics of the epochs run by this call.
 
-        Ctrl-C (SIGINT) is honoured at the next batch boundary: ``last.pt`` is saved there, so a resumed
-        run continues exactly, and ``KeyboardInterrupt`` is raised. A second Ctrl-C stops at once.
+        Ctrl-C (SIGINT) or SIGTERM is honoured at the next batch boundary: ``last.pt`` is saved there, so a
+        resumed run continues exactly, and ``KeyboardInterrupt`` is raised. A second Ctrl-C stops at once.
+        Under ``torchrun`` all ranks stop at the same batch when any of them got the signal.
         """
         history, self._interrupted = [], False
         with self._deferred_interrupt():
@@ -130,32 +169,42 @@ class Trainer:
                 if self._interrupted:
                     break
                 history.append(self._finish_epoch())
-                if self._interrupted:
+                if self._stop_requested():
                     break
         if self._interrupted:
             self._check_finite(self.progress.sums.get("loss", 0.0))  # empty right after an epoch's end
             self._save("last.pt")
+            self.distributed.barrier()  # no rank exits (which makes torchrun stop the others) before the save
             raise TrainingInterrupted(self.run_dir / "last.pt")
         return history
 
     @contextmanager
     def _deferred_interrupt(self) -> Iterator[None]:
-        """Turn the first SIGINT into a flag read between batches (signal handlers live in the main thread only)."""
-        previous = signal.getsignal(signal.SIGINT)
-        if threading.current_thread() is not threading.main_thread() or previous is signal.SIG_IGN:
+        """Turn SIGINT and SIGTERM into a flag read between batches (signal handlers live in the main thread only)."""
+        previous = {signum: signal.getsignal(signum) for signum in _STOP_SIGNALS}
+        if threading.current_thread() is not threading.main_thread() or previous[signal.SIGINT] is signal.SIG_IGN:
             yield  # no handler possible, or the caller chose to ignore Ctrl-C
             return
-        previous = previous if previous is not None else signal.default_int_handler  # None: set outside Python
+        previous[signal.SIGINT] = previous[signal.SIGINT] or signal.default_int_handler  # None: set outside Python
+        previous[signal.SIGTERM] = previous[signal.SIGTERM] or signal.SIG_DFL
 
         def request_stop(signum, frame):
             self._interrupted = True
-            signal.signal(signal.SIGINT, previous)  # a second Ctrl-C interrupts at once
+            if signum == signal.SIGINT:
+                signal.signal(signal.SIGINT, previous[signal.SIGINT])  # a second Ctrl-C interrupts at once
 
-        signal.signal(signal.SIGINT, request_stop)
+        for signum in _STOP_SIGNALS:
+            signal.signal(signum, request_stop)
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def _stop_requested(self) -> bool:
+        """Whether any rank got a stop signal; every rank gets the same answer at the same batch."""
+        self._interrupted = self.distributed.any(self._interrupted)
+        return self._interrupted
 
     def _epoch_batches(self) -> Iterator[tuple[Tensor, Tensor]]:
         """This epoch's batches in an order drawn from (seed, epoch) alone, so a resumed run sees the same ones."""
@@ -165,16 +214,19 @@ class Trainer:
         )
         if self.progress.batch == 0:
             self._augment_generator.manual_seed(self.config.seed * 1_000_003 + self.progress.epoch + 7919)
-        return itertools.islice(loader, self.progress.batch, None)
+        batches = itertools.islice(loader, self.progress.batch, None)
+        # A final batch smaller than the number of ranks would leave some rank nothing to train on.
+        return (batch for batch in batches if len(batch[1]) >= self.distributed.world_size)
 
     def _train_epoch(self) -> None:
         config, progress = self.config, self.progress
         self.model.train()
-        sums = _device_sums(progress.sums, self.device)
+        # Saved sums are totals over all ranks: one rank carries them on, the others start from zero.
+        sums = _device_sums(progress.sums if self.distributed.is_main else {}, self.device)
         total = -(-len(self.train_labels) // config.batch_size)
         bar = tqdm(
             self._epoch_batches(), total=total, initial=progress.batch, desc=f"epoch {progress.epoch + 1}/{config.epochs}",
-            unit="batch", disable=not config.progress, leave=False, dynamic_ncols=True,
+            unit="batch", disable=not (config.progress and self.distributed.is_main), leave=False, dynamic_ncols=True,
         )
         start = time.perf_counter()
         try:
@@ -182,25 +234,44 @@ class Trainer:
                 self._train_step(images, labels, sums)
                 progress.batch += 1
                 progress.step += 1
-                if self._interrupted:
+                if self._stop_requested():
                     break
                 if progress.batch % _POSTFIX_EVERY == 0:
-                    self._check_finite(sums["loss"])
-                    bar.set_postfix(loss=f"{sums['loss'].item() / sums['seen'].item():.4f}",
-                                    acc=f"{sums['correct'].item() / sums['seen'].item():.2%}")
+                    totals = self._total_sums(sums)
+                    self._check_finite(totals["loss"])
+                    bar.set_postfix(loss=f"{totals['loss'] / totals['seen']:.4f}",
+                                    acc=f"{totals['correct'] / totals['seen']:.2%}")
         finally:
             bar.close()
             progress.seconds += time.perf_counter() - start
-            progress.sums = {key: value.item() for key, value in sums.items()}
+        progress.sums = self._total_sums(sums)
         self._check_finite(progress.sums["loss"])
 
+    def _total_sums(self, sums: dict[str, Tensor]) -> dict[str, float]:
+        """The running sums added over all ranks, read to the host (one sync)."""
+        stacked = self.distributed.sum_(torch.stack(list(sums.values())))
+        return dict(zip(sums, stacked.tolist()))
+
     def _train_step(self, images: Tensor, labels: Tensor, sums: dict[str, Tensor]) -> None:
-        inputs = random_shift(images, self.config.max_shift, self._augment_generator).float().div_(255)
-        output = self.model(inputs, labels)
-        loss, margin, reconstruction = self.loss_fn.terms(output, inputs, labels)
+        """One optimizer step on a global batch; each rank computes its shard.
+
+        The whole batch is shifted on every rank (a cheap gather), so the augmentation does not depend on
+        the number of processes: N ranks take the same steps as one process with the same ``batch_size``.
+        """
+        shifted = random_shift(images, self.config.max_shift, self._augment_generator)
+        inputs = self.distributed.shard(shifted).float().div_(255)
+        labels = self.distributed.shard(labels)
+        if self.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        with autocast(self.precision, self.device):
+            output = self._forward(inputs, labels)
+            loss, margin, reconstruction = self.loss_fn.terms(output, inputs, labels)
+        # DDP averages gradients over ranks with equal weights; shards may differ in size by one example.
+        share = labels.shape[0] * self.distributed.world_size / images.shape[0]
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        self.scaler.scale(loss * share if share != 1 else loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.scheduler.step()
         batch = labels.shape[0]
         with torch.no_grad():
@@ -222,8 +293,13 @@ class Trainer:
 
     def _finish_epoch(self) -> dict[str, Any]:
         progress, sums = self.progress, self.progress.sums
-        result = evaluate(self.model, self.test_images, self.test_labels, batch_size=self.config.eval_batch_size,
-                          num_classes=len(self.classes), progress=self.config.progress)
+        shard = self.distributed.shard
+        correct, counts = _class_counts(
+            self.model, shard(self.test_images), shard(self.test_labels), batch_size=self.config.eval_batch_size,
+            num_classes=len(self.classes), precision=self.precision,
+            progress=self.config.progress and self.distributed.is_main,
+        )
+        result = _error_report(self.distributed.sum_(correct), self.distributed.sum_(counts))
         progress.epoch += 1
         metrics = {
             "epoch": progress.epoch,
@@ -244,6 +320,8 @@ class Trainer:
         improved = metrics["test_error"] < progress.best_error
         progress.best_error = min(progress.best_error, metrics["test_error"])
         progress.batch, progress.sums, progress.seconds = 0, {}, 0.0
+        if not self.distributed.is_main:
+            return metrics
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(metrics) + "\n")
         self._save("last.pt")
@@ -258,6 +336,8 @@ class Trainer:
         return metrics
 
     def _save(self, name: str) -> None:
+        if not self.distributed.is_main:
+            return
         progress = self.progress
         save_checkpoint(self.run_dir / name, {
             "config": self.config.to_dict(),
@@ -268,6 +348,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            "grad_scaler": self.scaler.state_dict(),
             "progress": {**progress.__dict__, "augment_rng": self._augment_generator.get_state()},
         })
 
@@ -287,10 +368,13 @@ class Trainer:
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
+        if checkpoint.get("grad_scaler") and self.scaler.is_enabled():  # empty when saved without loss scaling
+            self.scaler.load_state_dict(checkpoint["grad_scaler"])
         saved_progress = dict(checkpoint["progress"])
         self._augment_generator.set_state(saved_progress.pop("augment_rng").cpu())
         self.progress = _Progress(**saved_progress)
-        _truncate_metrics(self.run_dir / "metrics.jsonl", self.progress.epoch)
+        if self.distributed.is_main:
+            _truncate_metrics(self.run_dir / "metrics.jsonl", self.progress.epoch)
 
 
 @torch.no_grad()
@@ -301,13 +385,26 @@ def evaluate(
     *,
     batch_size: int = TrainConfig.eval_batch_size,
     num_classes: int = 10,
+    precision: str = "32",
     progress: bool = False,
 ) -> dict[str, Any]:
     """Test error and per-class accuracy of ``model`` (eval mode, longest capsule) on uint8 ``images``.
 
+    ``precision`` is one of ``"32"``, ``"bf16"``, ``"16-mixed"`` (autocast while predicting).
+
     Shape:
         ``images``: ``(n, C, H, W)`` uint8; ``labels``: ``(n,)``.
     """
+    correct, counts = _class_counts(model, images, labels, batch_size=batch_size, num_classes=num_classes,
+                                    precision=precision, progress=progress)
+    return _error_report(correct, counts)
+
+
+@torch.no_grad()
+def _class_counts(
+    model: nn.Module, images: Tensor, labels: Tensor, *, batch_size: int, num_classes: int, precision: str, progress: bool
+) -> tuple[Tensor, Tensor]:
+    """Right predictions and examples per class, ``(num_classes,)`` each, on the labels' device."""
     was_training = model.training
     model.eval()
     correct = torch.zeros(num_classes, dtype=torch.long, device=labels.device)
@@ -315,11 +412,17 @@ def evaluate(
     starts = range(0, len(labels), batch_size)
     for start in tqdm(starts, desc="evaluating", unit="batch", disable=not progress, leave=False, dynamic_ncols=True):
         batch_labels = labels[start : start + batch_size]
-        predictions = model(images[start : start + batch_size].float().div_(255)).lengths.argmax(-1)
+        with autocast(precision, labels.device):
+            predictions = model(images[start : start + batch_size].float().div_(255)).lengths.argmax(-1)
         correct += torch.bincount(batch_labels[predictions == batch_labels], minlength=num_classes)
     model.train(was_training)
+    return correct, counts
+
+
+def _error_report(correct: Tensor, counts: Tensor) -> dict[str, Any]:
+    examples = int(counts.sum())
     per_class = (correct.double() / counts.clamp_min(1)).tolist()
-    return {"error": 1 - correct.sum().item() / len(labels), "examples": len(labels), "per_class_accuracy": per_class}
+    return {"error": 1 - int(correct.sum()) / examples, "examples": examples, "per_class_accuracy": per_class}
 
 
 def train(config: TrainConfig | None = None, **overrides: Any) -> list[dict[str, Any]]:
@@ -328,7 +431,10 @@ def train(config: TrainConfig | None = None, **overrides: Any) -> list[dict[str,
     Returns one dict of metrics per epoch. Example: ``capsnet.train(epochs=1, output_dir="/tmp/run")``.
     """
     values = {**(config or TrainConfig()).to_dict(), **overrides}
-    return Trainer(TrainConfig.from_dict(values)).fit()
+    try:
+        return Trainer(TrainConfig.from_dict(values)).fit()
+    finally:
+        shutdown_distributed()
 
 
 def _fast_adam(device: torch.device) -> dict[str, bool]:

@@ -1,0 +1,94 @@
+"""Data-parallel training on PyTorch's own engine: ``torchrun`` starts the processes, DDP averages gradients.
+
+``torchrun --nproc-per-node N -m capsnet train ...`` sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and the
+rendezvous address in each process's environment; :func:`init_distributed` reads them. Without them the
+run is a single process and every helper here is a no-op.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+__all__ = ["DistributedContext", "init_distributed", "shutdown_distributed"]
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    """This process's place in the job: ``rank`` of ``world_size``, ``local_rank`` on its node."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    control_group: Any = None  # a gloo group for CPU-side flags: agreeing on them costs no GPU sync
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 alone writes logs, checkpoints and progress bars."""
+        return self.rank == 0
+
+    def device(self, device: torch.device) -> torch.device:
+        """The GPU of this process on its node when training on CUDA; ``device`` otherwise."""
+        if self.enabled and device.type == "cuda":
+            return torch.device("cuda", self.local_rank)
+        return device
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier(group=self.control_group)
+
+    def sum_(self, tensor: Tensor) -> Tensor:
+        """Sum ``tensor`` over all ranks, in place; returns it."""
+        if self.enabled:
+            dist.all_reduce(tensor)
+        return tensor
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank when ``flag`` is true on any rank (e.g. one of them got Ctrl-C)."""
+        if not self.enabled:
+            return flag
+        value = torch.tensor([int(flag)])
+        dist.all_reduce(value, op=dist.ReduceOp.MAX, group=self.control_group)
+        return bool(value.item())
+
+    def shard(self, tensor: Tensor) -> Tensor:
+        """This rank's contiguous part of ``tensor``'s first dim (parts differ in size by at most one)."""
+        return tensor.tensor_split(self.world_size)[self.rank] if self.enabled else tensor
+
+
+def init_distributed(device: torch.device) -> DistributedContext:
+    """Join the process group that ``torchrun`` describes in the environment; a single process if none.
+
+    The backend is NCCL on CUDA and gloo on CPU. Calling it again in a process that already joined reuses
+    the group.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return DistributedContext()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(local_rank)  # before NCCL starts, so each process talks from its own GPU
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    control_group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
+    return DistributedContext(
+        rank=dist.get_rank(),
+        world_size=dist.get_world_size(),
+        local_rank=local_rank,
+        control_group=control_group,
+    )
+
+
+def shutdown_distributed() -> None:
+    """Leave the process group, if this process joined one."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,73 @@
+"""Data-parallel training for real: torchrun starts 2 CPU processes that talk over gloo."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from capsnet.training import load_checkpoint
+from capsnet.training.distributed import DistributedContext, init_distributed
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
+
+
+def capsnet_train(processes: int, run_dir, shared_data, *extra: str) -> subprocess.CompletedProcess:
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}", "-m"]
+    argv = ["capsnet", "train", "--model", "capsnet-tiny", "--data-dir", str(shared_data), "--limit-test", "100",
+            "--no-progress", "--output-dir", str(run_dir), *extra]
+    command = launcher + argv if processes > 1 else [sys.executable, "-m", *argv]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_same_parameters(run_a, run_b):
+    a, b = load_checkpoint(run_a / "last.pt"), load_checkpoint(run_b / "last.pt")
+    assert a["progress"]["step"] == b["progress"]["step"]
+    for name, value in a["model"].items():
+        # Adam's first steps are ~lr * sign(gradient): differently ordered sums may move a weight by up to ~lr.
+        torch.testing.assert_close(b["model"][name], value, rtol=0, atol=2e-5, msg=f"{name} differs")
+
+
+def test_two_ranks_of_batch_b_take_the_step_of_one_process_with_batch_2b(tmp_path, shared_data):
+    one_step = ("--limit-train", "32", "--batch-size", "32", "--epochs", "1")
+    capsnet_train(1, tmp_path / "one", shared_data, *one_step)
+    two = capsnet_train(2, tmp_path / "two", shared_data, *one_step)
+    assert_same_parameters(tmp_path / "one", tmp_path / "two")
+    assert metrics(tmp_path / "one")[0]["test_error"] == metrics(tmp_path / "two")[0]["test_error"]
+    assert two.stdout.count("epoch 1/1") == 1  # rank 0 alone reports
+    assert "x 2 processes" in two.stdout
+
+
+def test_resumed_two_rank_run_matches_an_uninterrupted_single_process(tmp_path, shared_data):
+    quick = ("--limit-train", "80", "--batch-size", "32")  # 3 steps an epoch, the last of 16 images
+    capsnet_train(1, tmp_path / "one", shared_data, *quick, "--epochs", "2")
+    capsnet_train(2, tmp_path / "two", shared_data, *quick, "--epochs", "1")
+    capsnet_train(2, tmp_path / "two", shared_data, *quick, "--epochs", "2", "--resume")
+    assert_same_parameters(tmp_path / "one", tmp_path / "two")
+    one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    assert [m["epoch"] for m in two] == [1, 2]
+    for a, b in zip(one, two):
+        assert a["test_error"] == b["test_error"]
+        assert a["train_accuracy"] == b["train_accuracy"]
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+
+
+def test_without_torchrun_the_run_is_one_process(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    context = init_distributed(torch.device("cpu"))
+    assert context == DistributedContext() and context.is_main and not context.enabled
+    x = torch.arange(5)
+    assert context.shard(x) is x and context.sum_(x) is x and context.any(True) and not context.any(False)
+
+
+def test_shards_cover_a_batch_in_order_and_differ_in_size_by_at_most_one():
+    batch = torch.arange(7)
+    shards = [DistributedContext(rank=r, world_size=3).shard(batch) for r in range(3)]
+    assert [s.tolist() for s in shards] == [[0, 1, 2], [3, 4], [5, 6]]

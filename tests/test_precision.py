@@ -1,0 +1,101 @@
+"""Mixed precision, torch.compile fallback and channels-last: the per-device speed settings of a run."""
+
+import pytest
+import torch
+
+import capsnet
+from capsnet import TrainConfig, Trainer, reconstruction_loss
+from capsnet.training.precision import (
+    CompiledOrEager, autocast, grad_scaler, resolve_channels_last, resolve_precision,
+)
+
+CPU = torch.device("cpu")
+
+
+def test_auto_precision_is_float32_on_cpu_and_explicit_choices_are_kept():
+    assert resolve_precision("auto", CPU) == "32"
+    for name in ("32", "bf16", "16-mixed"):
+        assert resolve_precision(name, CPU) == name
+
+
+def test_channels_last_defaults_to_off_on_cpu():
+    assert resolve_channels_last(None, CPU) is False
+    assert resolve_channels_last(True, CPU) is True
+
+
+@pytest.mark.parametrize("precision, dtype", [("32", torch.float32), ("bf16", torch.bfloat16), ("16-mixed", torch.float16)])
+def test_autocast_runs_matrix_products_in_the_chosen_dtype(precision, dtype):
+    with autocast(precision, CPU):
+        assert (torch.ones(2, 3) @ torch.ones(3, 2)).dtype == dtype
+
+
+def test_loss_scaling_only_for_float16():
+    assert grad_scaler("16-mixed", CPU).is_enabled()
+    assert not grad_scaler("bf16", CPU).is_enabled()
+    assert not grad_scaler("32", CPU).is_enabled()
+
+
+def test_model_outputs_and_losses_stay_float32_under_bf16_autocast():
+    torch.manual_seed(0)
+    model = capsnet.create_model("capsnet-tiny")
+    images, labels = torch.rand(4, 1, 28, 28), torch.tensor([0, 1, 2, 3])
+    with autocast("bf16", CPU):
+        out = model(images, labels)
+        terms = capsnet.CapsuleLoss().terms(out, images, labels)
+    assert out.lengths.dtype == torch.float32
+    assert all(term.dtype == torch.float32 and torch.isfinite(term) for term in terms)
+    reference = reconstruction_loss(out.reconstructions.float(), images)
+    torch.testing.assert_close(terms.reconstruction, reference)
+
+
+def test_reconstruction_loss_of_bf16_outputs_is_computed_in_float32():
+    torch.manual_seed(0)
+    reconstructions, images = torch.rand(8, 784), torch.rand(8, 1, 28, 28)
+    loss = reconstruction_loss(reconstructions.bfloat16(), images)
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, reconstruction_loss(reconstructions.bfloat16().float(), images))
+
+
+def test_compile_failure_falls_back_to_eager_with_a_warning(monkeypatch):
+    module = torch.nn.Linear(3, 2)
+
+    def broken_compiled(x):
+        raise RuntimeError("no C++ compiler found\ndetails")
+
+    monkeypatch.setattr(torch, "compile", lambda m: broken_compiled)
+    runner = CompiledOrEager(module)
+    x = torch.randn(4, 3)
+    with pytest.warns(UserWarning, match="torch.compile is not available here \\(no C\\+\\+ compiler found\\)"):
+        out = runner(x)
+    torch.testing.assert_close(out, module(x))
+    torch.testing.assert_close(runner(x), module(x))  # eager from now on, no second warning
+
+
+def test_compile_that_cannot_even_start_falls_back(monkeypatch):
+    def refuse(m):
+        raise RuntimeError("Dynamo is not supported on this Python")
+
+    monkeypatch.setattr(torch, "compile", refuse)
+    with pytest.warns(UserWarning, match="Dynamo is not supported"):
+        runner = CompiledOrEager(torch.nn.Identity())
+    assert runner(torch.ones(1)).item() == 1
+
+
+def _predictions(tmp_path, shared_data, precision):
+    trainer = Trainer(TrainConfig(
+        model="capsnet-tiny", limit_train=512, limit_test=300, batch_size=32, epochs=1, progress=False,
+        data_dir=str(shared_data), output_dir=str(tmp_path / precision), precision=precision,
+    ))
+    history = trainer.fit()
+    trainer.model.eval()
+    with torch.no_grad(), autocast(precision, trainer.device):
+        return trainer.model(trainer.test_images.float() / 255).lengths.argmax(-1), history[-1]["test_error"]
+
+
+def test_bf16_training_makes_the_same_predictions_as_float32_on_most_inputs(tmp_path, shared_data):
+    """16 Adam steps of the tiny CapsNet from the same start on the same batches, in fp32 and in bf16."""
+    fp32, fp32_error = _predictions(tmp_path, shared_data, "32")
+    bf16, bf16_error = _predictions(tmp_path, shared_data, "bf16")
+    agreement = (fp32 == bf16).float().mean().item()
+    assert agreement >= 0.95, f"bf16 and fp32 agree on {agreement:.1%} of 300 test images"
+    assert abs(fp32_error - bf16_error) <= 0.03
