@@ -1,23 +1,26 @@
-"""Images/s of the paper's MNIST CapsNet against its own convolutions (the lower bound), on CPU.
+"""Speed and memory of the paper's MNIST CapsNet against its own convolutions (the lower bound).
 
-Measures, interleaved in one run so machine noise hits all alike (median of --repeats):
+For every (precision, batch size) it times, interleaved so machine noise hits all alike (median of --repeats):
   conv fwd      Conv1 + PrimaryCaps convolution, forward, no grad
   inference     the whole model, no grad (routing, lengths, decoder from the longest capsule)
   conv step     Conv1 + PrimaryCaps convolution, forward and backward
   train step    forward with decoder, margin + reconstruction loss, backward, fused Adam step
+and, for a low precision, the fp32 conv step too (the issue's yardstick for bf16). Each configuration runs
+in a fresh process, so its peak memory (RSS on CPU, max_memory_allocated on GPU) is its own.
 
 Usage:
-    python benchmarks/train_step.py [--batch-size 128] [--repeats 10] [--allocator retain|default]
-                                    [--append docs/benchmarks.md]
+    python benchmarks/train_step.py [--batch-sizes 32 128 512] [--precisions 32 bf16] [--device cpu|cuda]
+                                    [--repeats 10] [--allocator retain|default] [--append docs/benchmarks.md]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
+import resource
 import statistics
+import subprocess
+import sys
 import time
 from datetime import date
 
@@ -25,38 +28,34 @@ import torch
 import torch.nn.functional as F
 
 import capsnet
-from capsnet.runtime import retain_freed_memory
+from capsnet.runtime import describe_machine, retain_freed_memory
+from capsnet.training.precision import autocast
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 128, 512])
+    parser.add_argument("--precisions", nargs="+", default=["32"], choices=["32", "bf16", "16-mixed"])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--repeats", type=int, default=10, help="timed repetitions of each measurement")
     parser.add_argument("--warmup", type=int, default=3, help="untimed repetitions first")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument(
         "--allocator", choices=["retain", "default"], default="retain",
-        help="retain: capsnet.runtime.retain_freed_memory() as the training app does; default: glibc as is",
+        help="CPU: retain = capsnet.runtime.retain_freed_memory() as the training app does; default = glibc as is",
     )
     parser.add_argument("--append", metavar="FILE", help="append a markdown section with the results to FILE")
-    return parser.parse_args()
+    parser.add_argument("--one", nargs=2, metavar=("PRECISION", "BATCH"), help=argparse.SUPPRESS)  # worker mode
+    return parser.parse_args(argv)
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
-
-
-def make_steps(batch_size: int) -> dict[str, callable]:
+def make_steps(batch_size: int, precision: str, device: torch.device) -> dict[str, callable]:
     torch.manual_seed(0)
-    model = capsnet.CapsNet()
+    model = capsnet.CapsNet().to(device)
     loss_fn = capsnet.CapsuleLoss()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
-    images = torch.rand(batch_size, 1, 28, 28)
-    labels = torch.randint(0, 10, (batch_size,))
+    images = torch.rand(batch_size, 1, 28, 28, device=device)
+    labels = torch.randint(0, 10, (batch_size,), device=device)
 
     def convolutions(x):
         return model.primary.conv(F.relu(model.conv1(x)))
@@ -64,90 +63,121 @@ def make_steps(batch_size: int) -> dict[str, callable]:
     conv_grad = torch.randn_like(convolutions(images))
 
     def conv_fwd():
-        with torch.no_grad():
+        with torch.no_grad(), autocast(precision, device):
             convolutions(images)
 
     def inference():
-        with torch.no_grad():
+        with torch.no_grad(), autocast(precision, device):
             model(images)
 
-    def conv_step():
-        convolutions(images).backward(conv_grad)
+    def conv_step(precision=precision):
+        with autocast(precision, device):
+            out = convolutions(images)
+        out.backward(conv_grad.to(out.dtype))
         model.zero_grad(set_to_none=True)
 
     def train_step():
-        loss = loss_fn(model(images, labels), images, labels)
+        with autocast(precision, device):
+            loss = loss_fn(model(images, labels), images, labels)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    return {"conv fwd": conv_fwd, "inference": inference, "conv step": conv_step, "train step": train_step}
+    steps = {"conv fwd": conv_fwd, "inference": inference, "conv step": conv_step, "train step": train_step}
+    if precision != "32":
+        steps["fp32 conv step"] = lambda: conv_step("32")
+    return steps
 
 
-def measure(steps: dict, repeats: int, warmup: int) -> dict[str, float]:
+def measure(steps: dict, repeats: int, warmup: int, device: torch.device) -> dict[str, float]:
     """Median seconds per call of each step, interleaving the steps in every round."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(warmup):
         for step in steps.values():
             step()
     times = {name: [] for name in steps}
     for _ in range(repeats):
         for name, step in steps.items():
+            sync()
             start = time.perf_counter()
             step()
+            sync()
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def report(seconds: dict[str, float], args: argparse.Namespace, allocator_applied: bool) -> dict:
-    batch = args.batch_size
-    return {
-        "batch_size": batch,
-        "seconds": {k: round(v, 4) for k, v in seconds.items()},
+def peak_memory_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def run_one(args: argparse.Namespace) -> dict:
+    """Worker: one (precision, batch) configuration in this process."""
+    precision, batch = args.one[0], int(args.one[1])
+    device = torch.device(args.device)
+    seconds = measure(make_steps(batch, precision, device), args.repeats, args.warmup, device)
+    result = {
+        "precision": precision, "batch_size": batch,
+        "ms": {k: round(v * 1000, 1) for k, v in seconds.items()},
         "images_per_s": {k: round(batch / v, 1) for k, v in seconds.items()},
         "train_over_conv_step": round(seconds["train step"] / seconds["conv step"], 3),
         "inference_over_conv_fwd": round(seconds["inference"] / seconds["conv fwd"], 3),
-        "allocator": "retain" if allocator_applied else "glibc default",
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "cpu": f"{cpu_name()}, {os.cpu_count()} cores",
-        "date": date.today().isoformat(),
+        "peak_memory_mib": round(peak_memory_mib(device)),
     }
+    if "fp32 conv step" in seconds:
+        result["train_over_fp32_conv_step"] = round(seconds["train step"] / seconds["fp32 conv step"], 3)
+    return result
 
 
-def markdown(result: dict, command: str) -> str:
-    rows = "\n".join(
-        f"| {name} | {result['seconds'][name] * 1000:.0f} | {result['images_per_s'][name]:.0f} |"
-        for name in result["seconds"]
-    )
-    return (
-        f"\n### {result['date']}: `{command}`\n\n"
-        f"{result['cpu']}, {result['threads']} threads, torch {result['torch']}, allocator: {result['allocator']}, "
-        f"batch {result['batch_size']}, median of {result['repeats']} interleaved repetitions.\n\n"
-        f"| measurement | ms | images/s |\n|---|---:|---:|\n{rows}\n\n"
-        f"Training step / convolutions-alone step: **{result['train_over_conv_step']:.2f}x**; "
-        f"inference / convolutions' forward: **{result['inference_over_conv_fwd']:.2f}x**.\n"
-    )
+def run_all(args: argparse.Namespace) -> list[dict]:
+    results = []
+    for precision in args.precisions:
+        for batch in args.batch_sizes:
+            argv = [sys.executable, __file__, "--one", precision, str(batch), "--device", args.device,
+                    "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--allocator", args.allocator]
+            if args.threads:
+                argv += ["--threads", str(args.threads)]
+            output = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+            results.append(json.loads(output.strip().splitlines()[-1]))
+            print(table_row(results[-1]), flush=True)
+    return results
+
+
+HEADER = ("| precision | batch | conv fwd ms | inference ms | conv step ms | train step ms | train img/s "
+          "| inference img/s | train / conv step | inference / conv fwd | peak memory MiB |\n"
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+
+
+def table_row(r: dict) -> str:
+    ms, ips = r["ms"], r["images_per_s"]
+    ratio = f"**{r['train_over_conv_step']:.2f}x**"
+    if "train_over_fp32_conv_step" in r:
+        ratio += f" ({r['train_over_fp32_conv_step']:.2f}x the fp32 conv step, {ms['fp32 conv step']:.0f} ms)"
+    return (f"| {r['precision']} | {r['batch_size']} | {ms['conv fwd']:.0f} | {ms['inference']:.0f} | {ms['conv step']:.0f} "
+            f"| {ms['train step']:.0f} | {ips['train step']:.0f} | {ips['inference']:.0f} | {ratio} "
+            f"| **{r['inference_over_conv_fwd']:.2f}x** | {r['peak_memory_mib']} |")
 
 
 def main() -> None:
     args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    applied = args.allocator == "retain" and retain_freed_memory()
-    result = report(measure(make_steps(args.batch_size), args.repeats, args.warmup), args, applied)
-    result["repeats"] = args.repeats
-    print(f"{'measurement':<12} {'ms':>8} {'images/s':>10}")
-    for name, sec in result["seconds"].items():
-        print(f"{name:<12} {sec * 1000:>8.1f} {result['images_per_s'][name]:>10.1f}")
-    print(f"train step / conv step: {result['train_over_conv_step']:.3f}x   "
-          f"inference / conv fwd: {result['inference_over_conv_fwd']:.3f}x")
-    print(json.dumps(result))
+    applied = args.device == "cpu" and args.allocator == "retain" and retain_freed_memory()
+    if args.one:
+        print(json.dumps(run_one(args)))
+        return
+    print(HEADER)
+    results = run_all(args)
     if args.append:
         command = "python benchmarks/train_step.py " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None and k != "append"
-        )
+            f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+            for k, v in vars(args).items() if v is not None and k not in ("append", "one"))
+        allocator = "" if args.device == "cuda" else f", allocator: {'retain' if applied else 'glibc default'}"
         with open(args.append, "a") as f:
-            f.write(markdown(result, command))
+            f.write(f"\n### {date.today().isoformat()}: `{command}`\n\n{describe_machine(args.device)}, torch "
+                    f"{torch.__version__}{allocator}, median of {args.repeats} interleaved repetitions, each "
+                    f"configuration in a fresh process.\n\n{HEADER}\n" + "\n".join(map(table_row, results)) + "\n")
 
 
 if __name__ == "__main__":

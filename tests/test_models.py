@@ -120,3 +120,33 @@ def test_public_api_is_exported():
     for name in capsnet.__all__:
         assert getattr(capsnet, name) is not None
     assert capsnet.routing.DynamicRouting is capsnet.DynamicRouting
+
+
+def test_baseline_cnn_has_the_papers_layout_and_parameter_count():
+    model = create_model("baseline-cnn")
+    assert count(model) == 35_445_522  # the paper: 35.4M
+    convs = [m for m in model.features if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.out_channels, c.kernel_size, c.stride) for c in convs] == [(256, (5, 5), (1, 1)), (256, (5, 5), (1, 1)),
+                                                                         (128, (5, 5), (1, 1))]
+    linears = [m for m in model.classifier if isinstance(m, torch.nn.Linear)]
+    assert [(l.in_features, l.out_features) for l in linears] == [(128 * 28 * 28, 328), (328, 192), (192, 10)]
+    assert isinstance(model.classifier[-2], torch.nn.Dropout) and model.classifier[-2].p == 0.5
+
+
+def test_baseline_cnn_returns_logits_and_uses_dropout_only_in_training():
+    torch.manual_seed(0)
+    model = create_model("baseline-cnn-tiny", image_size=40)
+    images = torch.rand(3, 1, 40, 40)
+    model.eval()
+    assert model(images).shape == (3, 10)
+    torch.testing.assert_close(model(images), model(images))
+    model.train()
+    assert not torch.equal(model(images), model(images))
+    with pytest.raises(ValueError, match=r"expected images of shape \(b, C, H, W\) = \(\*, 1, 40, 40\), got \(3, 1, 28, 28\)"):
+        model(torch.rand(3, 1, 28, 28))
+
+
+def test_capsule_and_plain_models_are_told_apart():
+    assert capsnet.is_capsule_model("capsnet-tiny") and not capsnet.is_capsule_model("baseline-cnn")
+    with pytest.raises(ValueError, match="unknown value 'nope' for model"):
+        capsnet.is_capsule_model("nope")

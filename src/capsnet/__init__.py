@@ -4,7 +4,7 @@ from . import routing
 from .functional import capsule_lengths, mask_capsules, squash
 from .layers import CapsuleDecoder, PrimaryCapsules, RoutedCapsules
 from .losses import CapsuleLoss, LossTerms, margin_loss, reconstruction_loss
-from .models import CapsNet, CapsNetOutput, create_model, list_models, register_model
+from .models import BaselineCNN, CapsNet, CapsNetOutput, create_model, is_capsule_model, list_models, register_model
 from .routing import DynamicRouting, Routing, RoutingOutput, dynamic_routing
 from .config import TrainConfig
 from .training import Trainer, evaluate, train
@@ -25,6 +25,8 @@ __all__ = [
     "CapsuleDecoder",
     "CapsNet",
     "CapsNetOutput",
+    "BaselineCNN",
+    "is_capsule_model",
     "create_model",
     "list_models",
     "register_model",

@@ -12,21 +12,32 @@ import typing
 from dataclasses import MISSING, fields
 from pathlib import Path
 
+import torch
+from torch import Tensor
+
 from .config import DEVICES, PRECISIONS, TrainConfig, check_positive_flag
+from .experiments import EXPERIMENTS, results_markdown, run_experiment
 from .data import DATASETS, DataError, download_dataset, get_dataset_class
-from .models import create_model
+from . import figures
+from .models import CapsNet, create_model
 from .training import CheckpointError, TrainingError, TrainingInterrupted, evaluate, load_checkpoint, resolve_device
 from .training.distributed import shutdown_distributed
 from .training.engine import Trainer
 from .training.precision import resolve_precision
 
+# The settings of `capsnet reproduce` shared by all rows; the rows set model, routing and reconstruction.
+_REPRODUCE_SETTINGS = ("data_dir", "epochs", "batch_size", "seed", "device", "precision", "compile", "channels_last",
+                       "limit_train", "limit_test", "progress")
+
 # OSError: unreadable or unwritable files and full disks are the user's to fix, not a bug to trace back.
-_USER_ERRORS = (ValueError, DataError, CheckpointError, TrainingError, OSError)
+_USER_ERRORS = (ValueError, DataError, CheckpointError, TrainingError, OSError, ImportError)
 
 
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+def _add_config_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
     hints = typing.get_type_hints(TrainConfig)
     for f in fields(TrainConfig):
+        if only is not None and f.name not in only:
+            continue
         flag = "--" + f.name.replace("_", "-")
         default = None if f.default is MISSING else f.default
         kinds = (hints[f.name], *typing.get_args(hints[f.name]))  # X | None -> (X | None, X, NoneType)
@@ -69,19 +80,71 @@ def _run_training(config: TrainConfig) -> None:
 def _evaluate(args: argparse.Namespace) -> None:
     check_positive_flag("--batch-size", args.batch_size)
     check_positive_flag("--limit-test", args.limit_test)
-    checkpoint = load_checkpoint(args.checkpoint)
+    checkpoint, model, device = _load_trained(args.checkpoint, args.device)
     config = checkpoint["config"]
-    device = resolve_device(args.device)
-    model = create_model(checkpoint["model_name"], **checkpoint["model_kwargs"]).to(device)
-    model.load_state_dict(checkpoint["model"])
-    test = get_dataset_class(config["dataset"])(args.data_dir or config["data_dir"], train=False)
-    images, labels = test.images[: args.limit_test].to(device), test.labels[: args.limit_test].to(device)
+    images, labels = _test_split(checkpoint, args.data_dir, args.limit_test, device)
     result = evaluate(model, images, labels, batch_size=args.batch_size, num_classes=len(checkpoint["classes"]),
                       precision=resolve_precision(args.precision, device), progress=True)
     print(f"{args.checkpoint}: test error {result['error']:.2%} on {result['examples']} {config['dataset']} test images "
           f"(epoch {checkpoint['progress']['epoch']})")
     for name, accuracy in zip(checkpoint["classes"], result["per_class_accuracy"]):
         print(f"  {name:>12}: {accuracy:.2%}")
+
+
+def _reproduce(args: argparse.Namespace) -> None:
+    settings = {key: value for key, value in vars(args).items() if key in _REPRODUCE_SETTINGS}
+    try:
+        results = run_experiment(args.experiment, args.runs_dir, tiny=args.tiny, **settings)
+    except TrainingInterrupted as stop:
+        print(f"\ninterrupted: checkpoint saved to {stop.checkpoint}; run the same command again to continue",
+              file=sys.stderr)
+        raise SystemExit(130) from None
+    finally:
+        shutdown_distributed()
+    if results:  # rank 0 only under torchrun
+        print(results_markdown(EXPERIMENTS[args.experiment], results))
+        print(f"written to {Path(args.runs_dir) / args.experiment / 'results.md'}")
+
+
+def _load_trained(path: Path, device_name: str) -> tuple[dict, torch.nn.Module, torch.device]:
+    """A checkpoint written by ``capsnet train`` and its model, weights loaded, in eval mode."""
+    checkpoint = load_checkpoint(path)
+    device = resolve_device(device_name)
+    model = create_model(checkpoint["model_name"], **checkpoint["model_kwargs"]).to(device)
+    model.load_state_dict(checkpoint["model"])
+    return checkpoint, model.eval(), device
+
+
+def _test_split(checkpoint: dict, data_dir: str | None, limit: int | None, device: torch.device) -> tuple[Tensor, Tensor]:
+    """The test images (uint8) and labels of the checkpoint's dataset; ``data_dir`` overrides the training one."""
+    config = checkpoint["config"]
+    test = get_dataset_class(config["dataset"])(data_dir or config["data_dir"], train=False)
+    return test.images[:limit].to(device), test.labels[:limit].to(device)
+
+
+def _figures(args: argparse.Namespace) -> None:
+    check_positive_flag("--examples", args.examples)
+    checkpoint, model, device = _load_trained(args.checkpoint, args.device)
+    if not isinstance(model, CapsNet):
+        raise ValueError(f"{args.checkpoint} holds a {checkpoint['model_name']}, not a CapsNet: no capsules to draw")
+    images, labels = _test_split(checkpoint, args.data_dir, args.limit_test, device)
+    images = images.float() / 255
+    if not 0 <= args.index < len(labels):
+        raise ValueError(f"--index must be in [0, {len(labels)}), got {args.index}")
+    out = Path(args.out or Path(args.checkpoint).parent / "figures")
+    out.mkdir(parents=True, exist_ok=True)
+    classes, example = checkpoint["classes"], images[args.index]
+    written = [figures.plot_coupling(model, example, out / "routing_coupling.png", classes=classes)]
+    if model.decoder is not None:
+        written += [
+            figures.plot_reconstructions(model, images, labels, out / "fig3_reconstructions.png", classes=classes,
+                                         count=args.examples),
+            figures.plot_perturbations(model, example, out / "fig4_perturbations.png"),
+        ]
+    else:
+        print("this model has no decoder (trained with --no-reconstruction): Figures 3 and 4 need one", file=sys.stderr)
+    for path in written:
+        print(f"wrote {path}")
 
 
 def _download(args: argparse.Namespace) -> None:
@@ -106,6 +169,28 @@ def build_parser() -> argparse.ArgumentParser:
                               help="autocast precision (auto: bf16 on CUDA, 32 on CPU)")
     evaluate_cmd.add_argument("--limit-test", type=int, default=None, help="only the first N test images")
     evaluate_cmd.set_defaults(func=_evaluate)
+
+    reproduce = commands.add_parser(
+        "reproduce", help="run one of the paper's experiments (resumable: run it again to continue)",
+        description="Train every row of an experiment in RUNS_DIR/EXPERIMENT/ROW and write a results table. "
+                    "Running the same command again continues unfinished rows from their last checkpoint.",
+    )
+    reproduce.add_argument("experiment", choices=tuple(EXPERIMENTS))
+    reproduce.add_argument("--runs-dir", default="runs/reproduce", help="where the rows' run folders go")
+    reproduce.add_argument("--tiny", action="store_true",
+                           help="narrow models instead of the paper's: a quick check of the pipeline, not a reproduction")
+    _add_config_flags(reproduce, only=_REPRODUCE_SETTINGS)
+    reproduce.set_defaults(func=_reproduce)
+
+    figures_cmd = commands.add_parser("figures", help="draw reconstructions, pose perturbations and routing (PNG)")
+    figures_cmd.add_argument("checkpoint", type=Path, help="a last.pt or best.pt of a CapsNet")
+    figures_cmd.add_argument("--out", help="folder for the PNG files (default: figures/ beside the checkpoint)")
+    figures_cmd.add_argument("--data-dir", help="folder with the dataset (default: the one used in training)")
+    figures_cmd.add_argument("--device", default=TrainConfig.device, choices=DEVICES)
+    figures_cmd.add_argument("--index", type=int, default=0, help="test image for the perturbation and routing figures")
+    figures_cmd.add_argument("--examples", type=int, default=8, help="right and wrong examples in Figure 3, each")
+    figures_cmd.add_argument("--limit-test", type=int, default=None, help="look only at the first N test images")
+    figures_cmd.set_defaults(func=_figures)
 
     download = commands.add_parser("download", help="fetch a dataset ahead of training (checksums verified)")
     download.add_argument("dataset", choices=tuple(DATASETS))

@@ -14,7 +14,7 @@ from typing import Any
 from ._checks import check_choice
 from .data import DATASETS
 from .losses import RECONSTRUCTION_WEIGHT
-from .models import list_models
+from .models import is_capsule_model, list_models
 from .routing import ROUTING_ITERATIONS
 
 __all__ = ["TrainConfig", "DEVICES", "PRECISIONS", "check_positive_flag"]
@@ -39,7 +39,7 @@ class TrainConfig:
 
     dataset: str = _option("mnist", "dataset to train on", choices=tuple(DATASETS))
     data_dir: str | None = _option(None, "folder with the dataset files (default: $CAPSNET_DATA, else ~/.cache/capsnet)")
-    model: str = _option("capsnet-mnist", "model configuration (capsnet.list_models())")
+    model: str = _option("capsnet-mnist", "model configuration (capsnet.list_models()); baseline-cnn is the paper's CNN")
     epochs: int = _option(10, "training epochs (the official code's 300k steps are ~640 epochs)")
     batch_size: int = _option(128, "training batch size (paper: 128)")
     eval_batch_size: int = _option(500, "batch size for evaluation (no effect on results)")
@@ -95,11 +95,12 @@ class TrainConfig:
 
     def model_kwargs(self, num_classes: int, in_channels: int, image_size: tuple[int, int]) -> dict[str, Any]:
         """The overrides passed to ``create_model(self.model, ...)``: what a checkpoint must match."""
+        shape = {"num_classes": num_classes, "in_channels": in_channels, "image_size": list(image_size)}
+        if not is_capsule_model(self.model):
+            return shape  # a plain classifier: the capsule options do not apply
         options = {"detach_intermediate": self.detach_intermediate, "digit_bias": self.digit_bias}
         return {
-            "num_classes": num_classes,
-            "in_channels": in_channels,
-            "image_size": list(image_size),
+            **shape,
             "routing_iterations": self.routing_iterations,
             "reconstruction": self.reconstruction,
             **{key: value for key, value in options.items() if value is not None},  # None: the model config's own

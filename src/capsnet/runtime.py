@@ -1,12 +1,16 @@
-"""Process-wide settings that make CPU training faster; opt-in, used by the training app and benchmarks."""
+"""Process-wide settings that make CPU training faster (opt-in), and the machine description used in reports."""
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
+import platform
 import sys
 
-__all__ = ["retain_freed_memory"]
+import torch
+
+__all__ = ["retain_freed_memory", "describe_machine"]
 
 _M_TRIM_THRESHOLD = -1  # glibc mallopt parameters (malloc.h)
 _M_MMAP_MAX = -4
@@ -28,3 +32,15 @@ def retain_freed_memory() -> bool:
         return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
     except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to tune
         return False
+
+
+def describe_machine(device: torch.device | str = "cpu") -> str:
+    """One line naming the hardware a result came from, e.g. for results tables and benchmark reports."""
+    if torch.device(device).type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        name = platform.processor() or "unknown CPU"
+    return f"{name}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}"

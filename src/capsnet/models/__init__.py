@@ -1,7 +1,8 @@
 """Model assembly and the registry of named configurations."""
 
 from .capsnet import CapsNet, CapsNetOutput
-from .registry import create_model, list_models, register_model
+from .cnn import BaselineCNN
+from .registry import create_model, is_capsule_model, list_models, register_model
 
 # The paper's MNIST network: CapsNet's defaults are its values, so the config is empty.
 register_model("capsnet-mnist", CapsNet)
@@ -9,5 +10,9 @@ register_model("capsnet-mnist", CapsNet)
 register_model("capsnet-mnist-official", CapsNet, digit_bias=True, detach_intermediate=False)
 # Same structure, narrow convolutions (1.9M parameters, most in the decoder): smoke tests, quick CPU runs.
 register_model("capsnet-tiny", CapsNet, conv_channels=32, primary_types=8)
+# The paper's baseline (Table 1): convolutions 256-256-128 5x5, FC 328-192, dropout; 35.4M parameters.
+register_model("baseline-cnn", BaselineCNN)
+# The same layout, narrow: for tests and quick CPU runs of the Table 1 pipeline.
+register_model("baseline-cnn-tiny", BaselineCNN, channels=(16, 16, 8), hidden=(32, 32))
 
-__all__ = ["CapsNet", "CapsNetOutput", "create_model", "list_models", "register_model"]
+__all__ = ["CapsNet", "CapsNetOutput", "BaselineCNN", "create_model", "is_capsule_model", "list_models", "register_model"]

@@ -7,6 +7,7 @@ from typing import NamedTuple
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._checks import check_shape
 from ..functional import capsule_lengths
 from ..layers import CapsuleDecoder, PrimaryCapsules, RoutedCapsules
 from ..routing import ROUTING_ITERATIONS, DynamicRouting, Routing
@@ -111,14 +112,9 @@ class CapsNet(nn.Module):
             ``lengths`` ``(b, j)``, ``poses`` ``(b, j, out_dim)``, ``reconstructions`` ``(b, C * H * W)``,
             ``coupling`` ``(b, i, j)``.
         """
-        self._check_images(images)
+        check_shape(images, "images", "(b, C, H, W)", 4, (None, self.in_channels, *self.image_size))
         features = F.relu(self.conv1(images))  # (b, conv_channels, H - 8, W - 8)
         primary = self.primary(features)  # (b, i, primary_dim)
         poses, coupling = self.digits(primary)  # (b, j, out_dim), (b, i, j)
         reconstructions = None if self.decoder is None else self.decoder(poses, targets)
         return CapsNetOutput(capsule_lengths(poses), poses, reconstructions, coupling)
-
-    def _check_images(self, images: Tensor) -> None:
-        expected = (self.in_channels, *self.image_size)
-        if images.dim() != 4 or tuple(images.shape[1:]) != expected:
-            raise ValueError(f"expected images of shape (b, C, H, W) = (*, {', '.join(map(str, expected))}), got {tuple(images.shape)}")

@@ -10,7 +10,7 @@ from torch import nn
 
 from .._checks import check_choice
 
-__all__ = ["register_model", "create_model", "list_models"]
+__all__ = ["register_model", "create_model", "list_models", "is_capsule_model"]
 
 _MODELS: dict[str, tuple[Callable[..., nn.Module], dict[str, Any]]] = {}
 
@@ -38,3 +38,17 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
 def list_models() -> list[str]:
     """Names accepted by :func:`create_model`, sorted."""
     return sorted(_MODELS)
+
+
+def is_capsule_model(name: str) -> bool:
+    """Whether the model registered as ``name`` is a :class:`~capsnet.CapsNet` (returns capsules, takes the
+    capsule options and losses) rather than a plain classifier returning logits.
+
+    Example:
+        >>> is_capsule_model("capsnet-mnist"), is_capsule_model("baseline-cnn")
+        (True, False)
+    """
+    from .capsnet import CapsNet  # the registry module itself stays free of concrete models
+
+    builder, _ = _MODELS[check_choice(name, "model", _MODELS)]
+    return isinstance(builder, type) and issubclass(builder, CapsNet)

@@ -21,11 +21,12 @@ from tqdm.auto import tqdm
 
 from ..data import TensorLoader, get_dataset_class, random_shift
 from ..losses import CapsuleLoss
-from ..models import create_model
+from ..models import create_model, is_capsule_model
 from ..config import TrainConfig
 from ..runtime import retain_freed_memory
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .distributed import init_distributed, shutdown_distributed
+from .objectives import CapsuleObjective, CrossEntropyObjective, class_scores
 from .precision import CompiledOrEager, autocast, grad_scaler, resolve_channels_last, resolve_precision
 
 __all__ = ["Trainer", "TrainingError", "TrainingInterrupted", "train", "evaluate", "resolve_device"]
@@ -110,7 +111,10 @@ class Trainer:
         )
         self._forward = CompiledOrEager(self._ddp_model) if config.compile else self._ddp_model
         self.scaler = grad_scaler(self.precision, self.device)
-        self.loss_fn = CapsuleLoss(config.reconstruction_weight, halve_margin=config.halve_margin)
+        self.objective = (
+            CapsuleObjective(CapsuleLoss(config.reconstruction_weight, halve_margin=config.halve_margin))
+            if is_capsule_model(config.model) else CrossEntropyObjective()
+        )
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, **_fast_adam(self.device))
         # Official code: lr * 0.96^(step / 2000), applied after every step.
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -222,7 +226,7 @@ class Trainer:
         config, progress = self.config, self.progress
         self.model.train()
         # Saved sums are totals over all ranks: one rank carries them on, the others start from zero.
-        sums = _device_sums(progress.sums if self.distributed.is_main else {}, self.device)
+        sums = _device_sums(self.objective.terms, progress.sums if self.distributed.is_main else {}, self.device)
         total = -(-len(self.train_labels) // config.batch_size)
         bar = tqdm(
             self._epoch_batches(), total=total, initial=progress.batch, desc=f"epoch {progress.epoch + 1}/{config.epochs}",
@@ -264,8 +268,8 @@ class Trainer:
         if self.channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         with autocast(self.precision, self.device):
-            output = self._forward(inputs, labels)
-            loss, margin, reconstruction = self.loss_fn.terms(output, inputs, labels)
+            terms, scores = self.objective(self._forward, inputs, labels)
+        loss = terms["loss"]
         # DDP averages gradients over ranks with equal weights; shards may differ in size by one example.
         share = labels.shape[0] * self.distributed.world_size / images.shape[0]
         self.optimizer.zero_grad(set_to_none=True)
@@ -275,10 +279,9 @@ class Trainer:
         self.scheduler.step()
         batch = labels.shape[0]
         with torch.no_grad():
-            sums["loss"] += loss.detach() * batch
-            sums["margin"] += margin.detach() * batch
-            sums["reconstruction"] += reconstruction.detach() * batch
-            sums["correct"] += (output.lengths.argmax(-1) == labels).sum()
+            for name, value in terms.items():
+                sums[name] += value.detach() * batch
+            sums["correct"] += (scores.argmax(-1) == labels).sum()
             sums["seen"] += batch
 
     def _check_finite(self, loss_sum: Tensor | float) -> None:
@@ -306,8 +309,7 @@ class Trainer:
             "step": progress.step,
             "lr": self.scheduler.get_last_lr()[0],
             "train_loss": sums["loss"] / sums["seen"],
-            "train_margin_loss": sums["margin"] / sums["seen"],
-            "train_reconstruction_loss": sums["reconstruction"] / sums["seen"],
+            **{f"train_{name}_loss": sums[name] / sums["seen"] for name in self.objective.terms if name != "loss"},
             "train_accuracy": sums["correct"] / sums["seen"],
             "test_error": result["error"],
             "test_examples": result["examples"],
@@ -388,7 +390,9 @@ def evaluate(
     precision: str = "32",
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Test error and per-class accuracy of ``model`` (eval mode, longest capsule) on uint8 ``images``.
+    """Test error and per-class accuracy of ``model`` (eval mode) on uint8 ``images``.
+
+    The prediction is the longest capsule of a CapsNet, or the largest logit of a model returning logits.
 
     ``precision`` is one of ``"32"``, ``"bf16"``, ``"16-mixed"`` (autocast while predicting).
 
@@ -413,7 +417,7 @@ def _class_counts(
     for start in tqdm(starts, desc="evaluating", unit="batch", disable=not progress, leave=False, dynamic_ncols=True):
         batch_labels = labels[start : start + batch_size]
         with autocast(precision, labels.device):
-            predictions = model(images[start : start + batch_size].float().div_(255)).lengths.argmax(-1)
+            predictions = class_scores(model(images[start : start + batch_size].float().div_(255))).argmax(-1)
         correct += torch.bincount(batch_labels[predictions == batch_labels], minlength=num_classes)
     model.train(was_training)
     return correct, counts
@@ -442,8 +446,8 @@ def _fast_adam(device: torch.device) -> dict[str, bool]:
     return {"fused": True} if device.type in ("cpu", "cuda") else {}
 
 
-def _device_sums(start: dict[str, float], device: torch.device) -> dict[str, Tensor]:
-    keys = ("loss", "margin", "reconstruction", "correct", "seen")
+def _device_sums(terms: tuple[str, ...], start: dict[str, float], device: torch.device) -> dict[str, Tensor]:
+    keys = (*terms, "correct", "seen")
     return {key: torch.tensor(start.get(key, 0.0), dtype=torch.float64, device=device) for key in keys}
 
 

@@ -1,0 +1,70 @@
+"""Seconds per MNIST epoch end to end: what `capsnet train --epochs 1` costs, test pass included.
+
+Trains the paper's model for one epoch through the training app (data on the device, augmentation,
+fused Adam, the test pass over all 10,000 images) and reports the training seconds, images/s, the
+wall-clock time from start-up to the saved checkpoint, peak memory and the test error.
+
+Usage:
+    python benchmarks/epoch.py --data-dir ../shared/data [--device cpu|cuda] [--precision auto]
+                               [--batch-size 128] [--output-dir /tmp/capsnet-epoch] [--append docs/benchmarks.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import tempfile
+import time
+from datetime import date
+
+import torch
+
+from capsnet import TrainConfig, Trainer
+from capsnet.runtime import describe_machine
+
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    parser.add_argument("--output-dir", default=None, help="run folder (default: a new temporary folder)")
+    parser.add_argument("--append", metavar="FILE", help="append a markdown section with the results to FILE")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    start = time.perf_counter()
+    output_dir = args.output_dir or tempfile.mkdtemp(prefix="capsnet-epoch-")
+    trainer = Trainer(TrainConfig(
+        epochs=1, data_dir=args.data_dir, device=args.device, precision=args.precision, compile=args.compile,
+        batch_size=args.batch_size, output_dir=output_dir, progress=False,
+    ))
+    metrics = trainer.fit()[0]
+    wall = time.perf_counter() - start
+    if args.device == "cuda":
+        memory = f"{torch.cuda.max_memory_allocated() / 2**20:.0f} MiB max_memory_allocated"
+    else:
+        memory = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB peak RSS"
+    settings = trainer.settings()
+    row = (f"| {settings['device']} | {settings['precision']} | {args.batch_size} | {metrics['epoch_seconds']:.1f} "
+           f"| {metrics['train_images_per_second']:.0f} | {wall:.1f} | {memory} | {metrics['test_error']:.2%} |")
+    header = ("| device | precision | batch | training s | train img/s | wall s (start-up to checkpoint) | memory "
+              "| test error |\n|---|---|---:|---:|---:|---:|---|---:|")
+    print(header + "\n" + row)
+    if args.append:
+        command = "python benchmarks/epoch.py " + " ".join(
+            f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
+            for k, v in vars(args).items() if v not in (None, False) and k != "append")
+        with open(args.append, "a") as f:
+            f.write(f"\n### {date.today().isoformat()}: `{command}`\n\n{describe_machine(args.device)}, torch "
+                    f"{torch.__version__}, compile {args.compile}, one epoch of the paper's model ({metrics['step']} steps) plus "
+                    f"the test pass over {metrics['test_examples']:,} images, seed 0.\n\n{header}\n{row}\n")
+
+
+if __name__ == "__main__":
+    main()

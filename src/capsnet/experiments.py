@@ -1,0 +1,166 @@
+"""The paper's experiments as named, resumable sets of training runs: ``capsnet reproduce NAME``.
+
+Each experiment is a list of rows; each row is a :class:`TrainConfig` override trained in its own run folder
+``RUNS_DIR/NAME/ROW``. Running the command again continues every unfinished row from its ``last.pt`` (a
+session that ends mid-run loses at most the current epoch) and skips finished ones, then rewrites
+``RUNS_DIR/NAME/results.md`` and ``results.json`` from the rows' ``metrics.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import TrainConfig
+from .runtime import describe_machine
+from .training import Trainer
+
+__all__ = ["Experiment", "ExperimentRow", "EXPERIMENTS", "run_experiment", "experiment_results"]
+
+# Quick versions of the paper's models: they check the whole pipeline on a CPU in seconds, nothing more.
+_TINY_MODELS = {"capsnet-mnist": "capsnet-tiny", "baseline-cnn": "baseline-cnn-tiny"}
+
+
+@dataclass(frozen=True)
+class ExperimentRow:
+    """One run of an experiment: its folder name, its label in the table, the paper's number, its settings."""
+
+    name: str
+    label: str
+    paper: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    title: str
+    rows: tuple[ExperimentRow, ...]
+
+
+EXPERIMENTS = {
+    "table1": Experiment("table1", "MNIST test error, paper Table 1", (
+        ExperimentRow("baseline-cnn", "Baseline CNN (35.4M parameters)", "0.39%", {"model": "baseline-cnn"}),
+        ExperimentRow("routing1-no-reconstruction", "CapsNet, 1 routing iteration, no reconstruction", "0.34% ± 0.03",
+                      {"routing_iterations": 1, "reconstruction": False}),
+        ExperimentRow("routing1-reconstruction", "CapsNet, 1 routing iteration, reconstruction", "0.29% ± 0.011",
+                      {"routing_iterations": 1}),
+        ExperimentRow("routing3-no-reconstruction", "CapsNet, 3 routing iterations, no reconstruction", "0.35% ± 0.036",
+                      {"reconstruction": False}),
+        ExperimentRow("routing3-reconstruction", "CapsNet, 3 routing iterations, reconstruction", "0.25% ± 0.005", {}),
+    )),
+}
+
+
+def _row_config(experiment: Experiment, row: ExperimentRow, runs_dir: Path, settings: dict[str, Any],
+                tiny: bool) -> TrainConfig:
+    values = {**settings, **row.overrides}
+    model = values.get("model", TrainConfig.model)
+    values["model"] = _TINY_MODELS.get(model, model) if tiny else model
+    output_dir = runs_dir / experiment.name / row.name
+    return TrainConfig(**values, output_dir=str(output_dir), resume=(output_dir / "last.pt").exists())
+
+
+def run_experiment(name: str, runs_dir: str | Path, *, tiny: bool = False, **settings: Any) -> list[dict[str, Any]]:
+    """Train every row of experiment ``name`` up to ``settings["epochs"]`` (resuming what exists) and return the
+    results table (also written to ``RUNS_DIR/NAME/results.md`` and ``results.json``).
+
+    ``settings`` are :class:`TrainConfig` fields shared by all rows (epochs, data_dir, device, precision, ...);
+    ``tiny`` swaps in narrow models to smoke-test the pipeline.
+    """
+    experiment = EXPERIMENTS[name]
+    runs_dir = Path(runs_dir)
+    for row in experiment.rows:
+        config = _row_config(experiment, row, runs_dir, settings, tiny)
+        if config.progress:
+            print(f"[{experiment.name}] {row.label}: {config.model}, run folder {config.output_dir}")
+        trainer = Trainer(config)
+        trainer.fit()
+        if not trainer.distributed.is_main:
+            continue
+        _write_row_facts(Path(config.output_dir), trainer)
+        experiment_results(name, runs_dir)  # after every row, so a partial table exists if the session ends
+    return experiment_results(name, runs_dir)
+
+
+def _write_row_facts(run_dir: Path, trainer: Trainer) -> None:
+    """Record on which machine and with which settings the row's epochs ran (appended per session)."""
+    facts = {"machine": describe_machine(trainer.device), **trainer.settings()}
+    with open(run_dir / "machines.jsonl", "a") as f:
+        f.write(json.dumps(facts) + "\n")
+
+
+def experiment_results(name: str, runs_dir: str | Path) -> list[dict[str, Any]]:
+    """The results table of experiment ``name`` from the rows' run folders; writes results.md and results.json."""
+    experiment = EXPERIMENTS[name]
+    folder = Path(runs_dir) / experiment.name
+    results = [_row_result(row, folder / row.name) for row in experiment.rows]
+    (folder / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (folder / "results.md").write_text(results_markdown(experiment, results))
+    return results
+
+
+def _row_result(row: ExperimentRow, run_dir: Path) -> dict[str, Any]:
+    result: dict[str, Any] = {"row": row.label, "paper": row.paper, "run_dir": str(run_dir)}
+    metrics_file = run_dir / "metrics.jsonl"
+    if not metrics_file.exists():
+        return result
+    metrics = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+    config = json.loads((run_dir / "config.json").read_text())
+    machines_file = run_dir / "machines.jsonl"
+    machines = sorted({json.loads(line)["machine"] for line in machines_file.read_text().splitlines()}) \
+        if machines_file.exists() else []
+    best = min(metrics, key=lambda m: m["test_error"])
+    return {
+        **result,
+        "model": config["model"],
+        "epochs": metrics[-1]["epoch"],
+        "test_error": metrics[-1]["test_error"],
+        "best_test_error": best["test_error"],
+        "best_epoch": best["epoch"],
+        "test_examples": metrics[-1]["test_examples"],
+        "train_seconds": round(sum(m["epoch_seconds"] for m in metrics), 1),
+        "seed": config["seed"],
+        "machines": machines,
+        "command": _train_command(config),
+    }
+
+
+def _train_command(config: dict[str, Any]) -> str:
+    """The ``capsnet train`` command that trains this row alone, with the flags that differ from the defaults."""
+    defaults = TrainConfig(output_dir="x").to_dict()
+    flags = []
+    for key, value in config.items():
+        if key in ("output_dir", "resume", "progress", "model_kwargs", "resolved") or value == defaults.get(key, value):
+            continue
+        flag = "--" + key.replace("_", "-")
+        flags.append(flag if value is True else f"--no-{flag[2:]}" if value is False else f"{flag} {value}")
+    return " ".join(["capsnet train", *flags, "--output-dir", config["output_dir"]])
+
+
+def results_markdown(experiment: Experiment, results: list[dict[str, Any]]) -> str:
+    lines = [
+        f"## {experiment.title}", "",
+        "Test error after the last epoch trained (the honest number), and the lowest error seen after any epoch "
+        "(chosen on the test set, so optimistic).", "",
+        "| row | paper | ours, last epoch | lowest (epoch) | epochs | training time | model | seed | hardware |",
+        "|---|---:|---:|---:|---:|---:|---|---:|---|",
+    ]
+    for r in results:
+        if "epochs" not in r:
+            lines.append(f"| {r['row']} | {r['paper']} | not run yet | | | | | | |")
+            continue
+        lines.append(
+            f"| {r['row']} | {r['paper']} | **{r['test_error']:.2%}** | {r['best_test_error']:.2%} ({r['best_epoch']}) "
+            f"| {r['epochs']} | {_duration(r['train_seconds'])} | `{r['model']}` | {r['seed']} "
+            f"| {'; '.join(r['machines']) or 'unknown'} |"
+        )
+    lines += ["", "Commands (each row alone):", ""]
+    lines += [f"- {r['row']}: `{r['command']}`" for r in results if "command" in r]
+    return "\n".join(lines) + "\n"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"

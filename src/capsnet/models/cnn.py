@@ -1,0 +1,69 @@
+"""The paper's baseline: a plain convolutional network trained with cross-entropy (section 5, Table 1)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from .._checks import check_shape
+from .capsnet import _pair
+
+__all__ = ["BaselineCNN"]
+
+
+class BaselineCNN(nn.Module):
+    """Three 5x5 convolutions and two hidden fully connected layers, dropout before the classifier.
+
+    The paper's MNIST baseline: convolutions of 256, 256 and 128 channels (stride 1), fully connected layers
+    of 328 and 192 units, dropout, 10-way softmax; 35.4M parameters. The paper gives no padding or pooling;
+    "same" padding without pooling is the reading that gives its parameter count (35,445,522 on 28x28 inputs:
+    the first fully connected layer alone has 32.9M).
+
+    Args:
+        num_classes: output classes.
+        in_channels: input image channels.
+        image_size: input height and width (an int for squares).
+        channels: output channels of the convolutions.
+        kernel_size: of every convolution (odd, so that "same" padding keeps the size).
+        hidden: sizes of the hidden fully connected layers.
+        dropout: drop probability before the classifier.
+
+    Shape:
+        ``images``: ``(b, C, H, W)`` -> class logits ``(b, num_classes)``.
+
+    Example:
+        >>> model = BaselineCNN()
+        >>> model(torch.rand(2, 1, 28, 28)).shape, sum(p.numel() for p in model.parameters())
+        (torch.Size([2, 10]), 35445522)
+    """
+
+    def __init__(
+        self,
+        *,
+        num_classes: int = 10,
+        in_channels: int = 1,
+        image_size: int | tuple[int, int] = 28,
+        channels: Sequence[int] = (256, 256, 128),
+        kernel_size: int = 5,
+        hidden: Sequence[int] = (328, 192),
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        if kernel_size % 2 != 1:
+            raise ValueError(f"kernel_size must be odd for same padding, got {kernel_size}")
+        height, width = self.image_size = _pair(image_size)
+        self.in_channels = in_channels
+        convs: list[nn.Module] = []
+        for before, after in zip((in_channels, *channels), channels):
+            convs += [nn.Conv2d(before, after, kernel_size, padding=kernel_size // 2), nn.ReLU(inplace=True)]
+        self.features = nn.Sequential(*convs)
+        widths = (channels[-1] * height * width, *hidden)
+        dense: list[nn.Module] = [nn.Flatten()]
+        for before, after in zip(widths, hidden):
+            dense += [nn.Linear(before, after), nn.ReLU(inplace=True)]
+        self.classifier = nn.Sequential(*dense, nn.Dropout(dropout), nn.Linear(widths[-1], num_classes))
+
+    def forward(self, images: Tensor) -> Tensor:
+        check_shape(images, "images", "(b, C, H, W)", 4, (None, self.in_channels, *self.image_size))
+        return self.classifier(self.features(images))  # (b, num_classes)

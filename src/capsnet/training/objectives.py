@@ -1,0 +1,50 @@
+"""What a training step minimizes for each kind of model: capsule losses for a CapsNet, cross-entropy otherwise."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..losses import CapsuleLoss
+
+__all__ = ["Objective", "CapsuleObjective", "CrossEntropyObjective", "class_scores"]
+
+Model = Callable[..., object]
+
+
+def class_scores(output: object) -> Tensor:
+    """Per-class scores ``(b, k)`` whose argmax is the prediction: a CapsNet's capsule lengths, or logits."""
+    return output.lengths if hasattr(output, "lengths") else output
+
+
+class Objective:
+    """Runs a model on a batch and returns its named loss terms (``"loss"`` is the one minimized) and scores."""
+
+    terms: tuple[str, ...] = ("loss",)
+
+    def __call__(self, model: Model, inputs: Tensor, targets: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        raise NotImplementedError
+
+
+class CapsuleObjective(Objective):
+    """Margin loss plus weighted reconstruction loss; the decoder sees the true class's capsule (paper, 4.1)."""
+
+    terms = ("loss", "margin", "reconstruction")
+
+    def __init__(self, loss: CapsuleLoss) -> None:
+        self.loss = loss
+
+    def __call__(self, model: Model, inputs: Tensor, targets: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        output = model(inputs, targets)
+        total, margin, reconstruction = self.loss.terms(output, inputs, targets)
+        return {"loss": total, "margin": margin, "reconstruction": reconstruction}, output.lengths
+
+
+class CrossEntropyObjective(Objective):
+    """Softmax cross-entropy on the logits (the paper's baseline CNN), computed in float32."""
+
+    def __call__(self, model: Model, inputs: Tensor, targets: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        logits = model(inputs)
+        return {"loss": F.cross_entropy(logits.float(), targets)}, logits

@@ -1,0 +1,91 @@
+"""Figures of what the capsules learned: contents as tensors, PNG files of the right size, the CLI."""
+
+import struct
+
+import pytest
+import torch
+
+from capsnet import create_model, figures
+from capsnet.cli import main
+
+pytest.importorskip("matplotlib")
+
+
+def tiny_model(**overrides):
+    torch.manual_seed(0)
+    return create_model("capsnet-tiny", **overrides).eval()
+
+
+def png_size(path):
+    header = path.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", header[16:24])  # width, height from the IHDR chunk
+
+
+def test_perturbation_grid_varies_one_dimension_per_row_and_keeps_the_reconstruction_at_zero():
+    model, image = tiny_model(), torch.rand(1, 28, 28)
+    grid = figures.perturbation_grid(model, image)
+    assert grid.shape == (16, 11, 1, 28, 28)
+    torch.testing.assert_close(figures.PERTURBATIONS[[0, 5, 10]], torch.tensor([-0.25, 0.0, 0.25]))
+    plain = model(image.unsqueeze(0)).reconstructions.view(1, 28, 28)
+    for row in range(16):
+        torch.testing.assert_close(grid[row, 5], plain)  # delta 0 is the plain reconstruction
+    assert not torch.allclose(grid[0, 0], grid[0, 10])  # moving a dimension changes the picture
+
+
+def test_perturbation_changes_only_the_winning_capsules_dimension():
+    model, image = tiny_model(), torch.rand(1, 28, 28)
+    decoded = []
+    model.decoder.register_forward_hook(lambda module, args, output: decoded.append(args[0].clone()))
+    figures.perturbation_grid(model, image)
+    poses = decoded[-1].view(16, 11, 10, 16)
+    base = model(image.unsqueeze(0)).poses[0]
+    winner = int(base.norm(dim=-1).argmax())
+    change = poses - base
+    for d in range(16):
+        torch.testing.assert_close(change[d, :, winner, d], figures.PERTURBATIONS)
+        change[d, :, winner, d] = 0
+    assert change.abs().max() == 0
+
+
+def test_coupling_maps_add_up_to_the_primary_capsule_lengths():
+    model, image = tiny_model(), torch.rand(1, 28, 28)
+    maps = figures.coupling_maps(model, image)
+    assert maps.shape == (10, 6, 6)
+    features = torch.relu(model.conv1(image.unsqueeze(0)))
+    lengths = model.primary(features)[0].norm(dim=-1).view(8, 6, 6).sum(0)  # 8 capsule types in the tiny model
+    torch.testing.assert_close(maps.sum(0), lengths)
+
+
+def test_pick_examples_finds_right_and_wrong_ones():
+    model = tiny_model()
+    images, labels = torch.rand(40, 1, 28, 28), torch.randint(0, 10, (40,))
+    right, wrong = figures.pick_examples(model, images, labels, count=3, batch_size=7)
+    predictions = model(images).lengths.argmax(-1)
+    assert (predictions[right] == labels[right]).all() and (predictions[wrong] != labels[wrong]).all()
+    assert len(wrong) == 3 and right.tolist() == (predictions == labels).nonzero().flatten()[:3].tolist()
+
+
+def test_plots_write_pngs_of_the_expected_size(tmp_path):
+    model, images, labels = tiny_model(), torch.rand(30, 1, 28, 28), torch.randint(0, 10, (30,))
+    assert png_size(figures.plot_perturbations(model, images[0], tmp_path / "p.png")) == (720, 1000)
+    assert png_size(figures.plot_coupling(model, images[0], tmp_path / "c.png")) == (1430, 190)
+    path = figures.plot_reconstructions(model, images, labels, tmp_path / "r.png", count=4)
+    right, wrong = figures.pick_examples(model, images, labels, 4)
+    assert png_size(path) == (round(110 * (len(right) + len(wrong))), 260)
+
+
+def test_model_without_decoder_has_no_reconstructions_to_draw(tmp_path):
+    with pytest.raises(ValueError, match="without the reconstruction decoder"):
+        figures.perturbation_grid(tiny_model(reconstruction=False), torch.rand(1, 28, 28))
+
+
+def test_capsnet_figures_command_writes_the_three_pictures(tmp_path, shared_data, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--model", "capsnet-tiny", "--data-dir", str(shared_data), "--limit-train", "64",
+                 "--limit-test", "50", "--batch-size", "32", "--epochs", "1", "--no-progress", "--output-dir", str(run)]) == 0
+    assert main(["figures", str(run / "last.pt"), "--limit-test", "200", "--examples", "4"]) == 0
+    names = sorted(p.name for p in (run / "figures").iterdir())
+    assert names == ["fig3_reconstructions.png", "fig4_perturbations.png", "routing_coupling.png"]
+    assert main(["figures", str(run / "last.pt"), "--index", "999", "--limit-test", "200"]) == 2
+    assert "--index must be in [0, 200), got 999" in capsys.readouterr().err

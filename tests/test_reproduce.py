@@ -1,0 +1,54 @@
+"""`capsnet reproduce`: the paper's experiments as resumable sets of runs with a results table."""
+
+import json
+
+import pytest
+
+from capsnet.cli import main
+from capsnet.experiments import EXPERIMENTS
+
+
+def reproduce(tmp_path, shared_data, *extra):
+    argv = ["reproduce", "table1", "--tiny", "--data-dir", str(shared_data), "--runs-dir", str(tmp_path),
+            "--limit-train", "64", "--limit-test", "100", "--batch-size", "32", "--no-progress", *extra]
+    assert main(argv) == 0
+
+
+def test_table1_has_the_papers_rows():
+    rows = EXPERIMENTS["table1"].rows
+    assert [(r.overrides.get("model"), r.overrides.get("routing_iterations", 3), r.overrides.get("reconstruction", True))
+            for r in rows] == [("baseline-cnn", 3, True), (None, 1, False), (None, 1, True), (None, 3, False), (None, 3, True)]
+    assert [r.paper for r in rows] == ["0.39%", "0.34% ± 0.03", "0.29% ± 0.011", "0.35% ± 0.036", "0.25% ± 0.005"]
+
+
+def test_reproduce_table1_end_to_end_and_resumable(tmp_path, shared_data, capsys):
+    reproduce(tmp_path, shared_data, "--epochs", "1")
+    folder = tmp_path / "table1"
+    results = json.loads((folder / "results.json").read_text())
+    assert [r["epochs"] for r in results] == [1] * 5
+    assert all(0 <= r["test_error"] <= 1 and r["test_examples"] == 100 for r in results)
+    assert [r["model"] for r in results] == ["baseline-cnn-tiny"] + ["capsnet-tiny"] * 4
+    configs = [json.loads((folder / row.name / "config.json").read_text()) for row in EXPERIMENTS["table1"].rows]
+    assert [c["model_kwargs"].get("routing_iterations") for c in configs] == [None, 1, 1, 3, 3]
+    assert [c["model_kwargs"].get("reconstruction") for c in configs] == [None, False, True, False, True]
+    cnn_metrics = json.loads((folder / "baseline-cnn" / "metrics.jsonl").read_text().splitlines()[0])
+    assert "train_margin_loss" not in cnn_metrics and cnn_metrics["train_loss"] > 0
+    table = (folder / "results.md").read_text()
+    assert "| Baseline CNN (35.4M parameters) | 0.39% |" in table
+    assert "--model capsnet-tiny --epochs 1 --batch-size 32 --routing-iterations 1 --no-reconstruction" in table
+    assert "results.md" in capsys.readouterr().out
+
+    # Running it again with more epochs continues every row from its checkpoint.
+    reproduce(tmp_path, shared_data, "--epochs", "2")
+    results = json.loads((folder / "results.json").read_text())
+    assert [r["epochs"] for r in results] == [2] * 5
+    for row in EXPERIMENTS["table1"].rows:
+        epochs = [json.loads(line)["epoch"] for line in (folder / row.name / "metrics.jsonl").read_text().splitlines()]
+        assert epochs == [1, 2]
+
+
+def test_reproduce_rejects_unknown_experiments(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["reproduce", "table9"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'table9'" in capsys.readouterr().err
