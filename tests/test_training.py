@@ -105,8 +105,9 @@ def test_non_finite_loss_in_the_first_epoch_says_no_checkpoint_exists(tmp_path, 
 
 
 def poison_loss(trainer, monkeypatch):
-    original_terms = trainer.loss_fn.terms
-    monkeypatch.setattr(trainer.loss_fn, "terms", lambda *a: original_terms(*a)._replace(total=original_terms(*a).total * float("nan")))
+    loss = trainer.objective.loss
+    original_terms = loss.terms
+    monkeypatch.setattr(loss, "terms", lambda *a: original_terms(*a)._replace(total=original_terms(*a).total * float("nan")))
 
 
 def test_learning_rate_follows_the_official_decay(tmp_path, shared_data):
