@@ -52,3 +52,12 @@ def test_reproduce_rejects_unknown_experiments(capsys):
         main(["reproduce", "table9"])
     assert exit_info.value.code == 2
     assert "invalid choice: 'table9'" in capsys.readouterr().err
+
+
+def test_reproduce_can_train_chosen_rows_in_a_chosen_order(tmp_path, shared_data, capsys):
+    reproduce(tmp_path, shared_data, "--epochs", "1", "--rows", "routing3-reconstruction", "routing1-reconstruction")
+    results = json.loads((tmp_path / "table1" / "results.json").read_text())
+    assert [r.get("epochs") for r in results] == [None, None, 1, None, 1]
+    assert "| Baseline CNN (35.4M parameters) | 0.39% | not run yet |" in (tmp_path / "table1" / "results.md").read_text()
+    assert main(["reproduce", "table1", "--rows", "routing9"]) == 2
+    assert "unknown value 'routing9' for row" in capsys.readouterr().err

@@ -94,7 +94,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 def _reproduce(args: argparse.Namespace) -> None:
     settings = {key: value for key, value in vars(args).items() if key in _REPRODUCE_SETTINGS}
     try:
-        results = run_experiment(args.experiment, args.runs_dir, tiny=args.tiny, **settings)
+        results = run_experiment(args.experiment, args.runs_dir, rows=args.rows, tiny=args.tiny, **settings)
     except TrainingInterrupted as stop:
         print(f"\ninterrupted: checkpoint saved to {stop.checkpoint}; run the same command again to continue",
               file=sys.stderr)
@@ -177,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reproduce.add_argument("experiment", choices=tuple(EXPERIMENTS))
     reproduce.add_argument("--runs-dir", default="runs/reproduce", help="where the rows' run folders go")
+    reproduce.add_argument("--rows", nargs="+", metavar="ROW",
+                           help="train only these rows, in this order (run folder names; default: all)")
     reproduce.add_argument("--tiny", action="store_true",
                            help="narrow models instead of the paper's: a quick check of the pipeline, not a reproduction")
     _add_config_flags(reproduce, only=_REPRODUCE_SETTINGS)

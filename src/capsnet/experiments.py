@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._checks import check_choice
 from .config import TrainConfig
 from .runtime import describe_machine
 from .training import Trainer
@@ -63,16 +64,23 @@ def _row_config(experiment: Experiment, row: ExperimentRow, runs_dir: Path, sett
     return TrainConfig(**values, output_dir=str(output_dir), resume=(output_dir / "last.pt").exists())
 
 
-def run_experiment(name: str, runs_dir: str | Path, *, tiny: bool = False, **settings: Any) -> list[dict[str, Any]]:
+def run_experiment(
+    name: str, runs_dir: str | Path, *, rows: list[str] | None = None, tiny: bool = False, **settings: Any
+) -> list[dict[str, Any]]:
     """Train every row of experiment ``name`` up to ``settings["epochs"]`` (resuming what exists) and return the
     results table (also written to ``RUNS_DIR/NAME/results.md`` and ``results.json``).
 
     ``settings`` are :class:`TrainConfig` fields shared by all rows (epochs, data_dir, device, precision, ...);
-    ``tiny`` swaps in narrow models to smoke-test the pipeline.
+    ``rows`` picks rows by name (default: all, in the table's order); ``tiny`` swaps in narrow models to
+    smoke-test the pipeline.
     """
     experiment = EXPERIMENTS[name]
     runs_dir = Path(runs_dir)
-    for row in experiment.rows:
+    known = [row.name for row in experiment.rows]
+    for wanted in rows or []:
+        check_choice(wanted, "row", known)
+    for row in experiment.rows if rows is None else sorted((r for r in experiment.rows if r.name in rows),
+                                                            key=lambda r: rows.index(r.name)):
         config = _row_config(experiment, row, runs_dir, settings, tiny)
         if config.progress:
             print(f"[{experiment.name}] {row.label}: {config.model}, run folder {config.output_dir}")
