@@ -1,4 +1,5 @@
-"""Data: MNIST-family datasets, IDX files, verified downloads, batching and the random-shift augmentation.
+"""Data: MNIST-family datasets, IDX files, verified downloads, batching, the random-shift augmentation, and
+the paper's synthetic sets built from MNIST (MultiMNIST pairs, affNIST-like affine maps).
 
 Nothing here depends on the model or training code.
 """
@@ -13,18 +14,24 @@ from capsnet.data.datasets import (
 )
 from capsnet.data.idx import DataError, read_idx, write_idx
 from capsnet.data.loader import TensorLoader
-from capsnet.data.transforms import random_shift
+from capsnet.data.synthetic import MultiDigitBatch, overlay_pairs, place_on_canvas, random_affine
+from capsnet.data.transforms import random_shift, shift_images
 
 __all__ = [
     "DATASETS",
     "MNIST",
     "DataError",
     "FashionMNIST",
+    "MultiDigitBatch",
     "TensorLoader",
     "download_dataset",
     "get_dataset_class",
+    "overlay_pairs",
+    "place_on_canvas",
+    "random_affine",
     "random_shift",
     "read_idx",
     "resolve_data_root",
+    "shift_images",
     "write_idx",
 ]

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from capsnet._checks import check_shape
 
-__all__ = ["random_shift"]
+__all__ = ["random_shift", "shift_images"]
 
 
 def random_shift(images: torch.Tensor, max_shift: int = 2, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -44,12 +44,23 @@ def random_shift(images: torch.Tensor, max_shift: int = 2, generator: torch.Gene
     m = _non_negative_int(max_shift, "max_shift")
     if m == 0:
         return images.clone()
-    b, c, h, w = images.shape
     device = images.device
     offsets = torch.randint(
-        -m, m + 1, (2, b), generator=generator, device=generator.device if generator is not None else device
+        -m, m + 1, (2, images.shape[0]), generator=generator, device=generator.device if generator is not None else device
     ).to(device)
-    dy, dx = offsets[0], offsets[1]  # (b,), (b,)
+    return shift_images(images, offsets[0], offsets[1], m)
+
+
+def shift_images(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, max_shift: int) -> torch.Tensor:
+    """Move image ``k`` down by ``dy[k]`` and right by ``dx[k]`` whole pixels, filling with zeros.
+
+    ``max_shift`` bounds ``|dy|`` and ``|dx|`` (it sizes the zero border, so no shift needs a host sync).
+
+    Shape:
+        ``images``: ``(b, c, h, w)``; ``dy``, ``dx``: ``(b,)`` integers -> ``(b, c, h, w)``.
+    """
+    b, c, h, w = images.shape
+    m, device = max_shift, images.device
     padded = F.pad(images, (m, m, m, m)).flatten(2)  # (b, c, (h + 2m) * (w + 2m))
     # Output pixel (y, x) comes from input (y - dy, x - dx), i.e. padded (y - dy + m, x - dx + m).
     rows = torch.arange(h, device=device) + m - dy[:, None]  # (b, h)

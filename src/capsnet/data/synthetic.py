@@ -1,0 +1,147 @@
+"""Datasets the paper builds from MNIST: MultiMNIST pairs and affNIST-like affine transforms.
+
+Both are generated with batched tensor ops from a ``torch.Generator``, so the same seed gives the same
+images on any run, and training pairs need not be stored.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .transforms import random_shift, shift_images
+
+__all__ = [
+    "MultiDigitBatch", "overlay_pairs", "place_on_canvas",
+    "AFFNIST_RANGES", "sample_affine_parameters", "random_affine",
+]
+
+
+def place_on_canvas(images: Tensor, canvas: int, max_shift: int, generator: torch.Generator | None = None) -> Tensor:
+    """Centre ``images`` on a black ``canvas x canvas`` background, then shift each by up to ``max_shift`` px.
+
+    With ``canvas = 28 + 2 * max_shift`` every digit stays inside the canvas (MultiMNIST: 36 and 4; the
+    affine-robustness training set: 40 and 6).
+
+    Shape:
+        ``(b, C, h, w)`` -> ``(b, C, canvas, canvas)``, same dtype.
+    """
+    _, _, h, w = images.shape
+    if canvas < max(h, w):
+        raise ValueError(f"canvas {canvas} is smaller than the {h}x{w} images")
+    top, left = (canvas - h) // 2, (canvas - w) // 2
+    padded = F.pad(images, (left, canvas - w - left, top, canvas - h - top))
+    return random_shift(padded, max_shift, generator)
+
+
+class MultiDigitBatch(NamedTuple):
+    """Two overlaid digits per example: the input, each digit alone on the same canvas, their labels."""
+
+    images: Tensor  # (b, C, H, W) float in [0, 1]: the two digits added and clipped
+    digits: Tensor  # (b, 2, C, H, W) float in [0, 1]: the reconstruction target of each digit's capsule
+    labels: Tensor  # (b, 2) int64, two different classes
+
+
+def overlay_pairs(
+    images: Tensor,
+    labels: Tensor,
+    first: Tensor,
+    generator: torch.Generator | None = None,
+    *,
+    canvas: int = 36,
+    max_shift: int = 4,
+) -> MultiDigitBatch:
+    """MultiMNIST (paper, section 6): each ``images[first]`` with a random partner of a different class.
+
+    The partner comes from the same ``images`` (the same split), uniformly among those whose label
+    differs; each digit is shifted by up to ``max_shift`` px on a ``canvas`` square, and the pair is summed
+    and clipped to [0, 1].
+
+    Args:
+        images: the split, uint8 ``(n, C, 28, 28)``.
+        labels: its labels ``(n,)``.
+        first: indices of the first digit of every pair ``(b,)``.
+        generator: random source of partners and shifts, on the images' device or the CPU.
+    """
+    device = images.device
+    partner = _draw(torch.randint, len(labels), first.shape, generator, device)
+    clash = labels[partner] == labels[first]
+    while clash.any():  # redraw only the same-class partners: 1/10 of them per round for MNIST
+        partner[clash] = _draw(torch.randint, len(labels), (int(clash.sum()),), generator, device)
+        clash = labels[partner] == labels[first]
+    both = torch.stack([images[first], images[partner]], dim=1)  # (b, 2, C, 28, 28)
+    placed = place_on_canvas(both.flatten(0, 1), canvas, max_shift, generator).float().div_(255)
+    digits = placed.view(len(first), 2, *placed.shape[1:])
+    return MultiDigitBatch(digits.sum(1).clamp_(max=1.0), digits, torch.stack([labels[first], labels[partner]], 1))
+
+
+def _draw(sampler, high: int, shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
+    source = generator.device if generator is not None else device
+    return sampler(high, shape, generator=generator, device=source).to(device)
+
+
+# affNIST (Tieleman 2013): every test digit under a random affine map within these ranges.
+AFFNIST_RANGES = {"rotation_degrees": 20.0, "shear": 0.2, "scale": (0.8, 1.2)}
+
+
+def sample_affine_parameters(count: int, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    """Uniform draws within :data:`AFFNIST_RANGES`: rotation (degrees), shear, and a scale per axis, ``(count,)`` each."""
+    def uniform(low: float, high: float) -> Tensor:
+        return low + (high - low) * torch.rand(count, generator=generator)
+
+    rotation, shear, (low, high) = AFFNIST_RANGES["rotation_degrees"], AFFNIST_RANGES["shear"], AFFNIST_RANGES["scale"]
+    return {"rotation_degrees": uniform(-rotation, rotation), "shear": uniform(-shear, shear),
+            "scale_x": uniform(low, high), "scale_y": uniform(low, high)}
+
+
+def random_affine(images: Tensor, generator: torch.Generator | None = None, *, canvas: int = 40) -> Tensor:
+    """``affnist-synthetic``: MNIST digits under random affine maps drawn as affNIST describes.
+
+    Each digit is centred on a ``canvas`` square, rotated, sheared and scaled about the centre (parameters
+    from :func:`sample_affine_parameters`), then moved by a random whole-pixel translation drawn uniformly
+    among those that keep all of its ink inside the canvas. Not the real affNIST test set (its images come
+    from the same kind of maps but not these draws): label results with the set that was used.
+
+    Shape:
+        uint8 ``(n, C, 28, 28)`` -> float ``(n, C, canvas, canvas)`` in [0, 1].
+    """
+    count = images.shape[0]
+    params = sample_affine_parameters(count, generator)
+    centred = place_on_canvas(images.float().div(255), canvas, 0)
+    warped = _warp(centred, _affine_matrices(params).to(images.device))
+    ink = warped.amax(1) > 0  # (n, canvas, canvas), any channel
+    rows, cols = ink.any(2), ink.any(1)
+    top, bottom = _first_true(rows), canvas - 1 - _first_true(rows.flip(1))
+    left, right = _first_true(cols), canvas - 1 - _first_true(cols.flip(1))
+    dy = _uniform_int(-top, canvas - 1 - bottom, generator).to(images.device)
+    dx = _uniform_int(-left, canvas - 1 - right, generator).to(images.device)
+    return shift_images(warped, dy, dx, canvas)  # nothing inked is lost: the shifts keep the ink inside
+
+
+def _affine_matrices(params: dict[str, Tensor]) -> Tensor:
+    """Output-to-input sampling matrices ``(n, 2, 3)`` for ``affine_grid``: the inverse of rotate . shear . scale."""
+    angle = params["rotation_degrees"] * math.pi / 180
+    cos, sin, zero, one = torch.cos(angle), torch.sin(angle), torch.zeros_like(angle), torch.ones_like(angle)
+    rotate = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
+    shear = torch.stack([torch.stack([one, params["shear"]], -1), torch.stack([zero, one], -1)], -2)
+    scale = torch.diag_embed(torch.stack([params["scale_x"], params["scale_y"]], -1))
+    forward = rotate @ shear @ scale  # (n, 2, 2) in (x, y) coordinates about the centre
+    return torch.cat([torch.linalg.inv(forward), torch.zeros(len(angle), 2, 1)], dim=2)
+
+
+def _warp(images: Tensor, matrices: Tensor) -> Tensor:
+    grid = F.affine_grid(matrices, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False).clamp_(0, 1)
+
+
+def _first_true(mask: Tensor) -> Tensor:
+    return mask.int().argmax(1)  # (n,): index of the first True (rows without ink do not occur)
+
+
+def _uniform_int(low: Tensor, high: Tensor, generator: torch.Generator | None) -> Tensor:
+    """One integer uniform in ``[low, high]`` per element."""
+    return low.cpu() + (torch.rand(len(low), generator=generator) * (high - low + 1).cpu()).floor().long()

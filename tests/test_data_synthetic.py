@@ -1,0 +1,78 @@
+"""MultiMNIST pairs and affNIST-like affine maps: deterministic, inside the canvas, in range."""
+
+import pytest
+import torch
+
+from capsnet.data import MNIST
+from capsnet.data.synthetic import (
+    AFFNIST_RANGES, overlay_pairs, place_on_canvas, random_affine, sample_affine_parameters,
+)
+
+
+@pytest.fixture
+def digits(shared_data):
+    test = MNIST(shared_data, train=False, download=False)
+    return test.images[:500], test.labels[:500]
+
+
+def seeded(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_place_on_canvas_keeps_every_pixel_and_stays_inside():
+    images = torch.randint(1, 256, (50, 1, 28, 28), dtype=torch.uint8)  # ink up to the border
+    placed = place_on_canvas(images, 36, 4, seeded())
+    assert placed.shape == (50, 1, 36, 36) and placed.dtype == torch.uint8
+    assert torch.equal(placed.flatten(1).long().sum(1), images.flatten(1).long().sum(1))  # nothing cut off
+    assert torch.equal(place_on_canvas(images, 36, 0)[:, :, 4:32, 4:32], images)  # no shift: centred
+    with pytest.raises(ValueError, match="canvas 20 is smaller than the 28x28 images"):
+        place_on_canvas(images, 20, 0)
+
+
+def test_multimnist_pairs_have_two_classes_stay_in_the_canvas_and_are_clipped(digits):
+    images, labels = digits
+    first = torch.arange(200)
+    batch = overlay_pairs(images, labels, first, seeded())
+    assert batch.images.shape == (200, 1, 36, 36) and batch.digits.shape == (200, 2, 1, 36, 36)
+    assert (batch.labels[:, 0] != batch.labels[:, 1]).all()
+    assert torch.equal(batch.labels[:, 0], labels[first])
+    assert batch.images.min() >= 0 and batch.images.max() <= 1
+    torch.testing.assert_close(batch.images, (batch.digits[:, 0] + batch.digits[:, 1]).clamp(max=1))
+    # Each digit keeps all of its ink: it was shifted inside the 36x36 canvas, not cut.
+    ink = images.float().div(255).flatten(1).sum(1)
+    torch.testing.assert_close(batch.digits[:, 0].flatten(1).sum(1), ink[first])
+
+
+def test_multimnist_is_deterministic_for_a_seed(digits):
+    images, labels = digits
+    a = overlay_pairs(images, labels, torch.arange(64), seeded(3))
+    b = overlay_pairs(images, labels, torch.arange(64), seeded(3))
+    c = overlay_pairs(images, labels, torch.arange(64), seeded(4))
+    assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+    assert not torch.equal(a.images, c.images)
+
+
+def test_affine_parameters_stay_inside_the_affnist_ranges():
+    params = sample_affine_parameters(10_000, seeded())
+    assert params["rotation_degrees"].abs().max() <= 20 and params["rotation_degrees"].abs().max() > 19.9
+    assert params["shear"].abs().max() <= 0.2
+    for axis in ("scale_x", "scale_y"):
+        assert 0.8 <= params[axis].min() < 0.81 and 1.19 < params[axis].max() <= 1.2
+    assert AFFNIST_RANGES == {"rotation_degrees": 20.0, "shear": 0.2, "scale": (0.8, 1.2)}
+
+
+def test_affnist_synthetic_digits_are_inside_the_canvas_and_reproducible(digits):
+    images, _ = digits
+    out = random_affine(images[:100], seeded(), canvas=40)
+    assert out.shape == (100, 1, 40, 40) and out.min() >= 0 and out.max() <= 1
+    torch.testing.assert_close(out, random_affine(images[:100], seeded(), canvas=40))
+    # The ink of each digit is conserved up to the scale's area change (bilinear sampling blurs a little).
+    params = sample_affine_parameters(100, seeded())
+    area = params["scale_x"] * params["scale_y"]
+    ratio = out.flatten(1).sum(1) / (images[:100].float().div(255).flatten(1).sum(1) * area)
+    assert ratio.min() > 0.9 and ratio.max() < 1.1
+    # Translations differ between digits: the ink's centre moves around the canvas.
+    rows = torch.arange(40.0).view(1, 40, 1)
+    centre_y = (out[:, 0] * rows).flatten(1).sum(1) / out.flatten(1).sum(1)
+    assert centre_y.std() > 2
+
