@@ -76,3 +76,13 @@ def test_affnist_synthetic_digits_are_inside_the_canvas_and_reproducible(digits)
     centre_y = (out[:, 0] * rows).flatten(1).sum(1) / out.flatten(1).sum(1)
     assert centre_y.std() > 2
 
+
+
+def test_affnist_synthetic_is_a_fixed_uint8_set(digits):
+    from capsnet.data.synthetic import affnist_synthetic
+
+    images, _ = digits
+    first = affnist_synthetic(images[:300], batch_size=128)
+    assert first.shape == (300, 1, 40, 40) and first.dtype == torch.uint8
+    assert torch.equal(first, affnist_synthetic(images[:300], batch_size=128))
+    assert not torch.equal(first, affnist_synthetic(images[:300], seed=1, batch_size=128))

@@ -150,3 +150,11 @@ def test_capsule_and_plain_models_are_told_apart():
     assert capsnet.is_capsule_model("capsnet-tiny") and not capsnet.is_capsule_model("baseline-cnn")
     with pytest.raises(ValueError, match="unknown value 'nope' for model"):
         capsnet.is_capsule_model("nope")
+
+
+def test_baseline_cnn_pooling_shrinks_the_first_dense_layer():
+    model = create_model("baseline-cnn-affnist", image_size=40)
+    assert sum(isinstance(m, torch.nn.MaxPool2d) for m in model.features) == 2
+    assert model.classifier[1].in_features == 128 * 10 * 10
+    assert count(model) == 6_728_466
+    assert model(torch.rand(2, 1, 40, 40)).shape == (2, 10)

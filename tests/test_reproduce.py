@@ -61,3 +61,15 @@ def test_reproduce_can_train_chosen_rows_in_a_chosen_order(tmp_path, shared_data
     assert "| Baseline CNN (35.4M parameters) | 0.39% | not run yet |" in (tmp_path / "table1" / "results.md").read_text()
     assert main(["reproduce", "table1", "--rows", "routing9"]) == 2
     assert "unknown value 'routing9' for row" in capsys.readouterr().err
+
+
+def test_reproduce_affnist_trains_on_a_40px_canvas_and_reports_the_affine_set(tmp_path, shared_data):
+    argv = ["reproduce", "affnist", "--tiny", "--data-dir", str(shared_data), "--runs-dir", str(tmp_path),
+            "--limit-train", "64", "--limit-test", "100", "--batch-size", "32", "--epochs", "1", "--no-progress"]
+    assert main(argv) == 0
+    results = json.loads((tmp_path / "affnist" / "results.json").read_text())
+    assert [r["model"] for r in results] == ["capsnet-tiny", "baseline-cnn-tiny"]
+    assert all(0 <= r["extra_errors"]["affnist-synthetic"] <= 1 for r in results)
+    config = json.loads((tmp_path / "affnist" / "capsnet" / "config.json").read_text())
+    assert config["model_kwargs"]["image_size"] == [40, 40] and config["max_shift"] == 6
+    assert "affnist-synthetic, last epoch" in (tmp_path / "affnist" / "results.md").read_text()

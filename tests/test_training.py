@@ -207,3 +207,18 @@ def test_sigterm_saves_like_ctrl_c_and_the_handlers_are_restored(tmp_path, share
     saved = load_checkpoint(tmp_path / "run" / "last.pt")["progress"]
     assert (saved["epoch"], saved["batch"]) == (0, 3)
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_canvas_centres_train_and_test_digits_and_the_affine_set_is_40px(tmp_path, shared_data):
+    trainer = Trainer(config(tmp_path, shared_data, epochs=1, limit_train=32, limit_test=50, canvas=40, max_shift=6,
+                             extra_test="affnist-synthetic"))
+    assert trainer.train_images.shape[1:] == trainer.test_images.shape[1:] == trainer.extra_test_images.shape[1:] == (1, 40, 40)
+    assert torch.equal(trainer.test_images[:, :, 6:34, 6:34].long().sum(), trainer.test_images.long().sum())
+    assert trainer.model.image_size == (40, 40)
+    metrics = trainer.fit()[0]
+    assert 0 <= metrics["affnist-synthetic_error"] <= 1
+
+
+def test_the_affine_test_set_needs_the_40px_canvas(tmp_path):
+    with pytest.raises(ValueError, match="--extra-test affnist-synthetic has 40x40 images: it needs --canvas 40"):
+        TrainConfig(extra_test="affnist-synthetic", output_dir=str(tmp_path))

@@ -21,6 +21,7 @@ __all__ = ["TrainConfig", "DEVICES", "PRECISIONS", "check_positive_flag"]
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "32", "bf16", "16-mixed")
+EXTRA_TEST_SETS = ("affnist-synthetic",)
 
 
 def check_positive_flag(flag: str, value: int | None) -> None:
@@ -55,6 +56,14 @@ class TrainConfig:
     reconstruction_weight: float = _option(RECONSTRUCTION_WEIGHT, "weight of the reconstruction loss (paper: 0.0005)")
     halve_margin: bool = _option(False, "multiply the margin loss by 0.5, as the official code does")
     max_shift: int = _option(2, "random shift augmentation in pixels, zero padded (paper: 2)")
+    canvas: int | None = _option(
+        None, "centre the images on a black CANVAS x CANVAS background, train and test (affine robustness: 40, "
+              "with --max-shift 6)"
+    )
+    extra_test: str | None = _option(
+        None, "also report the error on this test set after every epoch (affnist-synthetic: needs --canvas 40)",
+        choices=EXTRA_TEST_SETS,
+    )
     seed: int = _option(0, "random seed: model init, data order and augmentation")
     device: str = _option("auto", "auto (cuda if available), cpu or cuda", choices=DEVICES)
     precision: str = _option(
@@ -77,13 +86,17 @@ class TrainConfig:
         check_choice(self.dataset, "--dataset", DATASETS)
         check_choice(self.device, "--device", DEVICES)
         check_choice(self.precision, "--precision", PRECISIONS)
+        if self.extra_test is not None:
+            check_choice(self.extra_test, "--extra-test", EXTRA_TEST_SETS)
+            if self.canvas != 40:
+                raise ValueError(f"--extra-test {self.extra_test} has 40x40 images: it needs --canvas 40")
         check_choice(self.model, "--model", list_models())
         if self.output_dir is None:
             if self.resume:
                 raise ValueError("--resume needs the --output-dir of the run to continue")
             self.output_dir = f"runs/{self.model}-{self.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
         for name in ("epochs", "batch_size", "eval_batch_size", "routing_iterations", "lr_decay_steps", "limit_train",
-                     "limit_test"):
+                     "limit_test", "canvas"):
             check_positive_flag("--" + name.replace("_", "-"), getattr(self, name))
         if not math.isfinite(self.lr + self.lr_decay + self.reconstruction_weight):
             raise ValueError("--lr, --lr-decay and --reconstruction-weight must be finite numbers")

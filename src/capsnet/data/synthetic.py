@@ -17,7 +17,7 @@ from .transforms import random_shift, shift_images
 
 __all__ = [
     "MultiDigitBatch", "overlay_pairs", "place_on_canvas",
-    "AFFNIST_RANGES", "sample_affine_parameters", "random_affine",
+    "AFFNIST_RANGES", "sample_affine_parameters", "random_affine", "affnist_synthetic", "AFFNIST_SYNTHETIC_SEED",
 ]
 
 
@@ -145,3 +145,20 @@ def _first_true(mask: Tensor) -> Tensor:
 def _uniform_int(low: Tensor, high: Tensor, generator: torch.Generator | None) -> Tensor:
     """One integer uniform in ``[low, high]`` per element."""
     return low.cpu() + (torch.rand(len(low), generator=generator) * (high - low + 1).cpu()).floor().long()
+
+
+AFFNIST_SYNTHETIC_SEED = 2013  # fixed, so that "affnist-synthetic" names one set of images everywhere
+
+
+def affnist_synthetic(images: Tensor, *, canvas: int = 40, seed: int = AFFNIST_SYNTHETIC_SEED,
+                      batch_size: int = 2000) -> Tensor:
+    """The ``affnist-synthetic`` test set: each of ``images`` (MNIST test digits) under one :func:`random_affine`
+    map drawn from ``seed``, stored as uint8 like the real affNIST.
+
+    Shape:
+        uint8 ``(n, C, 28, 28)`` -> uint8 ``(n, C, canvas, canvas)``.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    parts = [random_affine(images[start : start + batch_size], generator, canvas=canvas)
+             for start in range(0, len(images), batch_size)]
+    return torch.cat(parts).mul_(255).round_().to(torch.uint8)

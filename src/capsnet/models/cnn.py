@@ -28,6 +28,8 @@ class BaselineCNN(nn.Module):
         kernel_size: of every convolution (odd, so that "same" padding keeps the size).
         hidden: sizes of the hidden fully connected layers.
         dropout: drop probability before the classifier.
+        pool_after: indices of the convolutions followed by 2x2 max pooling (the paper's MNIST baseline has
+            none; its affine-robustness CNN "with MaxPooling" does not say where).
 
     Shape:
         ``images``: ``(b, C, H, W)`` -> class logits ``(b, num_classes)``.
@@ -48,6 +50,7 @@ class BaselineCNN(nn.Module):
         kernel_size: int = 5,
         hidden: Sequence[int] = (328, 192),
         dropout: float = 0.5,
+        pool_after: Sequence[int] = (),
     ) -> None:
         super().__init__()
         if kernel_size % 2 != 1:
@@ -55,8 +58,11 @@ class BaselineCNN(nn.Module):
         height, width = self.image_size = _pair(image_size)
         self.in_channels = in_channels
         convs: list[nn.Module] = []
-        for before, after in zip((in_channels, *channels), channels):
+        for index, (before, after) in enumerate(zip((in_channels, *channels), channels)):
             convs += [nn.Conv2d(before, after, kernel_size, padding=kernel_size // 2), nn.ReLU(inplace=True)]
+            if index in pool_after:
+                convs.append(nn.MaxPool2d(2))
+                height, width = height // 2, width // 2
         self.features = nn.Sequential(*convs)
         widths = (channels[-1] * height * width, *hidden)
         dense: list[nn.Module] = [nn.Flatten()]

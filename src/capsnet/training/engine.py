@@ -19,7 +19,8 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from ..data import TensorLoader, get_dataset_class, random_shift
+from ..data import TensorLoader, get_dataset_class, place_on_canvas, random_shift
+from ..data.synthetic import affnist_synthetic
 from ..losses import CapsuleLoss
 from ..models import create_model, is_capsule_model
 from ..config import TrainConfig
@@ -35,7 +36,7 @@ __all__ = ["Trainer", "TrainingError", "TrainingInterrupted", "train", "evaluate
 _RESUME_MUST_MATCH = (
     "dataset", "model", "batch_size", "lr", "lr_decay", "lr_decay_steps", "routing_iterations",
     "reconstruction", "reconstruction_weight", "halve_margin", "detach_intermediate", "digit_bias",
-    "max_shift", "seed", "limit_train", "limit_test",
+    "max_shift", "seed", "limit_train", "limit_test", "canvas", "extra_test",
 )
 _POSTFIX_EVERY = 20  # progress-bar updates read the device's running sums (a sync on GPU): not every step
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; torchrun and cluster schedulers send SIGTERM
@@ -156,6 +157,12 @@ class Trainer:
         self.train_labels = train.labels[: config.limit_train].to(self.device)
         self.test_images = test.images[: config.limit_test].to(self.device)
         self.test_labels = test.labels[: config.limit_test].to(self.device)
+        # An extra test set, e.g. affine-transformed digits, built from the (28x28) test digits.
+        self.extra_test_images = None if config.extra_test is None else affnist_synthetic(
+            test.images[: config.limit_test], canvas=config.canvas).to(self.device)
+        if config.canvas is not None:
+            self.train_images = place_on_canvas(self.train_images, config.canvas, 0)
+            self.test_images = place_on_canvas(self.test_images, config.canvas, 0)
         _, channels, height, width = self.train_images.shape
         self.model_kwargs = config.model_kwargs(len(self.classes), channels, (height, width))
 
@@ -296,13 +303,10 @@ class Trainer:
 
     def _finish_epoch(self) -> dict[str, Any]:
         progress, sums = self.progress, self.progress.sums
-        shard = self.distributed.shard
-        correct, counts = _class_counts(
-            self.model, shard(self.test_images), shard(self.test_labels), batch_size=self.config.eval_batch_size,
-            num_classes=len(self.classes), precision=self.precision,
-            progress=self.config.progress and self.distributed.is_main,
-        )
-        result = _error_report(self.distributed.sum_(correct), self.distributed.sum_(counts))
+        result = self._evaluate_on(self.test_images, self.test_labels, progress=self.config.progress)
+        extra = {} if self.extra_test_images is None else {
+            f"{self.config.extra_test}_error": self._evaluate_on(self.extra_test_images, self.test_labels)["error"]
+        }
         progress.epoch += 1
         metrics = {
             "epoch": progress.epoch,
@@ -313,6 +317,7 @@ class Trainer:
             "train_accuracy": sums["correct"] / sums["seen"],
             "test_error": result["error"],
             "test_examples": result["examples"],
+            **extra,
             "epoch_seconds": round(progress.seconds, 2),
             "train_images_per_second": round(sums["seen"] / progress.seconds, 1),
         }
@@ -332,10 +337,21 @@ class Trainer:
         tqdm.write(
             f"epoch {progress.epoch}/{self.config.epochs}: train loss {metrics['train_loss']:.4f}, "
             f"train acc {metrics['train_accuracy']:.2%}, test error {metrics['test_error']:.2%} "
-            f"({metrics['test_examples']} images), {metrics['epoch_seconds']:.1f} s, "
+            f"({metrics['test_examples']} images), "
+            + "".join(f"{key.removesuffix('_error')} error {value:.2%}, " for key, value in extra.items())
+            + f"{metrics['epoch_seconds']:.1f} s, "
             f"{metrics['train_images_per_second']:.0f} img/s"
         )
         return metrics
+
+    def _evaluate_on(self, images: Tensor, labels: Tensor, progress: bool = False) -> dict[str, Any]:
+        """Error and per-class accuracy on a test set, each rank predicting its own part of it."""
+        shard = self.distributed.shard
+        correct, counts = _class_counts(
+            self.model, shard(images), shard(labels), batch_size=self.config.eval_batch_size,
+            num_classes=len(self.classes), precision=self.precision, progress=progress and self.distributed.is_main,
+        )
+        return _error_report(self.distributed.sum_(correct), self.distributed.sum_(counts))
 
     def _save(self, name: str) -> None:
         if not self.distributed.is_main:
