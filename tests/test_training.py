@@ -158,13 +158,13 @@ def test_run_folder_guards(tmp_path, shared_data):
 def test_ctrl_c_during_evaluation_keeps_the_finished_epoch(tmp_path, shared_data, monkeypatch):
     import capsnet.training.engine as engine
 
-    original_counts = engine._class_counts
+    original_counts = engine._tallies
 
     def evaluate_with_ctrl_c(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGINT)
         return original_counts(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "_class_counts", evaluate_with_ctrl_c)
+    monkeypatch.setattr(engine, "_tallies", evaluate_with_ctrl_c)
     with pytest.raises(KeyboardInterrupt):
         Trainer(config(tmp_path, shared_data, epochs=2)).fit()
     saved = load_checkpoint(tmp_path / "run" / "last.pt")["progress"]

@@ -17,12 +17,12 @@ from torch import Tensor
 
 from .config import DEVICES, PRECISIONS, TrainConfig, check_positive_flag
 from .experiments import EXPERIMENTS, results_markdown, run_experiment
-from .data import DATASETS, DataError, download_dataset, get_dataset_class
+from .data import DATASETS, DataError, download_dataset
 from . import figures
 from .models import CapsNet, create_model
 from .training import CheckpointError, TrainingError, TrainingInterrupted, evaluate, load_checkpoint, resolve_device
 from .training.distributed import shutdown_distributed
-from .training.engine import Trainer
+from .training.engine import Trainer, load_test_set
 from .training.precision import resolve_precision
 
 # The settings of `capsnet reproduce` shared by all rows; the rows set model, routing and reconstruction.
@@ -116,10 +116,10 @@ def _load_trained(path: Path, device_name: str) -> tuple[dict, torch.nn.Module, 
 
 
 def _test_split(checkpoint: dict, data_dir: str | None, limit: int | None, device: torch.device) -> tuple[Tensor, Tensor]:
-    """The test images (uint8) and labels of the checkpoint's dataset; ``data_dir`` overrides the training one."""
+    """The test images (uint8) and labels as the checkpoint's run saw them; ``data_dir`` overrides the training one."""
     config = checkpoint["config"]
-    test = get_dataset_class(config["dataset"])(data_dir or config["data_dir"], train=False)
-    return test.images[:limit].to(device), test.labels[:limit].to(device)
+    test = load_test_set(config["dataset"], data_dir or config["data_dir"], canvas=config.get("canvas"), limit=limit)
+    return test.images.to(device), test.labels.to(device)
 
 
 def _figures(args: argparse.Namespace) -> None:
@@ -127,6 +127,8 @@ def _figures(args: argparse.Namespace) -> None:
     checkpoint, model, device = _load_trained(args.checkpoint, args.device)
     if not isinstance(model, CapsNet):
         raise ValueError(f"{args.checkpoint} holds a {checkpoint['model_name']}, not a CapsNet: no capsules to draw")
+    if checkpoint["config"]["dataset"] == "multimnist":
+        raise ValueError("figures of MultiMNIST models are not drawn yet (Fig. 5 is planned): use an MNIST checkpoint")
     images, labels = _test_split(checkpoint, args.data_dir, args.limit_test, device)
     images = images.float() / 255
     if not 0 <= args.index < len(labels):

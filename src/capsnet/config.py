@@ -22,6 +22,7 @@ __all__ = ["TrainConfig", "DEVICES", "PRECISIONS", "check_positive_flag"]
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "32", "bf16", "16-mixed")
 EXTRA_TEST_SETS = ("affnist-synthetic",)
+DATASET_CHOICES = (*DATASETS, "multimnist")
 
 
 def check_positive_flag(flag: str, value: int | None) -> None:
@@ -38,7 +39,9 @@ def _option(default: Any, help: str, **extra: Any) -> Any:
 class TrainConfig:
     """Everything that defines a training run. Defaults: the paper's MNIST recipe (SPEC.md, section 4)."""
 
-    dataset: str = _option("mnist", "dataset to train on", choices=tuple(DATASETS))
+    dataset: str = _option(
+        "mnist", "dataset to train on (multimnist: pairs of MNIST digits on 36x36, paper section 6)", choices=DATASET_CHOICES
+    )
     data_dir: str | None = _option(None, "folder with the dataset files (default: $CAPSNET_DATA, else ~/.cache/capsnet)")
     model: str = _option("capsnet-mnist", "model configuration (capsnet.list_models()); baseline-cnn is the paper's CNN")
     epochs: int = _option(10, "training epochs (the official code's 300k steps are ~640 epochs)")
@@ -83,7 +86,7 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
-        check_choice(self.dataset, "--dataset", DATASETS)
+        check_choice(self.dataset, "--dataset", DATASET_CHOICES)
         check_choice(self.device, "--device", DEVICES)
         check_choice(self.precision, "--precision", PRECISIONS)
         if self.extra_test is not None:
@@ -91,6 +94,9 @@ class TrainConfig:
             if self.canvas != 40:
                 raise ValueError(f"--extra-test {self.extra_test} has 40x40 images: it needs --canvas 40")
         check_choice(self.model, "--model", list_models())
+        if self.dataset == "multimnist" and (self.canvas is not None or not is_capsule_model(self.model)):
+            raise ValueError("--dataset multimnist places its digits on a 36x36 canvas itself (no --canvas) and needs a "
+                             "CapsNet model")
         if self.output_dir is None:
             if self.resume:
                 raise ValueError("--resume needs the --output-dir of the run to continue")

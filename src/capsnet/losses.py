@@ -63,22 +63,23 @@ def margin_loss(
 
 
 def reconstruction_loss(reconstructions: Tensor, images: Tensor) -> Tensor:
-    """Sum of squared pixel errors per example, mean over the batch (unweighted).
+    """Sum of squared pixel errors per example (over all its reconstructions), mean over the batch (unweighted).
 
     Computed in float32 (or wider) whatever the dtype of ``reconstructions``: a bf16 sum of 784 squared
     errors would keep only about three significant digits.
 
     Shape:
         ``reconstructions``: ``(b, C * H * W)``; ``images``: ``(b, C, H, W)`` or ``(b, C * H * W)`` -> scalar.
+        For several objects per image (MultiMNIST), ``(b, n, C * H * W)`` against ``(b, n, C, H, W)``.
     """
-    target = images.reshape(images.shape[0], -1)
-    if target.shape != reconstructions.shape:
+    if images.numel() != reconstructions.numel() or images.shape[0] != reconstructions.shape[0]:
         raise ValueError(
             f"reconstructions of shape {tuple(reconstructions.shape)} do not match images of shape "
-            f"{tuple(images.shape)} ({target.shape[1]} values per example)"
+            f"{tuple(images.shape)} ({images[0].numel() if len(images) else 0} values per example)"
         )
     wide = torch.promote_types(reconstructions.dtype, torch.float32)
-    return (reconstructions.to(wide) - target.to(wide)).square().sum(dim=-1).mean()
+    target = images.reshape(reconstructions.shape).to(wide)
+    return (reconstructions.to(wide) - target).square().flatten(1).sum(dim=1).mean()
 
 
 class LossTerms(NamedTuple):

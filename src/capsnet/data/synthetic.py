@@ -16,9 +16,14 @@ from torch import Tensor
 from .transforms import random_shift, shift_images
 
 __all__ = [
-    "MultiDigitBatch", "overlay_pairs", "place_on_canvas",
+    "MultiDigitBatch", "overlay_pairs", "place_on_canvas", "multimnist_test_set", "MULTIMNIST_CANVAS",
+    "MULTIMNIST_SHIFT", "MULTIMNIST_TEST_SEED",
     "AFFNIST_RANGES", "sample_affine_parameters", "random_affine", "affnist_synthetic", "AFFNIST_SYNTHETIC_SEED",
 ]
+
+
+MULTIMNIST_CANVAS, MULTIMNIST_SHIFT = 36, 4  # paper, section 6
+MULTIMNIST_TEST_SEED = 2017  # fixed, so that the MultiMNIST test set is the same everywhere
 
 
 def place_on_canvas(images: Tensor, canvas: int, max_shift: int, generator: torch.Generator | None = None) -> Tensor:
@@ -52,8 +57,8 @@ def overlay_pairs(
     first: Tensor,
     generator: torch.Generator | None = None,
     *,
-    canvas: int = 36,
-    max_shift: int = 4,
+    canvas: int = MULTIMNIST_CANVAS,
+    max_shift: int = MULTIMNIST_SHIFT,
 ) -> MultiDigitBatch:
     """MultiMNIST (paper, section 6): each ``images[first]`` with a random partner of a different class.
 
@@ -77,6 +82,16 @@ def overlay_pairs(
     placed = place_on_canvas(both.flatten(0, 1), canvas, max_shift, generator).float().div_(255)
     digits = placed.view(len(first), 2, *placed.shape[1:])
     return MultiDigitBatch(digits.sum(1).clamp_(max=1.0), digits, torch.stack([labels[first], labels[partner]], 1))
+
+
+def multimnist_test_set(images: Tensor, labels: Tensor, *, seed: int = MULTIMNIST_TEST_SEED) -> tuple[Tensor, Tensor]:
+    """The fixed MultiMNIST test set: every test digit once, with a partner drawn from ``seed``.
+
+    Returns uint8 images ``(n, C, 36, 36)`` (the clipped sum is exact in uint8) and labels ``(n, 2)``.
+    """
+    batch = overlay_pairs(images, labels, torch.arange(len(labels), device=labels.device),
+                          torch.Generator(device=images.device).manual_seed(seed))
+    return batch.images.mul(255).round_().to(torch.uint8), batch.labels
 
 
 def _draw(sampler, high: int, shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:

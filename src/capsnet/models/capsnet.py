@@ -21,7 +21,8 @@ class CapsNetOutput(NamedTuple):
     Attributes:
         lengths: ``(b, num_classes)`` capsule lengths, the class probabilities; ``argmax`` predicts.
         poses: ``(b, num_classes, out_dim)`` digit-capsule vectors ``v``.
-        reconstructions: ``(b, C * H * W)`` decoder output in [0, 1], or ``None`` without a decoder.
+        reconstructions: ``(b, C * H * W)`` decoder output in [0, 1] (``(b, n, C * H * W)`` for ``(b, n)``
+            targets: one reconstruction per object), or ``None`` without a decoder.
         coupling: ``(b, in_caps, num_classes)`` coupling coefficients of the last routing iteration.
     """
 
@@ -105,10 +106,11 @@ class CapsNet(nn.Module):
         self.decoder = CapsuleDecoder(num_caps=num_classes, caps_dim=out_dim, out_features=out_features) if reconstruction else None
 
     def forward(self, images: Tensor, targets: Tensor | None = None) -> CapsNetOutput:
-        """Classify ``images``; reconstruct from the ``targets`` capsule if given, else the longest one.
+        """Classify ``images``; reconstruct from the ``targets`` capsule(s) if given, else the longest one.
 
         Shape:
-            ``images``: ``(b, C, H, W)``; ``targets``: ``(b,)`` or ``None`` -> :class:`CapsNetOutput` with
+            ``images``: ``(b, C, H, W)``; ``targets``: ``(b,)``, ``(b, n)`` (n objects) or ``None`` ->
+            :class:`CapsNetOutput` with
             ``lengths`` ``(b, j)``, ``poses`` ``(b, j, out_dim)``, ``reconstructions`` ``(b, C * H * W)``,
             ``coupling`` ``(b, i, j)``.
         """
@@ -116,5 +118,14 @@ class CapsNet(nn.Module):
         features = F.relu(self.conv1(images))  # (b, conv_channels, H - 8, W - 8)
         primary = self.primary(features)  # (b, i, primary_dim)
         poses, coupling = self.digits(primary)  # (b, j, out_dim), (b, i, j)
-        reconstructions = None if self.decoder is None else self.decoder(poses, targets)
-        return CapsNetOutput(capsule_lengths(poses), poses, reconstructions, coupling)
+        return CapsNetOutput(capsule_lengths(poses), poses, self._reconstruct(poses, targets), coupling)
+
+    def _reconstruct(self, poses: Tensor, targets: Tensor | None) -> Tensor | None:
+        if self.decoder is None:
+            return None
+        if targets is None or targets.dim() == 1:
+            return self.decoder(poses, targets)  # (b, C * H * W)
+        # Several objects per image (MultiMNIST): decode each from its own capsule, in one batched call.
+        batch, objects = targets.shape
+        copies = poses.unsqueeze(1).expand(batch, objects, *poses.shape[1:]).flatten(0, 1)  # (b * n, j, d)
+        return self.decoder(copies, targets.flatten()).view(batch, objects, -1)  # (b, n, C * H * W)

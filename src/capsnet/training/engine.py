@@ -12,22 +12,22 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from ..data import TensorLoader, get_dataset_class, place_on_canvas, random_shift
-from ..data.synthetic import affnist_synthetic
+from ..data import TensorLoader, get_dataset_class, overlay_pairs, place_on_canvas, random_shift
+from ..data.synthetic import affnist_synthetic, multimnist_test_set
 from ..losses import CapsuleLoss
 from ..models import create_model, is_capsule_model
 from ..config import TrainConfig
 from ..runtime import retain_freed_memory
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .distributed import init_distributed, shutdown_distributed
-from .objectives import CapsuleObjective, CrossEntropyObjective, class_scores
+from .objectives import CapsuleObjective, CrossEntropyObjective, class_scores, hits
 from .precision import CompiledOrEager, autocast, grad_scaler, resolve_channels_last, resolve_precision
 
 __all__ = ["Trainer", "TrainingError", "TrainingInterrupted", "train", "evaluate", "resolve_device"]
@@ -142,12 +142,12 @@ class Trainer:
 
     def _load_data(self) -> None:
         config = self.config
-        dataset_class = get_dataset_class(config.dataset)
         show = config.progress and self.distributed.is_main
         if not self.distributed.is_main:
             self.distributed.barrier()  # rank 0 downloads, if it must, while the others wait
-        train = dataset_class(config.data_dir, train=True, progress=show)
-        test = dataset_class(config.data_dir, train=False, progress=show)
+        train = get_dataset_class(base_dataset(config.dataset))(config.data_dir, train=True, progress=show)
+        test = load_test_set(config.dataset, config.data_dir, canvas=config.canvas, limit=config.limit_test,
+                             extra_test=config.extra_test, progress=show)
         if self.distributed.is_main:
             self.distributed.barrier()
         self.classes = list(train.classes)
@@ -155,15 +155,12 @@ class Trainer:
         # holds it (47 MB for MNIST) and trains on its own part of each batch.
         self.train_images = train.images[: config.limit_train].to(self.device)
         self.train_labels = train.labels[: config.limit_train].to(self.device)
-        self.test_images = test.images[: config.limit_test].to(self.device)
-        self.test_labels = test.labels[: config.limit_test].to(self.device)
-        # An extra test set, e.g. affine-transformed digits, built from the (28x28) test digits.
-        self.extra_test_images = None if config.extra_test is None else affnist_synthetic(
-            test.images[: config.limit_test], canvas=config.canvas).to(self.device)
+        self._train_index = torch.arange(len(self.train_labels), device=self.device)
         if config.canvas is not None:
             self.train_images = place_on_canvas(self.train_images, config.canvas, 0)
-            self.test_images = place_on_canvas(self.test_images, config.canvas, 0)
-        _, channels, height, width = self.train_images.shape
+        self.test_images, self.test_labels = test.images.to(self.device), test.labels.to(self.device)
+        self.extra_test_images = None if test.extra_images is None else test.extra_images.to(self.device)
+        _, channels, height, width = self.test_images.shape
         self.model_kwargs = config.model_kwargs(len(self.classes), channels, (height, width))
 
     def fit(self) -> list[dict[str, Any]]:
@@ -221,7 +218,7 @@ class Trainer:
         """This epoch's batches in an order drawn from (seed, epoch) alone, so a resumed run sees the same ones."""
         order = torch.Generator().manual_seed(self.config.seed * 1_000_003 + self.progress.epoch)
         loader = TensorLoader(
-            self.train_images, self.train_labels, batch_size=self.config.batch_size, shuffle=True, generator=order
+            self._train_index, self.train_labels, batch_size=self.config.batch_size, shuffle=True, generator=order
         )
         if self.progress.batch == 0:
             self._augment_generator.manual_seed(self.config.seed * 1_000_003 + self.progress.epoch + 7919)
@@ -241,8 +238,8 @@ class Trainer:
         )
         start = time.perf_counter()
         try:
-            for images, labels in bar:
-                self._train_step(images, labels, sums)
+            for indices, labels in bar:
+                self._train_step(indices, labels, sums)
                 progress.batch += 1
                 progress.step += 1
                 if self._stop_requested():
@@ -263,22 +260,33 @@ class Trainer:
         stacked = self.distributed.sum_(torch.stack(list(sums.values())))
         return dict(zip(sums, stacked.tolist()))
 
-    def _train_step(self, images: Tensor, labels: Tensor, sums: dict[str, Tensor]) -> None:
+    def _make_batch(self, indices: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(inputs, targets, originals)`` of the global batch of training examples ``indices``, augmented.
+
+        MultiMNIST pairs each digit with a random partner (targets ``(b, 2)``, originals each digit alone);
+        otherwise the images are shifted (targets ``(b,)``, originals the inputs themselves).
+        """
+        if self.config.dataset == "multimnist":
+            batch = overlay_pairs(self.train_images, self.train_labels, indices, self._augment_generator)
+            return batch.images, batch.labels, batch.digits
+        shifted = random_shift(self.train_images[indices], self.config.max_shift, self._augment_generator)
+        inputs = shifted.float().div_(255)
+        return inputs, labels, inputs
+
+    def _train_step(self, indices: Tensor, labels: Tensor, sums: dict[str, Tensor]) -> None:
         """One optimizer step on a global batch; each rank computes its shard.
 
-        The whole batch is shifted on every rank (a cheap gather), so the augmentation does not depend on
+        The whole batch is augmented on every rank (cheap gathers), so the augmentation does not depend on
         the number of processes: N ranks take the same steps as one process with the same ``batch_size``.
         """
-        shifted = random_shift(images, self.config.max_shift, self._augment_generator)
-        inputs = self.distributed.shard(shifted).float().div_(255)
-        labels = self.distributed.shard(labels)
+        inputs, labels, originals = map(self.distributed.shard, self._make_batch(indices, labels))
         if self.channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         with autocast(self.precision, self.device):
-            terms, scores = self.objective(self._forward, inputs, labels)
+            terms, scores = self.objective(self._forward, inputs, labels, originals)
         loss = terms["loss"]
         # DDP averages gradients over ranks with equal weights; shards may differ in size by one example.
-        share = labels.shape[0] * self.distributed.world_size / images.shape[0]
+        share = labels.shape[0] * self.distributed.world_size / indices.shape[0]
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss * share if share != 1 else loss).backward()
         self.scaler.step(self.optimizer)
@@ -288,7 +296,7 @@ class Trainer:
         with torch.no_grad():
             for name, value in terms.items():
                 sums[name] += value.detach() * batch
-            sums["correct"] += (scores.argmax(-1) == labels).sum()
+            sums["correct"] += hits(scores, labels).sum()
             sums["seen"] += batch
 
     def _check_finite(self, loss_sum: Tensor | float) -> None:
@@ -347,11 +355,11 @@ class Trainer:
     def _evaluate_on(self, images: Tensor, labels: Tensor, progress: bool = False) -> dict[str, Any]:
         """Error and per-class accuracy on a test set, each rank predicting its own part of it."""
         shard = self.distributed.shard
-        correct, counts = _class_counts(
+        tallies = _tallies(
             self.model, shard(images), shard(labels), batch_size=self.config.eval_batch_size,
             num_classes=len(self.classes), precision=self.precision, progress=progress and self.distributed.is_main,
         )
-        return _error_report(self.distributed.sum_(correct), self.distributed.sum_(counts))
+        return _error_report(self.distributed.sum_(tallies))
 
     def _save(self, name: str) -> None:
         if not self.distributed.is_main:
@@ -415,34 +423,62 @@ def evaluate(
     Shape:
         ``images``: ``(n, C, H, W)`` uint8; ``labels``: ``(n,)``.
     """
-    correct, counts = _class_counts(model, images, labels, batch_size=batch_size, num_classes=num_classes,
-                                    precision=precision, progress=progress)
-    return _error_report(correct, counts)
+    tallies = _tallies(model, images, labels, batch_size=batch_size, num_classes=num_classes, precision=precision,
+                       progress=progress)
+    return _error_report(tallies)
 
 
 @torch.no_grad()
-def _class_counts(
+def _tallies(
     model: nn.Module, images: Tensor, labels: Tensor, *, batch_size: int, num_classes: int, precision: str, progress: bool
-) -> tuple[Tensor, Tensor]:
-    """Right predictions and examples per class, ``(num_classes,)`` each, on the labels' device."""
+) -> Tensor:
+    """``(2, num_classes + 1)`` counts on the labels' device: row 0 right, row 1 all; columns: per class, then
+    per example. With ``(n, objects)`` labels (MultiMNIST) an example counts under each of its classes."""
     was_training = model.training
     model.eval()
-    correct = torch.zeros(num_classes, dtype=torch.long, device=labels.device)
-    counts = torch.bincount(labels, minlength=num_classes)
+    correct = torch.zeros(num_classes + 1, dtype=torch.long, device=labels.device)
+    counts = torch.bincount(labels.flatten(), minlength=num_classes)
     starts = range(0, len(labels), batch_size)
     for start in tqdm(starts, desc="evaluating", unit="batch", disable=not progress, leave=False, dynamic_ncols=True):
         batch_labels = labels[start : start + batch_size]
         with autocast(precision, labels.device):
-            predictions = class_scores(model(images[start : start + batch_size].float().div_(255))).argmax(-1)
-        correct += torch.bincount(batch_labels[predictions == batch_labels], minlength=num_classes)
+            scores = class_scores(model(images[start : start + batch_size].float().div_(255)))
+        right = hits(scores, batch_labels)
+        correct[:num_classes] += torch.bincount(batch_labels[right].flatten(), minlength=num_classes)
+        correct[num_classes] += right.sum()
     model.train(was_training)
-    return correct, counts
+    return torch.stack([correct, torch.cat([counts, counts.new_tensor([len(labels)])])])
 
 
-def _error_report(correct: Tensor, counts: Tensor) -> dict[str, Any]:
-    examples = int(counts.sum())
-    per_class = (correct.double() / counts.clamp_min(1)).tolist()
-    return {"error": 1 - int(correct.sum()) / examples, "examples": examples, "per_class_accuracy": per_class}
+def _error_report(tallies: Tensor) -> dict[str, Any]:
+    (*correct, right), (*counts, examples) = tallies.tolist()
+    per_class = [c / max(n, 1) for c, n in zip(correct, counts)]
+    return {"error": 1 - right / max(examples, 1), "examples": examples, "per_class_accuracy": per_class}
+
+
+class TestSet(NamedTuple):
+    images: Tensor  # uint8 (n, C, H, W), as the model sees them
+    labels: Tensor  # (n,), or (n, 2) for MultiMNIST
+    classes: list[str]
+    extra_images: Tensor | None  # the --extra-test set (same labels), or None
+
+
+def base_dataset(name: str) -> str:
+    """The file dataset a training dataset is made from: MultiMNIST is built from MNIST."""
+    return "mnist" if name == "multimnist" else name
+
+
+def load_test_set(dataset: str, data_dir: str | None, *, canvas: int | None = None, limit: int | None = None,
+                  extra_test: str | None = None, progress: bool = False) -> TestSet:
+    """The test split as a run with these settings evaluates it: on its canvas, MultiMNIST pairs, extra set."""
+    test = get_dataset_class(base_dataset(dataset))(data_dir, train=False, progress=progress)
+    images, labels = test.images[:limit], test.labels[:limit]
+    extra = None if extra_test is None else affnist_synthetic(images, canvas=canvas)  # from the 28x28 digits
+    if dataset == "multimnist":
+        images, labels = multimnist_test_set(images, labels)
+    if canvas is not None:
+        images = place_on_canvas(images, canvas, 0)
+    return TestSet(images, labels, list(test.classes), extra)
 
 
 def train(config: TrainConfig | None = None, **overrides: Any) -> list[dict[str, Any]]:

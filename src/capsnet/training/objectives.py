@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..losses import CapsuleLoss
 
-__all__ = ["Objective", "CapsuleObjective", "CrossEntropyObjective", "class_scores"]
+__all__ = ["Objective", "CapsuleObjective", "CrossEntropyObjective", "class_scores", "hits"]
 
 Model = Callable[..., object]
 
@@ -19,12 +19,27 @@ def class_scores(output: object) -> Tensor:
     return output.lengths if hasattr(output, "lengths") else output
 
 
+def hits(scores: Tensor, targets: Tensor) -> Tensor:
+    """Which examples are right, ``(b,)`` bool: the top class is the label, or, for ``(b, n)`` labels of n
+    objects per image (MultiMNIST), the n top classes are exactly the n labels."""
+    if targets.dim() == 1:
+        return scores.argmax(-1) == targets
+    top = scores.topk(targets.shape[1], dim=-1).indices.sort(-1).values
+    return (top == targets.sort(-1).values).all(-1)
+
+
 class Objective:
-    """Runs a model on a batch and returns its named loss terms (``"loss"`` is the one minimized) and scores."""
+    """Runs a model on a batch and returns its named loss terms (``"loss"`` is the one minimized) and scores.
+
+    ``targets`` are class indices ``(b,)``, or ``(b, n)`` for n objects per image; ``originals`` are what a
+    decoder should reconstruct (the inputs, or each object alone: ``(b, n, C, H, W)``).
+    """
 
     terms: tuple[str, ...] = ("loss",)
 
-    def __call__(self, model: Model, inputs: Tensor, targets: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+    def __call__(
+        self, model: Model, inputs: Tensor, targets: Tensor, originals: Tensor
+    ) -> tuple[dict[str, Tensor], Tensor]:
         raise NotImplementedError
 
 
@@ -36,15 +51,20 @@ class CapsuleObjective(Objective):
     def __init__(self, loss: CapsuleLoss) -> None:
         self.loss = loss
 
-    def __call__(self, model: Model, inputs: Tensor, targets: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+    def __call__(
+        self, model: Model, inputs: Tensor, targets: Tensor, originals: Tensor
+    ) -> tuple[dict[str, Tensor], Tensor]:
         output = model(inputs, targets)
-        total, margin, reconstruction = self.loss.terms(output, inputs, targets)
+        present = targets if targets.dim() == 1 else F.one_hot(targets, output.lengths.shape[1]).amax(1).float()
+        total, margin, reconstruction = self.loss.terms(output, originals, present)
         return {"loss": total, "margin": margin, "reconstruction": reconstruction}, output.lengths
 
 
 class CrossEntropyObjective(Objective):
     """Softmax cross-entropy on the logits (the paper's baseline CNN), computed in float32."""
 
-    def __call__(self, model: Model, inputs: Tensor, targets: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+    def __call__(
+        self, model: Model, inputs: Tensor, targets: Tensor, originals: Tensor
+    ) -> tuple[dict[str, Tensor], Tensor]:
         logits = model(inputs)
         return {"loss": F.cross_entropy(logits.float(), targets)}, logits

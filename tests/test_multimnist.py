@@ -1,0 +1,62 @@
+"""MultiMNIST training: two labels per image, each digit reconstructed from its own capsule, top-2 accuracy."""
+
+import json
+
+import torch
+
+from capsnet import CapsuleLoss, TrainConfig, Trainer, create_model
+from capsnet.cli import main
+from capsnet.training.objectives import CapsuleObjective, hits
+
+
+def test_an_example_is_right_only_when_the_two_longest_capsules_are_its_labels():
+    scores = torch.tensor([[0.9, 0.8, 0.1, 0.0], [0.9, 0.1, 0.8, 0.0], [0.9, 0.8, 0.1, 0.0]])
+    labels = torch.tensor([[1, 0], [0, 1], [0, 2]])
+    assert hits(scores, labels).tolist() == [True, False, False]
+    assert hits(scores, torch.tensor([0, 2, 0])).tolist() == [True, False, True]
+
+
+def test_each_digit_is_reconstructed_from_its_own_capsule():
+    torch.manual_seed(0)
+    model = create_model("capsnet-tiny", image_size=36)
+    images, targets = torch.rand(3, 1, 36, 36), torch.tensor([[1, 4], [2, 7], [9, 0]])
+    out = model(images, targets)
+    assert out.reconstructions.shape == (3, 2, 36 * 36)
+    for k in range(2):
+        torch.testing.assert_close(out.reconstructions[:, k], model(images, targets[:, k]).reconstructions)
+
+
+def test_multimnist_loss_is_multi_hot_margin_plus_both_reconstructions():
+    torch.manual_seed(0)
+    model = create_model("capsnet-tiny", image_size=36)
+    images, targets, digits = torch.rand(3, 1, 36, 36), torch.tensor([[1, 4], [2, 7], [9, 0]]), torch.rand(3, 2, 1, 36, 36)
+    terms, scores = CapsuleObjective(CapsuleLoss())(model, images, targets, digits)
+    out = model(images, targets)
+    present = torch.zeros(3, 10)
+    present[torch.arange(3)[:, None], targets] = 1
+    lengths = out.lengths
+    margin = (present * (0.9 - lengths).clamp(min=0) ** 2 + 0.5 * (1 - present) * (lengths - 0.1).clamp(min=0) ** 2)
+    torch.testing.assert_close(terms["margin"], margin.sum(1).mean())
+    errors = (out.reconstructions - digits.view(3, 2, -1)).square().sum((1, 2)).mean()
+    torch.testing.assert_close(terms["reconstruction"], errors)
+    torch.testing.assert_close(terms["loss"], terms["margin"] + 0.0005 * errors)
+
+
+def test_training_on_multimnist_end_to_end(tmp_path, shared_data):
+    trainer = Trainer(TrainConfig(dataset="multimnist", model="capsnet-tiny", data_dir=str(shared_data), limit_train=64,
+                                  limit_test=40, batch_size=32, epochs=1, progress=False, output_dir=str(tmp_path / "run")))
+    assert trainer.test_images.shape == (40, 1, 36, 36) and trainer.test_labels.shape == (40, 2)
+    assert trainer.model.image_size == (36, 36)
+    metrics = trainer.fit()[0]
+    assert 0 <= metrics["test_error"] <= 1 and metrics["test_examples"] == 40
+    # capsnet evaluate rebuilds the same fixed test pairs from the checkpoint's settings
+    assert main(["evaluate", str(tmp_path / "run" / "last.pt"), "--data-dir", str(shared_data), "--limit-test", "40"]) == 0
+    saved = json.loads((tmp_path / "run" / "metrics.jsonl").read_text())
+    assert saved["test_error"] == metrics["test_error"]
+
+
+def test_multimnist_needs_a_capsnet(tmp_path):
+    import pytest
+
+    with pytest.raises(ValueError, match="needs a CapsNet model"):
+        TrainConfig(dataset="multimnist", model="baseline-cnn", output_dir=str(tmp_path))
