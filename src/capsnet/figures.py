@@ -23,7 +23,7 @@ __all__ = [
 ]
 
 # Fig. 4 of the paper: each dimension of the winning capsule moved from -0.25 to 0.25 in steps of 0.05.
-PERTURBATIONS = torch.linspace(-0.25, 0.25, 11)
+PERTURBATIONS = torch.arange(-5, 6) * 0.05  # exact 0 in the middle
 
 
 def _require_decoder(model: CapsNet) -> None:
@@ -157,20 +157,24 @@ def plot_perturbations(model: CapsNet, image: Tensor, path: str | Path) -> Path:
 
 @torch.no_grad()
 def plot_coupling(model: CapsNet, image: Tensor, path: str | Path, *, classes: list[str] | None = None) -> Path:
-    """The routing coupling of one example: per class, what the primary capsules at each grid position send."""
+    """The routing of one example: per class, the share of the primary capsules' output at each grid position
+    that goes to it (``coupling_maps`` over their sum; 1 / classes everywhere would be uniform coupling)."""
     model.eval()
-    maps = coupling_maps(model, image)  # (j, h, w)
+    amounts = coupling_maps(model, image)  # (j, h, w)
+    maps = amounts / amounts.sum(0).clamp_min(1e-12)
     lengths = model(image.unsqueeze(0)).lengths[0]
     names = classes or [str(k) for k in range(maps.shape[0])]
     plt = _pyplot()
     figure, axes = plt.subplots(1, maps.shape[0] + 1, figsize=(1.3 * (maps.shape[0] + 1), 1.9), squeeze=False)
     _show(axes[0, 0], image, "input")
-    top = float(maps.max())
+    low, high = float(maps.min()), float(maps.max())  # trained couplings stay near uniform: stretch the colours
     for j in range(maps.shape[0]):
-        axes[0, j + 1].imshow(maps[j].cpu().numpy(), cmap="viridis", vmin=0, vmax=top)
+        axes[0, j + 1].imshow(maps[j].cpu().numpy(), cmap="viridis", vmin=low, vmax=high)
         axes[0, j + 1].set_xticks([])
         axes[0, j + 1].set_yticks([])
         axes[0, j + 1].set_title(f"{names[j]}\n|v|={float(lengths[j]):.2f}", fontsize=8)
-    figure.suptitle("routing: sum over capsule types of c_ij * |u_i| per class", fontsize=9)
+    figure.suptitle(f"routing: share of the primary capsules' output sent to each class at each of the "
+                    f"{maps.shape[1]}x{maps.shape[2]} positions; colours from {low:.3f} (dark) to {high:.3f} (bright), "
+                    f"uniform coupling: {1 / maps.shape[0]:.3f}", fontsize=9)
     figure.tight_layout()
     return _save(figure, path)
