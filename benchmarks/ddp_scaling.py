@@ -18,12 +18,9 @@ import os
 import subprocess
 import sys
 import tempfile
-from datetime import date
 from pathlib import Path
 
-import torch
-
-from capsnet.runtime import describe_machine
+from _report import append_section
 
 
 
@@ -59,15 +56,9 @@ def main() -> None:
                      for n, rate in rates.items())
     print(header + "\n" + rows)
     if args.append:
-        command = "python benchmarks/ddp_scaling.py " + " ".join(
-            f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-            for k, v in vars(args).items() if v is not None and k != "append")
-        with open(args.append, "a") as f:
-            f.write(f"\n### {date.today().isoformat()}: `{command}`\n\n{describe_machine(args.device)}, torch "
-                    f"{torch.__version__}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')} for the "
-                    f"single process (torchrun sets 1 per process), {args.model}, global batch {args.batch_size}, one "
-                    f"epoch of {args.limit_train} images.\n\n{header}\n{rows}\n")
-
+        append_section(args, f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')} for the single process "
+                             f"(torchrun sets 1 per process), {args.model}, global batch {args.batch_size}, one epoch of "
+                             f"{args.limit_train} images.", f"{header}\n{rows}")
 
 if __name__ == "__main__":
     main()

@@ -15,12 +15,12 @@ import argparse
 import resource
 import tempfile
 import time
-from datetime import date
 
 import torch
 
 from capsnet import TrainConfig, Trainer
-from capsnet.runtime import describe_machine
+
+from _report import append_section
 
 
 
@@ -57,14 +57,8 @@ def main() -> None:
               "| test error |\n|---|---|---:|---:|---:|---:|---|---:|")
     print(header + "\n" + row)
     if args.append:
-        command = "python benchmarks/epoch.py " + " ".join(
-            f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
-            for k, v in vars(args).items() if v not in (None, False) and k != "append")
-        with open(args.append, "a") as f:
-            f.write(f"\n### {date.today().isoformat()}: `{command}`\n\n{describe_machine(args.device)}, torch "
-                    f"{torch.__version__}, compile {args.compile}, one epoch of the paper's model ({metrics['step']} steps) plus "
-                    f"the test pass over {metrics['test_examples']:,} images, seed 0.\n\n{header}\n{row}\n")
-
+        append_section(args, f"compile {args.compile}, one epoch of the paper's model ({metrics['step']} steps) plus the "
+                             f"test pass over {metrics['test_examples']:,} images, seed 0.", f"{header}\n{row}")
 
 if __name__ == "__main__":
     main()

@@ -18,14 +18,15 @@ from __future__ import annotations
 import argparse
 import collections
 from contextlib import ExitStack
-from datetime import date
 
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 import capsnet
-from capsnet.runtime import describe_machine, retain_freed_memory
+from capsnet.runtime import retain_freed_memory
 from capsnet.training.precision import autocast
+
+from _report import append_section
 
 
 LAYERS = {"conv1": "Conv1", "primary": "PrimaryCaps (conv + squash)", "digits": "DigitCaps (u_hat + routing)",
@@ -156,13 +157,8 @@ def main() -> None:
     table = summarize(prof, recorder, args)
     print(table)
     if args.append:
-        command = "python benchmarks/profile_step.py " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None and k != "append")
-        with open(args.append, "a") as f:
-            f.write(f"\n### {date.today().isoformat()}: `{command}`\n\n{describe_machine(args.device)}, torch {torch.__version__}, "
-                    f"batch {args.batch_size}, precision {args.precision}, mean of {args.steps} profiled steps. "
-                    f"Times are inclusive; the profiler adds some overhead of its own.\n\n{table}\n")
-
+        append_section(args, f"batch {args.batch_size}, precision {args.precision}, mean of {args.steps} profiled steps. "
+                             "Times are inclusive; the profiler adds some overhead of its own.", table)
 
 if __name__ == "__main__":
     main()

@@ -22,14 +22,15 @@ import statistics
 import subprocess
 import sys
 import time
-from datetime import date
 
 import torch
 import torch.nn.functional as F
 
 import capsnet
-from capsnet.runtime import describe_machine, retain_freed_memory
+from capsnet.runtime import retain_freed_memory
 from capsnet.training.precision import autocast
+
+from _report import append_section
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -170,15 +171,9 @@ def main() -> None:
     print(HEADER)
     results = run_all(args)
     if args.append:
-        command = "python benchmarks/train_step.py " + " ".join(
-            f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-            for k, v in vars(args).items() if v is not None and k not in ("append", "one"))
         allocator = "" if args.device == "cuda" else f", allocator: {'retain' if applied else 'glibc default'}"
-        with open(args.append, "a") as f:
-            f.write(f"\n### {date.today().isoformat()}: `{command}`\n\n{describe_machine(args.device)}, torch "
-                    f"{torch.__version__}{allocator}, median of {args.repeats} interleaved repetitions, each "
-                    f"configuration in a fresh process.\n\n{HEADER}\n" + "\n".join(map(table_row, results)) + "\n")
-
+        append_section(args, f"median of {args.repeats} interleaved repetitions, each configuration in a fresh "
+                             f"process{allocator}.", f"{HEADER}\n" + "\n".join(map(table_row, results)))
 
 if __name__ == "__main__":
     main()
