@@ -43,6 +43,23 @@ def test_multimnist_pairs_have_two_classes_stay_in_the_canvas_and_are_clipped(di
     torch.testing.assert_close(batch.digits[:, 0].flatten(1).sum(1), ink[first])
 
 
+def test_multimnist_digits_shift_by_at_most_4_px_and_are_never_cut():
+    torch.manual_seed(0)
+    images = torch.randint(1, 256, (300, 1, 28, 28), dtype=torch.uint8)  # ink up to the border
+    labels = torch.arange(300) % 10
+    batch = overlay_pairs(images, labels, torch.arange(300), seeded())
+    ink = images.float().div(255).flatten(1).sum(1)
+    partner_ink = batch.digits[:, 1].flatten(1).sum(1)
+    torch.testing.assert_close(batch.digits[:, 0].flatten(1).sum(1), ink)
+    assert all(torch.isclose(partner_ink[k], ink[labels == batch.labels[k, 1]]).any() for k in range(300))
+    # The 28x28 box of ink starts 0..8 px from the canvas edge: shifts of -4..4 around the centre, all used.
+    rows = batch.digits[:, :, 0].flatten(0, 1).sum(-1) > 0  # (600, 36) rows with ink
+    top = rows.int().argmax(1)
+    assert top.min() == 0 and top.max() == 8 and len(top.unique()) == 9
+    partners_per_class = torch.bincount(batch.labels[:, 1], minlength=10)
+    assert (partners_per_class > 10).all()  # every other class gets chosen
+
+
 def test_multimnist_is_deterministic_for_a_seed(digits):
     images, labels = digits
     a = overlay_pairs(images, labels, torch.arange(64), seeded(3))
@@ -82,7 +99,7 @@ def test_affnist_synthetic_is_a_fixed_uint8_set(digits):
     from capsnet.data.synthetic import affnist_synthetic
 
     images, _ = digits
-    first = affnist_synthetic(images[:300], batch_size=128)
+    first = affnist_synthetic(images[:300])
     assert first.shape == (300, 1, 40, 40) and first.dtype == torch.uint8
-    assert torch.equal(first, affnist_synthetic(images[:300], batch_size=128))
-    assert not torch.equal(first, affnist_synthetic(images[:300], seed=1, batch_size=128))
+    assert torch.equal(first, affnist_synthetic(images[:300]))
+    assert not torch.equal(first, affnist_synthetic(images[:300], seed=1))

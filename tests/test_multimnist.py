@@ -1,7 +1,5 @@
 """MultiMNIST training: two labels per image, each digit reconstructed from its own capsule, top-2 accuracy."""
 
-import json
-
 import torch
 
 from capsnet import CapsuleLoss, TrainConfig, Trainer, create_model
@@ -42,7 +40,7 @@ def test_multimnist_loss_is_multi_hot_margin_plus_both_reconstructions():
     torch.testing.assert_close(terms["loss"], terms["margin"] + 0.0005 * errors)
 
 
-def test_training_on_multimnist_end_to_end(tmp_path, shared_data):
+def test_training_on_multimnist_end_to_end(tmp_path, shared_data, capsys):
     trainer = Trainer(TrainConfig(dataset="multimnist", model="capsnet-tiny", data_dir=str(shared_data), limit_train=64,
                                   limit_test=40, batch_size=32, epochs=1, progress=False, output_dir=str(tmp_path / "run")))
     assert trainer.test_images.shape == (40, 1, 36, 36) and trainer.test_labels.shape == (40, 2)
@@ -50,9 +48,9 @@ def test_training_on_multimnist_end_to_end(tmp_path, shared_data):
     metrics = trainer.fit()[0]
     assert 0 <= metrics["test_error"] <= 1 and metrics["test_examples"] == 40
     # capsnet evaluate rebuilds the same fixed test pairs from the checkpoint's settings
+    capsys.readouterr()
     assert main(["evaluate", str(tmp_path / "run" / "last.pt"), "--data-dir", str(shared_data), "--limit-test", "40"]) == 0
-    saved = json.loads((tmp_path / "run" / "metrics.jsonl").read_text())
-    assert saved["test_error"] == metrics["test_error"]
+    assert f"test error {metrics['test_error']:.2%} on 40 multimnist test images" in capsys.readouterr().out
 
 
 def test_multimnist_needs_a_capsnet(tmp_path):
@@ -60,3 +58,11 @@ def test_multimnist_needs_a_capsnet(tmp_path):
 
     with pytest.raises(ValueError, match="needs a CapsNet model"):
         TrainConfig(dataset="multimnist", model="baseline-cnn", output_dir=str(tmp_path))
+
+
+def test_multimnist_records_its_own_shift_and_rejects_others(tmp_path):
+    import pytest
+
+    assert TrainConfig(dataset="multimnist", output_dir=str(tmp_path)).max_shift == 4
+    with pytest.raises(ValueError, match="shifts each digit by up to 4 px"):
+        TrainConfig(dataset="multimnist", max_shift=3, output_dir=str(tmp_path))

@@ -222,3 +222,23 @@ def test_canvas_centres_train_and_test_digits_and_the_affine_set_is_40px(tmp_pat
 def test_the_affine_test_set_needs_the_40px_canvas(tmp_path):
     with pytest.raises(ValueError, match="--extra-test affnist-synthetic has 40x40 images: it needs --canvas 40"):
         TrainConfig(extra_test="affnist-synthetic", output_dir=str(tmp_path))
+
+
+def test_sigterm_is_handled_even_when_ctrl_c_is_ignored(tmp_path, shared_data, monkeypatch):
+    """A job started with `&` from a script ignores SIGINT; a scheduler's SIGTERM must still save."""
+    monkeypatch.setattr(signal, "getsignal", lambda signum, original=signal.getsignal: (
+        signal.SIG_IGN if signum == signal.SIGINT else original(signum)))
+    trainer = Trainer(config(tmp_path, shared_data, epochs=1))
+    original_step = trainer._train_step
+    calls = []
+
+    def step_with_sigterm(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        original_step(*args)
+
+    monkeypatch.setattr(trainer, "_train_step", step_with_sigterm)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["progress"]["batch"] == 2

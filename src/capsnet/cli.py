@@ -1,4 +1,4 @@
-"""The ``capsnet`` command: ``train``, ``evaluate`` and ``download``.
+"""The ``capsnet`` command: ``train``, ``evaluate``, ``reproduce``, ``figures`` and ``download``.
 
 Every flag of ``capsnet train`` comes from :class:`capsnet.config.TrainConfig`, its help text and default
 included. Bad input ends with one ``capsnet: error: ...`` line and exit status 2, without a traceback.
@@ -22,7 +22,7 @@ from . import figures
 from .models import CapsNet, create_model
 from .training import CheckpointError, TrainingError, TrainingInterrupted, evaluate, load_checkpoint, resolve_device
 from .training.distributed import shutdown_distributed
-from .training.engine import Trainer, load_test_set
+from .training.engine import TestSet, Trainer, load_test_set
 from .training.precision import resolve_precision
 
 # The settings of `capsnet reproduce` shared by all rows; the rows set model, routing and reconstruction.
@@ -82,11 +82,16 @@ def _evaluate(args: argparse.Namespace) -> None:
     check_positive_flag("--limit-test", args.limit_test)
     checkpoint, model, device = _load_trained(args.checkpoint, args.device)
     config = checkpoint["config"]
-    images, labels = _test_split(checkpoint, args.data_dir, args.limit_test, device)
-    result = evaluate(model, images, labels, batch_size=args.batch_size, num_classes=len(checkpoint["classes"]),
-                      precision=resolve_precision(args.precision, device), progress=True)
+    test = _test_set(checkpoint, args.data_dir, args.limit_test)
+    labels = test.labels.to(device)
+    options = dict(batch_size=args.batch_size, num_classes=len(checkpoint["classes"]),
+                   precision=resolve_precision(args.precision, device))
+    result = evaluate(model, test.images.to(device), labels, progress=True, **options)
     print(f"{args.checkpoint}: test error {result['error']:.2%} on {result['examples']} {config['dataset']} test images "
           f"(epoch {checkpoint['progress']['epoch']})")
+    if test.extra_images is not None:
+        extra = evaluate(model, test.extra_images.to(device), labels, **options)
+        print(f"  {config['extra_test']}: error {extra['error']:.2%} on {extra['examples']} images")
     for name, accuracy in zip(checkpoint["classes"], result["per_class_accuracy"]):
         print(f"  {name:>12}: {accuracy:.2%}")
 
@@ -117,13 +122,19 @@ def _load_trained(path: Path, device_name: str) -> tuple[dict, torch.nn.Module, 
 
 def _test_split(checkpoint: dict, data_dir: str | None, limit: int | None, device: torch.device) -> tuple[Tensor, Tensor]:
     """The test images (uint8) and labels as the checkpoint's run saw them; ``data_dir`` overrides the training one."""
-    config = checkpoint["config"]
-    test = load_test_set(config["dataset"], data_dir or config["data_dir"], canvas=config.get("canvas"), limit=limit)
+    test = _test_set(checkpoint, data_dir, limit)
     return test.images.to(device), test.labels.to(device)
+
+
+def _test_set(checkpoint: dict, data_dir: str | None, limit: int | None) -> TestSet:
+    config = checkpoint["config"]
+    return load_test_set(config["dataset"], data_dir or config["data_dir"], canvas=config.get("canvas"), limit=limit,
+                         extra_test=config.get("extra_test"))
 
 
 def _figures(args: argparse.Namespace) -> None:
     check_positive_flag("--examples", args.examples)
+    check_positive_flag("--limit-test", args.limit_test)
     checkpoint, model, device = _load_trained(args.checkpoint, args.device)
     if not isinstance(model, CapsNet):
         raise ValueError(f"{args.checkpoint} holds a {checkpoint['model_name']}, not a CapsNet: no capsules to draw")
@@ -158,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="capsnet", description="Capsule networks with dynamic routing (Sabour et al. 2017).")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="train a CapsNet (defaults: the paper's MNIST recipe)")
+    train = commands.add_parser("train", help="train a model (defaults: the paper's MNIST CapsNet and recipe)")
     _add_config_flags(train)
     train.set_defaults(func=_train)
 

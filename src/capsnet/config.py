@@ -13,6 +13,7 @@ from typing import Any
 
 from ._checks import check_choice
 from .data import DATASETS
+from .data.synthetic import MULTIMNIST_SHIFT
 from .losses import RECONSTRUCTION_WEIGHT
 from .models import is_capsule_model, list_models
 from .routing import ROUTING_ITERATIONS
@@ -94,9 +95,8 @@ class TrainConfig:
             if self.canvas != 40:
                 raise ValueError(f"--extra-test {self.extra_test} has 40x40 images: it needs --canvas 40")
         check_choice(self.model, "--model", list_models())
-        if self.dataset == "multimnist" and (self.canvas is not None or not is_capsule_model(self.model)):
-            raise ValueError("--dataset multimnist places its digits on a 36x36 canvas itself (no --canvas) and needs a "
-                             "CapsNet model")
+        if self.dataset == "multimnist":
+            self._check_multimnist()
         if self.output_dir is None:
             if self.resume:
                 raise ValueError("--resume needs the --output-dir of the run to continue")
@@ -108,9 +108,20 @@ class TrainConfig:
             raise ValueError("--lr, --lr-decay and --reconstruction-weight must be finite numbers")
         if self.lr <= 0 or not 0 < self.lr_decay <= 1:
             raise ValueError(f"--lr must be > 0 and --lr-decay in (0, 1], got {self.lr} and {self.lr_decay}")
+        if self.canvas is not None and self.canvas < 28:
+            raise ValueError(f"--canvas must hold the 28x28 images, got {self.canvas}")
         for name in ("max_shift", "reconstruction_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
+
+    def _check_multimnist(self) -> None:
+        if self.canvas is not None or not is_capsule_model(self.model):
+            raise ValueError("--dataset multimnist places its digits on a 36x36 canvas itself (no --canvas) and needs a "
+                             "CapsNet model")
+        if self.max_shift not in (TrainConfig.max_shift, MULTIMNIST_SHIFT):
+            raise ValueError(f"--dataset multimnist shifts each digit by up to {MULTIMNIST_SHIFT} px (paper); "
+                             f"--max-shift {self.max_shift} does not apply")
+        self.max_shift = MULTIMNIST_SHIFT  # what the run does, so config.json says it
 
     def model_kwargs(self, num_classes: int, in_channels: int, image_size: tuple[int, int]) -> dict[str, Any]:
         """The overrides passed to ``create_model(self.model, ...)``: what a checkpoint must match."""

@@ -81,7 +81,8 @@ def run_experiment(
     name: str, runs_dir: str | Path, *, rows: list[str] | None = None, tiny: bool = False, **settings: Any
 ) -> list[dict[str, Any]]:
     """Train every row of experiment ``name`` up to ``settings["epochs"]`` (resuming what exists) and return the
-    results table (also written to ``RUNS_DIR/NAME/results.md`` and ``results.json``).
+    results table (also written to ``RUNS_DIR/NAME/results.md`` and ``results.json``). Under ``torchrun``
+    rank 0 alone prints, writes and returns the table; the other ranks return ``[]``.
 
     ``settings`` are :class:`TrainConfig` fields shared by all rows (epochs, data_dir, device, precision, ...);
     ``rows`` picks rows by name (default: all, in the table's order); ``tiny`` swaps in narrow models to
@@ -92,18 +93,21 @@ def run_experiment(
     known = [row.name for row in experiment.rows]
     for wanted in rows or []:
         check_choice(wanted, "row", known)
-    for row in experiment.rows if rows is None else sorted((r for r in experiment.rows if r.name in rows),
-                                                            key=lambda r: rows.index(r.name)):
+    chosen = experiment.rows if rows is None else sorted(
+        (r for r in experiment.rows if r.name in rows), key=lambda r: rows.index(r.name))
+    is_main = True
+    for row in chosen:
         config = _row_config(experiment, row, runs_dir, settings, tiny)
-        if config.progress:
-            print(f"[{experiment.name}] {row.label}: {config.model}, run folder {config.output_dir}")
         trainer = Trainer(config)
+        is_main = trainer.distributed.is_main
+        if config.progress and is_main:
+            print(f"[{experiment.name}] {row.label}: {config.model}, run folder {config.output_dir}")
         trainer.fit()
-        if not trainer.distributed.is_main:
-            continue
-        _write_row_facts(Path(config.output_dir), trainer)
-        experiment_results(name, runs_dir)  # after every row, so a partial table exists if the session ends
-    return experiment_results(name, runs_dir)
+        trainer.distributed.barrier()  # rank 0 has written this row's files
+        if is_main:
+            _write_row_facts(Path(config.output_dir), trainer)
+            experiment_results(name, runs_dir)  # after every row, so a partial table exists if the session ends
+    return experiment_results(name, runs_dir) if is_main else []
 
 
 def _write_row_facts(run_dir: Path, trainer: Trainer) -> None:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .transforms import random_shift, shift_images
+from .transforms import _randint_on, random_shift, shift_images
 
 __all__ = [
     "MultiDigitBatch", "overlay_pairs", "place_on_canvas", "multimnist_test_set", "MULTIMNIST_CANVAS",
@@ -57,27 +57,34 @@ def overlay_pairs(
     first: Tensor,
     generator: torch.Generator | None = None,
     *,
+    num_classes: int = 10,
     canvas: int = MULTIMNIST_CANVAS,
     max_shift: int = MULTIMNIST_SHIFT,
 ) -> MultiDigitBatch:
     """MultiMNIST (paper, section 6): each ``images[first]`` with a random partner of a different class.
 
-    The partner comes from the same ``images`` (the same split), uniformly among those whose label
-    differs; each digit is shifted by up to ``max_shift`` px on a ``canvas`` square, and the pair is summed
-    and clipped to [0, 1].
+    The partner comes from the same ``images`` (the same split): its class uniformly among the other
+    ``num_classes - 1``, then an image uniformly within that class (drawn without any host-device sync, so
+    it runs inside a GPU training step at full speed). Each digit is shifted by up to ``max_shift`` px in
+    each direction on a black ``canvas`` square (with ``canvas = 28 + 2 * max_shift`` no digit is ever cut),
+    and the pair is summed and clipped to [0, 1].
 
     Args:
         images: the split, uint8 ``(n, C, 28, 28)``.
-        labels: its labels ``(n,)``.
+        labels: its labels ``(n,)``, every class present.
         first: indices of the first digit of every pair ``(b,)``.
         generator: random source of partners and shifts, on the images' device or the CPU.
+
+    Returns:
+        :class:`MultiDigitBatch` with ``images`` ``(b, C, canvas, canvas)``, ``digits``
+        ``(b, 2, C, canvas, canvas)`` and ``labels`` ``(b, 2)``.
     """
-    device = images.device
-    partner = _draw(torch.randint, len(labels), first.shape, generator, device)
-    clash = labels[partner] == labels[first]
-    while clash.any():  # redraw only the same-class partners: 1/10 of them per round for MNIST
-        partner[clash] = _draw(torch.randint, len(labels), (int(clash.sum()),), generator, device)
-        clash = labels[partner] == labels[first]
+    by_class = labels.argsort(stable=True)  # the indices of class 0, then of class 1, ...
+    counts = torch.zeros(num_classes, dtype=torch.long, device=labels.device).scatter_add_(0, labels, torch.ones_like(labels))
+    starts = counts.cumsum(0) - counts
+    other = (labels[first] + _randint_on(generator, labels.device, 1, num_classes, first.shape)) % num_classes
+    within = (_rand_on(generator, labels.device, first.shape) * counts[other]).long()
+    partner = by_class[starts[other] + within]
     both = torch.stack([images[first], images[partner]], dim=1)  # (b, 2, C, 28, 28)
     placed = place_on_canvas(both.flatten(0, 1), canvas, max_shift, generator).float().div_(255)
     digits = placed.view(len(first), 2, *placed.shape[1:])
@@ -94,9 +101,9 @@ def multimnist_test_set(images: Tensor, labels: Tensor, *, seed: int = MULTIMNIS
     return batch.images.mul(255).round_().to(torch.uint8), batch.labels
 
 
-def _draw(sampler, high: int, shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
+def _rand_on(generator: torch.Generator | None, device: torch.device, shape: tuple[int, ...]) -> Tensor:
     source = generator.device if generator is not None else device
-    return sampler(high, shape, generator=generator, device=source).to(device)
+    return torch.rand(shape, generator=generator, device=source).to(device)
 
 
 # affNIST (Tieleman 2013): every test digit under a random affine map within these ranges.
@@ -165,15 +172,14 @@ def _uniform_int(low: Tensor, high: Tensor, generator: torch.Generator | None) -
 AFFNIST_SYNTHETIC_SEED = 2013  # fixed, so that "affnist-synthetic" names one set of images everywhere
 
 
-def affnist_synthetic(images: Tensor, *, canvas: int = 40, seed: int = AFFNIST_SYNTHETIC_SEED,
-                      batch_size: int = 2000) -> Tensor:
-    """The ``affnist-synthetic`` test set: each of ``images`` (MNIST test digits) under one :func:`random_affine`
-    map drawn from ``seed``, stored as uint8 like the real affNIST.
+def affnist_synthetic(images: Tensor, *, canvas: int = 40, seed: int = AFFNIST_SYNTHETIC_SEED) -> Tensor:
+    """The ``affnist-synthetic`` test set: each of ``images`` (all MNIST test digits) under one
+    :func:`random_affine` map drawn from ``seed``, stored as uint8 like the real affNIST.
+
+    The draws depend on the number of images: build it from the whole test split, then take a part.
 
     Shape:
         uint8 ``(n, C, 28, 28)`` -> uint8 ``(n, C, canvas, canvas)``.
     """
     generator = torch.Generator().manual_seed(seed)
-    parts = [random_affine(images[start : start + batch_size], generator, canvas=canvas)
-             for start in range(0, len(images), batch_size)]
-    return torch.cat(parts).mul_(255).round_().to(torch.uint8)
+    return random_affine(images, generator, canvas=canvas).mul_(255).round_().to(torch.uint8)

@@ -45,10 +45,15 @@ def random_shift(images: torch.Tensor, max_shift: int = 2, generator: torch.Gene
     if m == 0:
         return images.clone()
     device = images.device
-    offsets = torch.randint(
-        -m, m + 1, (2, images.shape[0]), generator=generator, device=generator.device if generator is not None else device
-    ).to(device)
+    offsets = _randint_on(generator, device, -m, m + 1, (2, images.shape[0]))
     return shift_images(images, offsets[0], offsets[1], m)
+
+
+def _randint_on(generator: torch.Generator | None, device: torch.device, low: int, high: int,
+                shape: tuple[int, ...]) -> torch.Tensor:
+    """``torch.randint(low, high, shape)`` from ``generator`` (on its own device), delivered on ``device``."""
+    source = generator.device if generator is not None else device
+    return torch.randint(low, high, shape, generator=generator, device=source).to(device)
 
 
 def shift_images(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, max_shift: int) -> torch.Tensor:

@@ -76,7 +76,8 @@ class _Progress:
 
 
 class Trainer:
-    """Trains a model from the registry on MNIST or Fashion-MNIST following a :class:`TrainConfig`.
+    """Trains a model from the registry (a CapsNet or a baseline CNN) on MNIST, Fashion-MNIST or MultiMNIST
+    following a :class:`TrainConfig`.
 
     Example (a notebook needs no command line)::
 
@@ -103,6 +104,7 @@ class Trainer:
         self._load_data()
         torch.manual_seed(config.seed)  # the same initial weights on every rank
         self.model = create_model(config.model, **self.model_kwargs).to(self.device)
+        torch.manual_seed(config.seed + self.distributed.rank)  # dropout: independent masks on every rank
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         # DDP averages the gradients over the ranks during backward; one process trains the model itself.
@@ -122,7 +124,7 @@ class Trainer:
             self.optimizer, lambda step: config.lr_decay ** (step / config.lr_decay_steps)
         )
         self.progress = _Progress()
-        self._interrupted = False
+        self._signalled = self._stopping = False  # a signal reached this rank / all ranks agreed to stop
         self._augment_generator = torch.Generator(device=self.device)
         if config.resume:
             self._restore(load_checkpoint(self.run_dir / "last.pt", map_location=self.device))
@@ -170,16 +172,16 @@ class Trainer:
         resumed run continues exactly, and ``KeyboardInterrupt`` is raised. A second Ctrl-C stops at once.
         Under ``torchrun`` all ranks stop at the same batch when any of them got the signal.
         """
-        history, self._interrupted = [], False
+        history, self._signalled, self._stopping = [], False, False
         with self._deferred_interrupt():
             while self.progress.epoch < self.config.epochs:
                 self._train_epoch()
-                if self._interrupted:
+                if self._stopping:  # agreed by all ranks in the epoch's last step
                     break
                 history.append(self._finish_epoch())
                 if self._stop_requested():
                     break
-        if self._interrupted:
+        if self._stopping:
             self._check_finite(self.progress.sums.get("loss", 0.0))  # empty right after an epoch's end
             self._save("last.pt")
             self.distributed.barrier()  # no rank exits (which makes torchrun stop the others) before the save
@@ -189,19 +191,23 @@ class Trainer:
     @contextmanager
     def _deferred_interrupt(self) -> Iterator[None]:
         """Turn SIGINT and SIGTERM into a flag read between batches (signal handlers live in the main thread only)."""
-        previous = {signum: signal.getsignal(signum) for signum in _STOP_SIGNALS}
-        if threading.current_thread() is not threading.main_thread() or previous[signal.SIGINT] is signal.SIG_IGN:
-            yield  # no handler possible, or the caller chose to ignore Ctrl-C
+        if threading.current_thread() is not threading.main_thread():
+            yield  # no handler possible
             return
-        previous[signal.SIGINT] = previous[signal.SIGINT] or signal.default_int_handler  # None: set outside Python
-        previous[signal.SIGTERM] = previous[signal.SIGTERM] or signal.SIG_DFL
+        # An ignored SIGINT (e.g. a job started with `&` from a script) stays ignored; SIGTERM is handled anyway.
+        handled = [signum for signum in _STOP_SIGNALS if signal.getsignal(signum) is not signal.SIG_IGN]
+        previous = {signum: signal.getsignal(signum) for signum in handled}
+        if signal.SIGINT in previous:
+            previous[signal.SIGINT] = previous[signal.SIGINT] or signal.default_int_handler  # None: set outside Python
+        if signal.SIGTERM in previous:
+            previous[signal.SIGTERM] = previous[signal.SIGTERM] or signal.SIG_DFL
 
         def request_stop(signum, frame):
-            self._interrupted = True
+            self._signalled = True
             if signum == signal.SIGINT:
                 signal.signal(signal.SIGINT, previous[signal.SIGINT])  # a second Ctrl-C interrupts at once
 
-        for signum in _STOP_SIGNALS:
+        for signum in handled:
             signal.signal(signum, request_stop)
         try:
             yield
@@ -211,8 +217,8 @@ class Trainer:
 
     def _stop_requested(self) -> bool:
         """Whether any rank got a stop signal; every rank gets the same answer at the same batch."""
-        self._interrupted = self.distributed.any(self._interrupted)
-        return self._interrupted
+        self._stopping = self.distributed.any(self._signalled)
+        return self._stopping
 
     def _epoch_batches(self) -> Iterator[tuple[Tensor, Tensor]]:
         """This epoch's batches in an order drawn from (seed, epoch) alone, so a resumed run sees the same ones."""
@@ -267,7 +273,8 @@ class Trainer:
         otherwise the images are shifted (targets ``(b,)``, originals the inputs themselves).
         """
         if self.config.dataset == "multimnist":
-            batch = overlay_pairs(self.train_images, self.train_labels, indices, self._augment_generator)
+            batch = overlay_pairs(self.train_images, self.train_labels, indices, self._augment_generator,
+                                  num_classes=len(self.classes), max_shift=self.config.max_shift)
             return batch.images, batch.labels, batch.digits
         shifted = random_shift(self.train_images[indices], self.config.max_shift, self._augment_generator)
         inputs = shifted.float().div_(255)
@@ -375,6 +382,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "grad_scaler": self.scaler.state_dict(),
+            "rng": _global_rng_state(self.device),  # dropout masks continue where they were
             "progress": {**progress.__dict__, "augment_rng": self._augment_generator.get_state()},
         })
 
@@ -394,6 +402,8 @@ class Trainer:
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
+        if "rng" in checkpoint and self.distributed.is_main:  # other ranks keep their own seeds' streams
+            _set_global_rng_state(checkpoint["rng"], self.device)
         if checkpoint.get("grad_scaler") and self.scaler.is_enabled():  # empty when saved without loss scaling
             self.scaler.load_state_dict(checkpoint["grad_scaler"])
         saved_progress = dict(checkpoint["progress"])
@@ -457,6 +467,8 @@ def _error_report(tallies: Tensor) -> dict[str, Any]:
 
 
 class TestSet(NamedTuple):
+    """A test split as a run evaluates it (see :func:`load_test_set`)."""
+
     images: Tensor  # uint8 (n, C, H, W), as the model sees them
     labels: Tensor  # (n,), or (n, 2) for MultiMNIST
     classes: list[str]
@@ -472,13 +484,14 @@ def load_test_set(dataset: str, data_dir: str | None, *, canvas: int | None = No
                   extra_test: str | None = None, progress: bool = False) -> TestSet:
     """The test split as a run with these settings evaluates it: on its canvas, MultiMNIST pairs, extra set."""
     test = get_dataset_class(base_dataset(dataset))(data_dir, train=False, progress=progress)
-    images, labels = test.images[:limit], test.labels[:limit]
-    extra = None if extra_test is None else affnist_synthetic(images, canvas=canvas)  # from the 28x28 digits
+    images, labels = test.images, test.labels
+    # The fixed sets are drawn from the whole split, then cut: --limit-test takes a part of the same set.
+    extra = None if extra_test is None else affnist_synthetic(images, canvas=canvas)[:limit]  # from 28x28 digits
     if dataset == "multimnist":
         images, labels = multimnist_test_set(images, labels)
     if canvas is not None:
-        images = place_on_canvas(images, canvas, 0)
-    return TestSet(images, labels, list(test.classes), extra)
+        images = place_on_canvas(images[:limit], canvas, 0)
+    return TestSet(images[:limit], labels[:limit], list(test.classes), extra)
 
 
 def train(config: TrainConfig | None = None, **overrides: Any) -> list[dict[str, Any]]:
@@ -501,6 +514,19 @@ def _fast_adam(device: torch.device) -> dict[str, bool]:
 def _device_sums(terms: tuple[str, ...], start: dict[str, float], device: torch.device) -> dict[str, Tensor]:
     keys = (*terms, "correct", "seen")
     return {key: torch.tensor(start.get(key, 0.0), dtype=torch.float64, device=device) for key in keys}
+
+
+def _global_rng_state(device: torch.device) -> dict[str, Tensor]:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_global_rng_state(state: dict[str, Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"].cpu())
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
 
 
 def _prepare_run_dir(path: Path, *, resume: bool) -> Path:

@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._checks import check_choice
+
 __all__ = ["resolve_precision", "autocast", "grad_scaler", "resolve_channels_last", "CompiledOrEager"]
 
 _AUTOCAST_DTYPES = {"32": None, "bf16": torch.bfloat16, "16-mixed": torch.float16}
@@ -26,7 +28,8 @@ def resolve_precision(name: str, device: torch.device) -> str:
     if name != "auto":
         return name
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "16-mixed"
+        # Native bf16 only (Ampere and newer): older GPUs would emulate it, slowly.
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "16-mixed"
     return "32"
 
 
@@ -36,7 +39,7 @@ def autocast(precision: str, device: torch.device) -> AbstractContextManager:
     Autocast runs matrix products and convolutions in the low precision; squash, capsule lengths and the
     losses compute in float32 whatever their input dtype, so they neither overflow nor lose their small terms.
     """
-    dtype = _AUTOCAST_DTYPES[precision]
+    dtype = _AUTOCAST_DTYPES[check_choice(precision, "precision", _AUTOCAST_DTYPES)]
     return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
