@@ -22,7 +22,8 @@ from . import figures
 from .models import CapsNet, create_model
 from .training import CheckpointError, TrainingError, TrainingInterrupted, evaluate, load_checkpoint, resolve_device
 from .training.distributed import shutdown_distributed
-from .training.engine import TestSet, Trainer, load_test_set
+from .data.testsets import TestSet, load_test_set
+from .training.engine import Trainer
 from .training.precision import resolve_precision
 
 # The settings of `capsnet reproduce` shared by all rows; the rows set model, routing and reconstruction.

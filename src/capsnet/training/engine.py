@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from ..data import TensorLoader, get_dataset_class, overlay_pairs, place_on_canvas, random_shift
-from ..data.synthetic import affnist_synthetic, multimnist_test_set
+from ..data.testsets import base_dataset, load_test_set
 from ..losses import CapsuleLoss
 from ..models import create_model, is_capsule_model
 from ..config import TrainConfig
@@ -464,34 +464,6 @@ def _error_report(tallies: Tensor) -> dict[str, Any]:
     (*correct, right), (*counts, examples) = tallies.tolist()
     per_class = [c / max(n, 1) for c, n in zip(correct, counts)]
     return {"error": 1 - right / max(examples, 1), "examples": examples, "per_class_accuracy": per_class}
-
-
-class TestSet(NamedTuple):
-    """A test split as a run evaluates it (see :func:`load_test_set`)."""
-
-    images: Tensor  # uint8 (n, C, H, W), as the model sees them
-    labels: Tensor  # (n,), or (n, 2) for MultiMNIST
-    classes: list[str]
-    extra_images: Tensor | None  # the --extra-test set (same labels), or None
-
-
-def base_dataset(name: str) -> str:
-    """The file dataset a training dataset is made from: MultiMNIST is built from MNIST."""
-    return "mnist" if name == "multimnist" else name
-
-
-def load_test_set(dataset: str, data_dir: str | None, *, canvas: int | None = None, limit: int | None = None,
-                  extra_test: str | None = None, progress: bool = False) -> TestSet:
-    """The test split as a run with these settings evaluates it: on its canvas, MultiMNIST pairs, extra set."""
-    test = get_dataset_class(base_dataset(dataset))(data_dir, train=False, progress=progress)
-    images, labels = test.images, test.labels
-    # The fixed sets are drawn from the whole split, then cut: --limit-test takes a part of the same set.
-    extra = None if extra_test is None else affnist_synthetic(images, canvas=canvas)[:limit]  # from 28x28 digits
-    if dataset == "multimnist":
-        images, labels = multimnist_test_set(images, labels)
-    if canvas is not None:
-        images = place_on_canvas(images[:limit], canvas, 0)
-    return TestSet(images[:limit], labels[:limit], list(test.classes), extra)
 
 
 def train(config: TrainConfig | None = None, **overrides: Any) -> list[dict[str, Any]]:

@@ -1,0 +1,40 @@
+"""Test splits as a run evaluates them: MultiMNIST pairs, digits on a larger canvas, an extra affine test set."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from torch import Tensor
+
+from .datasets import get_dataset_class
+from .synthetic import affnist_synthetic, multimnist_test_set, place_on_canvas
+
+__all__ = ["TestSet", "base_dataset", "load_test_set"]
+
+
+class TestSet(NamedTuple):
+    """A test split as a run evaluates it (see :func:`load_test_set`)."""
+
+    images: Tensor  # uint8 (n, C, H, W), as the model sees them
+    labels: Tensor  # (n,), or (n, 2) for MultiMNIST
+    classes: list[str]
+    extra_images: Tensor | None  # the --extra-test set (same labels), or None
+
+
+def base_dataset(name: str) -> str:
+    """The file dataset a training dataset is made from: MultiMNIST is built from MNIST."""
+    return "mnist" if name == "multimnist" else name
+
+
+def load_test_set(dataset: str, data_dir: str | None, *, canvas: int | None = None, limit: int | None = None,
+                  extra_test: str | None = None, progress: bool = False) -> TestSet:
+    """The test split as a run with these settings evaluates it: on its canvas, MultiMNIST pairs, extra set."""
+    test = get_dataset_class(base_dataset(dataset))(data_dir, train=False, progress=progress)
+    images, labels = test.images, test.labels
+    # The fixed sets are drawn from the whole split, then cut: --limit-test takes a part of the same set.
+    extra = None if extra_test is None else affnist_synthetic(images, canvas=canvas)[:limit]  # from 28x28 digits
+    if dataset == "multimnist":
+        images, labels = multimnist_test_set(images, labels)
+    if canvas is not None:
+        images = place_on_canvas(images[:limit], canvas, 0)
+    return TestSet(images[:limit], labels[:limit], list(test.classes), extra)
