@@ -102,7 +102,23 @@ class Trainer:
         if self.distributed.is_main:
             _prepare_run_dir(self.run_dir, resume=config.resume)
         self._load_data()
-        torch.manual_seed(config.seed)  # the same initial weights on every rank
+        self._build_model()
+        self.progress = _Progress()
+        self._signalled = self._stopping = False  # a signal reached this rank / all ranks agreed to stop
+        self._augment_generator = torch.Generator(device=self.device)
+        if config.resume:
+            self._restore(load_checkpoint(self.run_dir / "last.pt", map_location=self.device))
+        elif self.distributed.is_main:
+            _truncate_metrics(self.run_dir / "metrics.jsonl", 0)  # lines left by a run killed before its first save
+        if self.distributed.is_main:
+            _write_json(self.run_dir / "config.json", {
+                **config.to_dict(), "model_kwargs": self.model_kwargs, "resolved": self.settings(),
+            })
+
+    def _build_model(self) -> None:
+        """Model (same initial weights on every rank), its DDP/compile wrappers, objective and optimizer."""
+        config = self.config
+        torch.manual_seed(config.seed)
         self.model = create_model(config.model, **self.model_kwargs).to(self.device)
         torch.manual_seed(config.seed + self.distributed.rank)  # dropout: independent masks on every rank
         if self.channels_last:
@@ -123,17 +139,6 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: config.lr_decay ** (step / config.lr_decay_steps)
         )
-        self.progress = _Progress()
-        self._signalled = self._stopping = False  # a signal reached this rank / all ranks agreed to stop
-        self._augment_generator = torch.Generator(device=self.device)
-        if config.resume:
-            self._restore(load_checkpoint(self.run_dir / "last.pt", map_location=self.device))
-        elif self.distributed.is_main:
-            _truncate_metrics(self.run_dir / "metrics.jsonl", 0)  # lines left by a run killed before its first save
-        if self.distributed.is_main:
-            _write_json(self.run_dir / "config.json", {
-                **config.to_dict(), "model_kwargs": self.model_kwargs, "resolved": self.settings(),
-            })
 
     def settings(self) -> dict[str, Any]:
         """What ``auto`` and ``None`` options became on this machine, and the number of processes."""
