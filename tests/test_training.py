@@ -188,19 +188,23 @@ def test_torn_metrics_line_does_not_block_resume(tmp_path, shared_data):
     assert [m["epoch"] for m in read_metrics(tmp_path / "run")] == [1, 2]
 
 
+def signal_during_step(trainer, monkeypatch, signum, step):
+    """Make ``trainer`` receive ``signum`` at the start of its ``step``-th training step."""
+    original_step, calls = trainer._train_step, []
+
+    def step_with_signal(*args):
+        calls.append(1)
+        if len(calls) == step:
+            os.kill(os.getpid(), signum)
+        original_step(*args)
+
+    monkeypatch.setattr(trainer, "_train_step", step_with_signal)
+
+
 def test_sigterm_saves_like_ctrl_c_and_the_handlers_are_restored(tmp_path, shared_data, monkeypatch):
     """Cluster schedulers and torchrun stop workers with SIGTERM: it must save a resumable checkpoint too."""
     trainer = Trainer(config(tmp_path, shared_data, epochs=1))
-    original_step = trainer._train_step
-    calls = []
-
-    def step_with_sigterm(*args):
-        calls.append(1)
-        if len(calls) == 3:
-            os.kill(os.getpid(), signal.SIGTERM)
-        original_step(*args)
-
-    monkeypatch.setattr(trainer, "_train_step", step_with_sigterm)
+    signal_during_step(trainer, monkeypatch, signal.SIGTERM, 3)
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(KeyboardInterrupt):
         trainer.fit()
@@ -229,16 +233,7 @@ def test_sigterm_is_handled_even_when_ctrl_c_is_ignored(tmp_path, shared_data, m
     monkeypatch.setattr(signal, "getsignal", lambda signum, original=signal.getsignal: (
         signal.SIG_IGN if signum == signal.SIGINT else original(signum)))
     trainer = Trainer(config(tmp_path, shared_data, epochs=1))
-    original_step = trainer._train_step
-    calls = []
-
-    def step_with_sigterm(*args):
-        calls.append(1)
-        if len(calls) == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
-        original_step(*args)
-
-    monkeypatch.setattr(trainer, "_train_step", step_with_sigterm)
+    signal_during_step(trainer, monkeypatch, signal.SIGTERM, 2)
     with pytest.raises(KeyboardInterrupt):
         trainer.fit()
     assert load_checkpoint(tmp_path / "run" / "last.pt")["progress"]["batch"] == 2
