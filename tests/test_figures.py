@@ -89,3 +89,40 @@ def test_capsnet_figures_command_writes_the_three_pictures(tmp_path, shared_data
     assert names == ["fig3_reconstructions.png", "fig4_perturbations.png", "routing_coupling.png"]
     assert main(["figures", str(run / "last.pt"), "--index", "999", "--limit-test", "200"]) == 2
     assert "--index must be in [0, 200), got 999" in capsys.readouterr().err
+
+
+def test_segmentation_decodes_each_of_the_two_longest_capsules_on_its_own():
+    model, images = tiny_model(image_size=36), torch.rand(5, 1, 36, 36)
+    chosen, decoded = figures.segmentation(model, images)
+    assert chosen.shape == (5, 2) and decoded.shape == (5, 2, 1, 36, 36)
+    lengths = model(images).lengths
+    assert (lengths.gather(1, chosen[:, :1]) == lengths.amax(1, keepdim=True)).all()  # longest first
+    for k in range(2):
+        alone = model(images, chosen[:, k]).reconstructions.view(5, 1, 36, 36)
+        torch.testing.assert_close(decoded[:, k], alone)
+
+
+def test_colour_overlay_puts_the_first_object_in_red_the_second_in_green_and_clips():
+    first, second = torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2)
+    first[..., 0, 0], first[..., 1, 1] = 0.5, 0.8
+    second[..., 0, 1], second[..., 1, 1] = 0.25, 0.9
+    rgb = figures.colour_overlay(torch.stack([first, second], 1))
+    assert rgb.shape == (1, 3, 2, 2)
+    torch.testing.assert_close(rgb[0, 0], torch.tensor([[0.5, 0.0], [0.0, 0.8]]))
+    torch.testing.assert_close(rgb[0, 1], torch.tensor([[0.0, 0.25], [0.0, 0.9]]))
+    assert rgb[0, 2].abs().max() == 0
+    assert figures.colour_overlay(torch.ones(1, 3, 1, 2, 2)).max() == 1  # blue-ish adds to green: clipped
+    with pytest.raises(ValueError, match="up to 3 grey reconstructions"):
+        figures.colour_overlay(torch.ones(1, 2, 3, 2, 2))
+
+
+def test_capsnet_figures_of_a_multimnist_model_draw_the_segmentation(tmp_path, shared_data):
+    run = tmp_path / "run"
+    assert main(["train", "--model", "capsnet-tiny", "--dataset", "multimnist", "--data-dir", str(shared_data),
+                 "--limit-train", "64", "--limit-test", "50", "--batch-size", "32", "--epochs", "1", "--no-progress",
+                 "--output-dir", str(run)]) == 0
+    assert main(["figures", str(run / "last.pt"), "--limit-test", "100", "--examples", "3"]) == 0
+    names = sorted(p.name for p in (run / "figures").iterdir())
+    assert names == ["fig4_perturbations.png", "fig5_segmentation.png", "routing_coupling.png"]
+    width, height = png_size(run / "figures" / "fig5_segmentation.png")
+    assert height == 260 and width in (330, 440, 550, 660)  # 110 px per example, 3 right and up to 3 wrong

@@ -237,3 +237,16 @@ def test_sigterm_is_handled_even_when_ctrl_c_is_ignored(tmp_path, shared_data, m
     with pytest.raises(KeyboardInterrupt):
         trainer.fit()
     assert load_checkpoint(tmp_path / "run" / "last.pt")["progress"]["batch"] == 2
+
+
+def test_time_limit_stops_at_an_epoch_end_and_resume_continues(tmp_path, shared_data):
+    first = Trainer(config(tmp_path, shared_data, epochs=3, time_limit=1e-9)).fit()
+    assert [m["epoch"] for m in first] == [1]  # the limit had passed when the first epoch ended
+    rest = Trainer(config(tmp_path, shared_data, epochs=3, resume=True)).fit()
+    assert [m["epoch"] for m in rest] == [2, 3]
+
+
+@pytest.mark.parametrize("minutes", [0, -1, float("nan")])
+def test_time_limit_must_be_positive(tmp_path, minutes):
+    with pytest.raises(ValueError, match="--time-limit must be a positive number of minutes"):
+        TrainConfig(output_dir=str(tmp_path), time_limit=minutes)

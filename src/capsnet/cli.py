@@ -27,7 +27,7 @@ from .training.engine import Trainer
 from .training.precision import resolve_precision
 
 # The settings of `capsnet reproduce` shared by all rows; the rows set model, routing and reconstruction.
-_REPRODUCE_SETTINGS = ("data_dir", "epochs", "batch_size", "seed", "device", "precision", "compile", "channels_last",
+_REPRODUCE_SETTINGS = ("data_dir", "epochs", "time_limit", "batch_size", "seed", "device", "precision", "compile", "channels_last",
                        "limit_train", "limit_test", "progress")
 
 # OSError: unreadable or unwritable files and full disks are the user's to fix, not a bug to trace back.
@@ -139,8 +139,6 @@ def _figures(args: argparse.Namespace) -> None:
     checkpoint, model, device = _load_trained(args.checkpoint, args.device)
     if not isinstance(model, CapsNet):
         raise ValueError(f"{args.checkpoint} holds a {checkpoint['model_name']}, not a CapsNet: no capsules to draw")
-    if checkpoint["config"]["dataset"] == "multimnist":
-        raise ValueError("figures of MultiMNIST models are not drawn yet (Fig. 5 is planned): use an MNIST checkpoint")
     images, labels = _test_split(checkpoint, args.data_dir, args.limit_test, device)
     images = images.float() / 255
     if not 0 <= args.index < len(labels):
@@ -151,12 +149,15 @@ def _figures(args: argparse.Namespace) -> None:
     written = [figures.plot_coupling(model, example, out / "routing_coupling.png", classes=classes)]
     if model.decoder is not None:
         written += [
+            figures.plot_segmentation(model, images, labels, out / "fig5_segmentation.png", classes=classes,
+                                      count=args.examples)
+            if labels.dim() == 2 else
             figures.plot_reconstructions(model, images, labels, out / "fig3_reconstructions.png", classes=classes,
                                          count=args.examples),
             figures.plot_perturbations(model, example, out / "fig4_perturbations.png"),
         ]
     else:
-        print("this model has no decoder (trained with --no-reconstruction): Figures 3 and 4 need one", file=sys.stderr)
+        print("this model has no decoder (trained with --no-reconstruction): Figures 3, 4 and 5 need one", file=sys.stderr)
     for path in written:
         print(f"wrote {path}")
 
@@ -198,13 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(reproduce, only=_REPRODUCE_SETTINGS)
     reproduce.set_defaults(func=_reproduce)
 
-    figures_cmd = commands.add_parser("figures", help="draw reconstructions, pose perturbations and routing (PNG)")
+    figures_cmd = commands.add_parser("figures", help="draw reconstructions (MultiMNIST: segmentation), pose perturbations and routing (PNG)")
     figures_cmd.add_argument("checkpoint", type=Path, help="a last.pt or best.pt of a CapsNet")
     figures_cmd.add_argument("--out", help="folder for the PNG files (default: figures/ beside the checkpoint)")
     figures_cmd.add_argument("--data-dir", help="folder with the dataset (default: the one used in training)")
     figures_cmd.add_argument("--device", default=TrainConfig.device, choices=DEVICES)
     figures_cmd.add_argument("--index", type=int, default=0, help="test image for the perturbation and routing figures")
-    figures_cmd.add_argument("--examples", type=int, default=8, help="right and wrong examples in Figure 3, each")
+    figures_cmd.add_argument("--examples", type=int, default=8, help="right and wrong examples in Figure 3 (or 5), each")
     figures_cmd.add_argument("--limit-test", type=int, default=None, help="look only at the first N test images")
     figures_cmd.set_defaults(func=_figures)
 

@@ -46,6 +46,10 @@ class TrainConfig:
     data_dir: str | None = _option(None, "folder with the dataset files (default: $CAPSNET_DATA, else ~/.cache/capsnet)")
     model: str = _option("capsnet-mnist", "model configuration (capsnet.list_models()); baseline-cnn is the paper's CNN")
     epochs: int = _option(10, "training epochs (the official code's 300k steps are ~640 epochs)")
+    time_limit: float | None = _option(
+        None, "stop after the first epoch that ends past this many minutes of this call; --resume continues "
+              "(fits a run into a job's or session's wall-clock limit)"
+    )
     batch_size: int = _option(128, "training batch size (paper: 128)")
     eval_batch_size: int = _option(500, "batch size for evaluation (no effect on results)")
     lr: float = _option(1e-3, "Adam learning rate (paper: 1e-3)")
@@ -106,6 +110,8 @@ class TrainConfig:
             check_positive_flag("--" + name.replace("_", "-"), getattr(self, name))
         if not math.isfinite(self.lr + self.lr_decay + self.reconstruction_weight):
             raise ValueError("--lr, --lr-decay and --reconstruction-weight must be finite numbers")
+        if self.time_limit is not None and not self.time_limit > 0:
+            raise ValueError(f"--time-limit must be a positive number of minutes, got {self.time_limit}")
         if self.lr <= 0 or not 0 < self.lr_decay <= 1:
             raise ValueError(f"--lr must be > 0 and --lr-decay in (0, 1], got {self.lr} and {self.lr_decay}")
         if self.canvas is not None and self.canvas < 28:

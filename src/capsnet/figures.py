@@ -1,4 +1,4 @@
-"""What the capsules learned, as pictures: the paper's Figures 3 and 4 and the routing coupling coefficients.
+"""What the capsules learned, as pictures: the paper's Figures 3, 4 and 5 and the routing coupling coefficients.
 
 The ``*_grid`` / ``*_maps`` functions compute the pictures' contents as tensors (pure PyTorch, testable);
 the ``plot_*`` functions draw them with matplotlib (``pip install "capsnet[figures]"``) and write PNG files.
@@ -16,14 +16,17 @@ from torch import Tensor
 
 from .functional import capsule_lengths
 from .models import CapsNet
+from .training.objectives import hits
 
 __all__ = [
-    "PERTURBATIONS", "perturbation_grid", "coupling_maps", "pick_examples",
-    "plot_reconstructions", "plot_perturbations", "plot_coupling",
+    "PERTURBATIONS", "perturbation_grid", "coupling_maps", "pick_examples", "segmentation", "colour_overlay",
+    "plot_reconstructions", "plot_perturbations", "plot_coupling", "plot_segmentation",
 ]
 
 # Fig. 4 of the paper: each dimension of the winning capsule moved from -0.25 to 0.25 in steps of 0.05.
 PERTURBATIONS = torch.arange(-5, 6) * 0.05  # exact 0 in the middle
+# Fig. 5: the reconstruction from the longest capsule in red, the second in green (yellow where they overlap).
+_OBJECT_COLOURS = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.4, 1.0]])
 
 
 def _require_decoder(model: CapsNet) -> None:
@@ -36,14 +39,16 @@ def pick_examples(model: CapsNet, images: Tensor, labels: Tensor, count: int, ba
     """Indices of the first ``count`` correctly classified and ``count`` misclassified examples (fewer if the
     data runs out); reads ``images`` in batches only until both are found.
 
+    With ``(n, k)`` labels (MultiMNIST) an example is right when its k longest capsules are its k labels.
+
     Shape:
-        ``images``: ``(n, C, H, W)`` in [0, 1]; ``labels``: ``(n,)`` -> two index tensors.
+        ``images``: ``(n, C, H, W)`` in [0, 1]; ``labels``: ``(n,)`` or ``(n, k)`` -> two index tensors.
     """
     right, wrong = [], []
     for start in range(0, len(labels), batch_size):
-        hits = model(images[start : start + batch_size]).lengths.argmax(-1) == labels[start : start + batch_size]
-        right.append(hits.nonzero().flatten() + start)
-        wrong.append((~hits).nonzero().flatten() + start)
+        correct = hits(model(images[start : start + batch_size]).lengths, labels[start : start + batch_size])
+        right.append(correct.nonzero().flatten() + start)
+        wrong.append((~correct).nonzero().flatten() + start)
         if sum(map(len, right)) >= count and sum(map(len, wrong)) >= count:
             break
     return torch.cat(right)[:count], torch.cat(wrong)[:count]
@@ -83,6 +88,35 @@ def coupling_maps(model: CapsNet, image: Tensor) -> Tensor:
     return sent.view(model.primary.types, h, w, -1).sum(0).permute(2, 0, 1)  # (j, h, w)
 
 
+@torch.no_grad()
+def segmentation(model: CapsNet, images: Tensor, objects: int = 2) -> tuple[Tensor, Tensor]:
+    """Fig. 5: the ``objects`` longest capsules of each image, each decoded on its own.
+
+    Returns the chosen classes (longest first) and one reconstruction per chosen capsule.
+
+    Shape:
+        ``images``: ``(b, C, H, W)`` -> classes ``(b, objects)``, reconstructions ``(b, objects, C, H, W)``.
+    """
+    _require_decoder(model)
+    chosen = model(images).lengths.topk(objects, dim=-1).indices  # (b, objects)
+    decoded = model(images, chosen).reconstructions  # (b, objects, C * H * W)
+    return chosen, decoded.view(*chosen.shape, model.in_channels, *model.image_size)
+
+
+def colour_overlay(reconstructions: Tensor) -> Tensor:
+    """One RGB picture of up to three grey reconstructions: red, green, blue-ish, added and clipped to 1.
+
+    Shape:
+        ``reconstructions``: ``(b, objects, 1, H, W)`` in [0, 1] -> ``(b, 3, H, W)``.
+    """
+    objects = reconstructions.shape[1]
+    if reconstructions.shape[2] != 1 or objects > len(_OBJECT_COLOURS):
+        raise ValueError(f"colour_overlay takes up to {len(_OBJECT_COLOURS)} grey reconstructions per image, got "
+                         f"shape {tuple(reconstructions.shape)}")
+    colours = _OBJECT_COLOURS[:objects].to(reconstructions)  # (objects, 3)
+    return torch.einsum("bohw,oc->bchw", reconstructions[:, :, 0], colours).clamp_(max=1)
+
+
 def _pyplot() -> Any:
     try:
         import matplotlib
@@ -95,7 +129,9 @@ def _pyplot() -> Any:
 
 
 def _show(axis: Any, image: Tensor, title: str = "", cmap: str = "gray") -> None:
-    axis.imshow(image.squeeze(0).cpu().numpy(), cmap=cmap, vmin=0, vmax=1)
+    """Draw a ``(1, H, W)`` grey or ``(3, H, W)`` RGB image in [0, 1]."""
+    pixels = image.squeeze(0) if image.shape[0] == 1 else image.permute(1, 2, 0)
+    axis.imshow(pixels.cpu().numpy(), cmap=cmap, vmin=0, vmax=1)
     axis.set_xticks([])
     axis.set_yticks([])
     if title:
@@ -176,5 +212,36 @@ def plot_coupling(model: CapsNet, image: Tensor, path: str | Path, *, classes: l
     figure.suptitle(f"routing: share of the primary capsules' output sent to each class at each of the "
                     f"{maps.shape[1]}x{maps.shape[2]} positions; colours from {low:.3f} (dark) to {high:.3f} (bright), "
                     f"uniform coupling: {1 / maps.shape[0]:.3f}", fontsize=9)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+@torch.no_grad()
+def plot_segmentation(model: CapsNet, images: Tensor, labels: Tensor, path: str | Path, *,
+                      classes: list[str] | None = None, count: int = 8) -> Path:
+    """Fig. 5: MultiMNIST inputs above the two longest capsules decoded separately, red and green, overlaid.
+
+    Titles give the labels ``L:(a,b)`` and the decoded classes ``R:(c,d)``; wrong examples are marked in red.
+
+    Shape:
+        ``images``: ``(n, 1, H, W)`` in [0, 1]; ``labels``: ``(n, 2)``.
+    """
+    model.eval()
+    right, wrong = pick_examples(model, images, labels, count)
+    picked = torch.cat([right, wrong])
+    chosen, reconstructions = segmentation(model, images[picked], objects=labels.shape[1])
+    overlays = colour_overlay(reconstructions)
+    names = classes or [str(k) for k in range(model.digits.out_caps)]
+    pair = lambda ks: "(" + ",".join(names[k] for k in ks) + ")"  # noqa: E731
+    plt = _pyplot()
+    figure, axes = plt.subplots(2, len(picked), figsize=(1.1 * len(picked), 2.6), squeeze=False)
+    for column, index in enumerate(picked.tolist()):
+        _show(axes[0, column], images[index], f"L:{pair(labels[index].tolist())}")
+        _show(axes[1, column], overlays[column], f"R:{pair(chosen[column].tolist())}")
+        if column >= len(right):
+            axes[1, column].title.set_color("red")
+    axes[0, 0].set_ylabel("input", fontsize=8)
+    axes[1, 0].set_ylabel("decoded", fontsize=8)
+    figure.suptitle(f"{len(right)} right, {len(wrong)} wrong (red); longest capsule red, second green", fontsize=9)
     figure.tight_layout()
     return _save(figure, path)

@@ -171,13 +171,15 @@ class Trainer:
         self.model_kwargs = config.model_kwargs(len(self.classes), channels, (height, width))
 
     def fit(self) -> list[dict[str, Any]]:
-        """Train until ``config.epochs``; returns the metrics of the epochs run by this call.
+        """Train until ``config.epochs`` (or the first epoch end past ``config.time_limit`` minutes); returns the
+        metrics of the epochs run by this call.
 
         Ctrl-C (SIGINT) or SIGTERM is honoured at the next batch boundary: ``last.pt`` is saved there, so a
         resumed run continues exactly, and ``KeyboardInterrupt`` is raised. A second Ctrl-C stops at once.
         Under ``torchrun`` all ranks stop at the same batch when any of them got the signal.
         """
         history, self._signalled, self._stopping = [], False, False
+        started = time.monotonic()
         with self._deferred_interrupt():
             while self.progress.epoch < self.config.epochs:
                 self._train_epoch()
@@ -186,12 +188,19 @@ class Trainer:
                 history.append(self._finish_epoch())
                 if self._stop_requested():
                     break
+                if self._out_of_time(started):
+                    break
         if self._stopping:
             self._check_finite(self.progress.sums.get("loss", 0.0))  # empty right after an epoch's end
             self._save("last.pt")
             self.distributed.barrier()  # no rank exits (which makes torchrun stop the others) before the save
             raise TrainingInterrupted(self.run_dir / "last.pt")
         return history
+
+    def _out_of_time(self, started: float) -> bool:
+        """Whether ``--time-limit`` has passed (agreed by all ranks: their clocks differ slightly)."""
+        limit = self.config.time_limit
+        return limit is not None and self.distributed.any(time.monotonic() - started > 60 * limit)
 
     @contextmanager
     def _deferred_interrupt(self) -> Iterator[None]:
@@ -458,8 +467,10 @@ def _tallies(
         batch_labels = labels[start : start + batch_size]
         with autocast(precision, labels.device):
             scores = class_scores(model(images[start : start + batch_size].float().div_(255)))
-        right = hits(scores, batch_labels)
-        correct[:num_classes] += torch.bincount(batch_labels[right].flatten(), minlength=num_classes)
+        right = hits(scores, batch_labels)  # (b,)
+        # index_add_ rather than bincount(labels[right]): a boolean mask would make the host wait for the GPU.
+        right_per_label = right.view(-1, *[1] * (batch_labels.dim() - 1)).expand_as(batch_labels)
+        correct.index_add_(0, batch_labels.flatten(), right_per_label.flatten().long())
         correct[num_classes] += right.sum()
     model.train(was_training)
     return torch.stack([correct, torch.cat([counts, counts.new_tensor([len(labels)])])])
