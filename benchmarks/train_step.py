@@ -120,7 +120,7 @@ def run_one(args: argparse.Namespace) -> dict:
     seconds = measure(make_steps(batch, precision, device), args.repeats, args.warmup, device)
     result = {
         "precision": precision, "batch_size": batch,
-        "ms": {k: round(v * 1000, 1) for k, v in seconds.items()},
+        "ms": {k: round(v * 1000, 2) for k, v in seconds.items()},
         "images_per_s": {k: round(batch / v, 1) for k, v in seconds.items()},
         "train_over_conv_step": round(seconds["train step"] / seconds["conv step"], 3),
         "inference_over_conv_fwd": round(seconds["inference"] / seconds["conv fwd"], 3),
@@ -151,12 +151,13 @@ HEADER = ("| precision | batch | conv fwd ms | inference ms | conv step ms | tra
 
 
 def table_row(r: dict) -> str:
-    ms, ips = r["ms"], r["images_per_s"]
+    ms = {name: f"{value:.3g}" if value < 100 else f"{value:.0f}" for name, value in r["ms"].items()}  # GPU: ~1 ms
+    ips = r["images_per_s"]
     ratio = f"**{r['train_over_conv_step']:.2f}x**"
     if "train_over_fp32_conv_step" in r:
-        ratio += f" ({r['train_over_fp32_conv_step']:.2f}x the fp32 conv step, {ms['fp32 conv step']:.0f} ms)"
-    return (f"| {r['precision']} | {r['batch_size']} | {ms['conv fwd']:.0f} | {ms['inference']:.0f} | {ms['conv step']:.0f} "
-            f"| {ms['train step']:.0f} | {ips['train step']:.0f} | {ips['inference']:.0f} | {ratio} "
+        ratio += f" ({r['train_over_fp32_conv_step']:.2f}x the fp32 conv step, {ms['fp32 conv step']} ms)"
+    return (f"| {r['precision']} | {r['batch_size']} | {ms['conv fwd']} | {ms['inference']} | {ms['conv step']} "
+            f"| {ms['train step']} | {ips['train step']:.0f} | {ips['inference']:.0f} | {ratio} "
             f"| **{r['inference_over_conv_fwd']:.2f}x** | {r['peak_memory_mib']} |")
 
 
