@@ -250,3 +250,13 @@ def test_time_limit_stops_at_an_epoch_end_and_resume_continues(tmp_path, shared_
 def test_time_limit_must_be_positive(tmp_path, minutes):
     with pytest.raises(ValueError, match="--time-limit must be a positive number of minutes"):
         TrainConfig(output_dir=str(tmp_path), time_limit=minutes)
+
+
+@pytest.mark.parametrize("model", ["capsnet-tiny", "baseline-cnn-tiny"])
+def test_channels_last_applies_to_the_convolutions_only_and_trains(tmp_path, shared_data, model):
+    trainer = Trainer(config(tmp_path, shared_data, model=model, channels_last=True, limit_train=64))
+    trainer.fit()
+    convolutions = [m for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convolutions and all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convolutions)
+    if model == "capsnet-tiny":  # W[i, j] is 4-D too, but no image: it stays as it was
+        assert trainer.model.digits.weight.is_contiguous()

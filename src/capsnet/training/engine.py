@@ -122,7 +122,10 @@ class Trainer:
         self.model = create_model(config.model, **self.model_kwargs).to(self.device)
         torch.manual_seed(config.seed + self.distributed.rank)  # dropout: independent masks on every rank
         if self.channels_last:
-            self.model.to(memory_format=torch.channels_last)
+            # The convolutions only: other 4-D parameters (a CapsNet's W[i, j]) are not images.
+            for module in self.model.modules():
+                if isinstance(module, nn.Conv2d):
+                    module.to(memory_format=torch.channels_last)
         # DDP averages the gradients over the ranks during backward; one process trains the model itself.
         self._ddp_model = (
             DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
