@@ -131,12 +131,13 @@ def summarize(prof, recorder: LayerRecorder, args: argparse.Namespace) -> str:
                  + per_step(events["loss"]), recorder.saved["other"] / 2**20, None))
     rows += [(part, per_step(events[part]), None, None) for part in ("backward", "optimizer step")]
     clock = "GPU" if use_cuda else "CPU"
+    decimals = 3 if use_cuda else 1  # a GPU step takes milliseconds, its parts microseconds
     lines = [f"| part | {clock} ms / step | share | saved for backward (MiB) | output (MiB) |", "|---|---:|---:|---:|---:|"]
     for label, ms, saved, out in rows:
         extra = "| | |" if saved is None else f"| {saved:.1f} | {'' if out is None else f'{out:.1f}'} |"
-        lines.append(f"| {label} | {ms:.1f} | {ms / step_ms:.0%} {extra}")
-    lines.append(f"| **whole step** | **{step_ms:.1f}** | 100% | **{sum(v for n, v in recorder.saved.items() if '.' not in n) / 2**20:.1f}** | |")
-    sort_key = "self_cuda_time_total" if use_cuda else "self_cpu_time_total"
+        lines.append(f"| {label} | {ms:.{decimals}f} | {ms / step_ms:.0%} {extra}")
+    lines.append(f"| **whole step** | **{step_ms:.{decimals}f}** | 100% | **{sum(v for n, v in recorder.saved.items() if '.' not in n) / 2**20:.1f}** | |")
+    sort_key = "self_device_time_total" if use_cuda else "self_cpu_time_total"
     ops = sorted((e for e in prof.key_averages() if not e.key.startswith(("layer:", "forward", "loss", "backward",
                                                                           "optimizer", "ProfilerStep"))),
                  key=lambda e: getattr(e, sort_key), reverse=True)[: args.top]
@@ -145,7 +146,7 @@ def summarize(prof, recorder: LayerRecorder, args: argparse.Namespace) -> str:
     for e in ops:
         self_ms = getattr(e, sort_key) / 1000 / args.steps
         memory = (e.self_device_memory_usage if use_cuda else e.self_cpu_memory_usage) / 2**20 / args.steps
-        lines.append(f"| `{e.key}` | {self_ms:.1f} | {e.count / args.steps:.0f} | {memory:.1f} |")
+        lines.append(f"| `{e.key}` | {self_ms:.{decimals}f} | {e.count / args.steps:.0f} | {memory:.1f} |")
     return "\n".join(lines)
 
 

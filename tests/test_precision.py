@@ -12,10 +12,10 @@ from capsnet.training.precision import (
 CPU = torch.device("cpu")
 
 
-def test_auto_precision_is_float32_on_cpu_and_explicit_choices_are_kept():
-    assert resolve_precision("auto", CPU) == "32"
+def test_auto_precision_is_float32_and_explicit_choices_are_kept():
+    assert resolve_precision("auto") == "32"
     for name in ("32", "bf16", "16-mixed"):
-        assert resolve_precision(name, CPU) == name
+        assert resolve_precision(name) == name
 
 
 def test_channels_last_defaults_to_off_on_cpu():

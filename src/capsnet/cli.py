@@ -86,7 +86,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     test = _test_set(checkpoint, args.data_dir, args.limit_test)
     labels = test.labels.to(device)
     options = dict(batch_size=args.batch_size, num_classes=len(checkpoint["classes"]),
-                   precision=resolve_precision(args.precision, device))
+                   precision=resolve_precision(args.precision))
     result = evaluate(model, test.images.to(device), labels, progress=True, **options)
     print(f"{args.checkpoint}: test error {result['error']:.2%} on {result['examples']} {config['dataset']} test images "
           f"(epoch {checkpoint['progress']['epoch']})")
@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_cmd.add_argument("--device", default=TrainConfig.device, choices=DEVICES)
     evaluate_cmd.add_argument("--batch-size", type=int, default=TrainConfig.eval_batch_size)
     evaluate_cmd.add_argument("--precision", default=TrainConfig.precision, choices=PRECISIONS,
-                              help="autocast precision (auto: bf16 on CUDA, 32 on CPU)")
+                              help="autocast precision (auto: 32; bf16 pays on GPUs from batch 512)")
     evaluate_cmd.add_argument("--limit-test", type=int, default=None, help="only the first N test images")
     evaluate_cmd.set_defaults(func=_evaluate)
 

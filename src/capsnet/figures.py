@@ -234,7 +234,7 @@ def plot_segmentation(model: CapsNet, images: Tensor, labels: Tensor, path: str 
     names = classes or [str(k) for k in range(model.digits.out_caps)]
     pair = lambda ks: "(" + ",".join(names[k] for k in ks) + ")"  # noqa: E731
     plt = _pyplot()
-    figure, axes = plt.subplots(2, len(picked), figsize=(1.1 * len(picked), 2.6), squeeze=False)
+    figure, axes = plt.subplots(2, len(picked), figsize=(1.1 * len(picked), 2.9), squeeze=False)
     for column, index in enumerate(picked.tolist()):
         _show(axes[0, column], images[index], f"L:{pair(labels[index].tolist())}")
         _show(axes[1, column], overlays[column], f"R:{pair(chosen[column].tolist())}")

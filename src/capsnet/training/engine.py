@@ -94,7 +94,7 @@ class Trainer:
         if config.batch_size < self.distributed.world_size:
             raise TrainingError(f"--batch-size {config.batch_size} is the global batch: it must be at least the "
                                 f"{self.distributed.world_size} processes")
-        self.precision = resolve_precision(config.precision, self.device)
+        self.precision = resolve_precision(config.precision)
         self.channels_last = resolve_channels_last(config.channels_last, self.device)
         if self.device.type == "cpu" and config.retain_memory:
             retain_freed_memory()
