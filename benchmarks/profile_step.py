@@ -136,7 +136,8 @@ def summarize(prof, recorder: LayerRecorder, args: argparse.Namespace) -> str:
     for label, ms, saved, out in rows:
         extra = "| | |" if saved is None else f"| {saved:.1f} | {'' if out is None else f'{out:.1f}'} |"
         lines.append(f"| {label} | {ms:.{decimals}f} | {ms / step_ms:.0%} {extra}")
-    lines.append(f"| **whole step** | **{step_ms:.{decimals}f}** | 100% | **{sum(v for n, v in recorder.saved.items() if '.' not in n) / 2**20:.1f}** | |")
+    saved_mib = sum(v for n, v in recorder.saved.items() if "." not in n) / 2**20
+    lines.append(f"| **whole step** | **{step_ms:.{decimals}f}** | 100% | **{saved_mib:.1f}** | |")
     sort_key = "self_device_time_total" if use_cuda else "self_cpu_time_total"
     ops = sorted((e for e in prof.key_averages() if not e.key.startswith(("layer:", "forward", "loss", "backward",
                                                                           "optimizer", "ProfilerStep"))),

@@ -120,7 +120,7 @@ def run_one(args: argparse.Namespace) -> dict:
     seconds = measure(make_steps(batch, precision, device), args.repeats, args.warmup, device)
     result = {
         "precision": precision, "batch_size": batch,
-        "ms": {k: round(v * 1000, 2) for k, v in seconds.items()},
+        "ms": {k: round(v * 1000, 3) for k, v in seconds.items()},
         "images_per_s": {k: round(batch / v, 1) for k, v in seconds.items()},
         "train_over_conv_step": round(seconds["train step"] / seconds["conv step"], 3),
         "inference_over_conv_fwd": round(seconds["inference"] / seconds["conv fwd"], 3),

@@ -125,4 +125,4 @@ def test_capsnet_figures_of_a_multimnist_model_draw_the_segmentation(tmp_path, s
     names = sorted(p.name for p in (run / "figures").iterdir())
     assert names == ["fig4_perturbations.png", "fig5_segmentation.png", "routing_coupling.png"]
     width, height = png_size(run / "figures" / "fig5_segmentation.png")
-    assert height == 290 and width in (330, 440, 550, 660)  # 110 px per example, 3 right and up to 3 wrong
+    assert height == 290 and width % 110 == 0 and 110 <= width <= 660  # 110 px per example, up to 3 right and 3 wrong

@@ -4,7 +4,8 @@ import torch
 
 from capsnet import CapsuleLoss, TrainConfig, Trainer, create_model
 from capsnet.cli import main
-from capsnet.training.objectives import CapsuleObjective, hits
+from capsnet import hits
+from capsnet.training.objectives import CapsuleObjective
 
 
 def test_an_example_is_right_only_when_the_two_longest_capsules_are_its_labels():

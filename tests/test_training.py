@@ -117,6 +117,16 @@ def test_learning_rate_follows_the_official_decay(tmp_path, shared_data):
     assert read_metrics(tmp_path / "run")[0]["lr"] == pytest.approx(1e-3 * 0.96**2)
 
 
+def test_learning_rate_warms_up_linearly_then_decays(tmp_path, shared_data):
+    trainer = Trainer(config(tmp_path, shared_data, epochs=1, lr_warmup_steps=4, lr_decay_steps=4))
+    used = []
+    trainer.optimizer.register_step_pre_hook(lambda opt, args, kwargs: used.append(opt.param_groups[0]["lr"]))
+    trainer.fit()  # 8 steps
+    expected = [1e-3 * 0.96 ** (k / 4) * min(1, (k + 1) / 4) for k in range(8)]
+    assert used == pytest.approx(expected)
+    assert used[0] == pytest.approx(0.25e-3) and used[3] == pytest.approx(1e-3 * 0.96 ** 0.75)
+
+
 def test_training_batches_are_shifted_and_test_images_are_not(tmp_path, shared_data, monkeypatch):
     trainer = Trainer(config(tmp_path, shared_data, epochs=1, limit_train=64))
     seen, seen_targets = [], []
@@ -244,6 +254,14 @@ def test_time_limit_stops_at_an_epoch_end_and_resume_continues(tmp_path, shared_
     assert [m["epoch"] for m in first] == [1]  # the limit had passed when the first epoch ended
     rest = Trainer(config(tmp_path, shared_data, epochs=3, resume=True)).fit()
     assert [m["epoch"] for m in rest] == [2, 3]
+
+
+def test_capsnet_train_says_how_to_continue_a_run_stopped_by_the_time_limit(tmp_path, shared_data, capsys):
+    run = tmp_path / "run"
+    argv = ["train", "--model", "capsnet-tiny", "--data-dir", str(shared_data), "--limit-train", "64", "--limit-test", "50",
+            "--batch-size", "32", "--epochs", "3", "--time-limit", "1e-9", "--no-progress", "--output-dir", str(run)]
+    assert main(argv) == 0
+    assert f"stopped by --time-limit after epoch 1 of 3; continue with --resume --output-dir {run}" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("minutes", [0, -1, float("nan")])

@@ -1,7 +1,7 @@
 """capsnet: capsule networks with routing-by-agreement (Sabour, Frosst & Hinton, NIPS 2017) in PyTorch."""
 
 from . import routing
-from .functional import capsule_lengths, mask_capsules, squash
+from .functional import capsule_lengths, hits, mask_capsules, squash
 from .layers import CapsuleDecoder, PrimaryCapsules, RoutedCapsules
 from .losses import CapsuleLoss, LossTerms, margin_loss, reconstruction_loss
 from .models import BaselineCNN, CapsNet, CapsNetOutput, create_model, is_capsule_model, list_models, register_model
@@ -15,6 +15,7 @@ __all__ = [
     "squash",
     "capsule_lengths",
     "mask_capsules",
+    "hits",
     "routing",
     "Routing",
     "RoutingOutput",

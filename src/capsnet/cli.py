@@ -27,8 +27,8 @@ from .training.engine import Trainer
 from .training.precision import resolve_precision
 
 # The settings of `capsnet reproduce` shared by all rows; the rows set model, routing and reconstruction.
-_REPRODUCE_SETTINGS = ("data_dir", "epochs", "time_limit", "batch_size", "seed", "device", "precision", "compile", "channels_last",
-                       "limit_train", "limit_test", "progress")
+_REPRODUCE_SETTINGS = ("data_dir", "epochs", "time_limit", "batch_size", "seed", "device", "precision", "compile",
+                       "channels_last", "limit_train", "limit_test", "progress")
 
 # OSError: unreadable or unwritable files and full disks are the user's to fix, not a bug to trace back.
 _USER_ERRORS = (ValueError, DataError, CheckpointError, TrainingError, OSError, ImportError)
@@ -76,6 +76,9 @@ def _run_training(config: TrainConfig) -> None:
     else:
         say(f"done: test error {history[-1]['test_error']:.2%} after {trainer.progress.epoch} epochs; "
               f"best {trainer.progress.best_error:.2%}; checkpoints in {trainer.run_dir}")
+        if trainer.progress.epoch < config.epochs:
+            say(f"stopped by --time-limit after epoch {trainer.progress.epoch} of {config.epochs}; continue with "
+                f"--resume --output-dir {trainer.run_dir}")
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -157,7 +160,8 @@ def _figures(args: argparse.Namespace) -> None:
             figures.plot_perturbations(model, example, out / "fig4_perturbations.png"),
         ]
     else:
-        print("this model has no decoder (trained with --no-reconstruction): Figures 3, 4 and 5 need one", file=sys.stderr)
+        print("this model has no decoder (trained with --no-reconstruction): Figures 3, 4 and 5 need one",
+              file=sys.stderr)
     for path in written:
         print(f"wrote {path}")
 
@@ -199,13 +203,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(reproduce, only=_REPRODUCE_SETTINGS)
     reproduce.set_defaults(func=_reproduce)
 
-    figures_cmd = commands.add_parser("figures", help="draw reconstructions (MultiMNIST: segmentation), pose perturbations and routing (PNG)")
+    figures_cmd = commands.add_parser(
+        "figures", help="draw reconstructions (MultiMNIST: segmentation), pose perturbations and routing (PNG)")
     figures_cmd.add_argument("checkpoint", type=Path, help="a last.pt or best.pt of a CapsNet")
     figures_cmd.add_argument("--out", help="folder for the PNG files (default: figures/ beside the checkpoint)")
     figures_cmd.add_argument("--data-dir", help="folder with the dataset (default: the one used in training)")
     figures_cmd.add_argument("--device", default=TrainConfig.device, choices=DEVICES)
     figures_cmd.add_argument("--index", type=int, default=0, help="test image for the perturbation and routing figures")
-    figures_cmd.add_argument("--examples", type=int, default=8, help="right and wrong examples in Figure 3 (or 5), each")
+    figures_cmd.add_argument("--examples", type=int, default=8, help="right and wrong examples in Fig. 3 (or 5), each")
     figures_cmd.add_argument("--limit-test", type=int, default=None, help="look only at the first N test images")
     figures_cmd.set_defaults(func=_figures)
 

@@ -47,14 +47,18 @@ class TrainConfig:
     model: str = _option("capsnet-mnist", "model configuration (capsnet.list_models()); baseline-cnn is the paper's CNN")
     epochs: int = _option(10, "training epochs (the official code's 300k steps are ~640 epochs)")
     time_limit: float | None = _option(
-        None, "stop after the first epoch that ends past this many minutes of this call; --resume continues "
-              "(fits a run into a job's or session's wall-clock limit)"
+        None, "stop after the first epoch that ends past this many minutes of training and testing (start-up not "
+              "counted; it may overrun by an epoch); --resume continues"
     )
     batch_size: int = _option(128, "training batch size (paper: 128)")
     eval_batch_size: int = _option(500, "batch size for evaluation (no effect on results)")
     lr: float = _option(1e-3, "Adam learning rate (paper: 1e-3)")
     lr_decay: float = _option(0.96, "exponential learning-rate decay factor (official code: 0.96 ...)")
     lr_decay_steps: int = _option(2000, "... every this many steps, applied smoothly after each step")
+    lr_warmup_steps: int = _option(
+        0, "raise the learning rate linearly over the first N steps (0: none, as the paper; MultiMNIST's capsules "
+           "saturate in the first steps at full rate: docs/results.md)"
+    )
     routing_iterations: int = _option(ROUTING_ITERATIONS, "dynamic routing iterations (paper: 3)")
     detach_intermediate: bool | None = _option(
         None, "stop gradients through u_hat in all but the last routing iteration (default: the model's, True)"
@@ -75,7 +79,8 @@ class TrainConfig:
     seed: int = _option(0, "random seed: model init, data order and augmentation")
     device: str = _option("auto", "auto (cuda if available), cpu or cuda", choices=DEVICES)
     precision: str = _option(
-        "auto", "autocast precision; auto: 32 (fastest at batch 128 on CPU and on an H200); bf16 pays on GPUs from batch 512", choices=PRECISIONS
+        "auto", "autocast precision; auto: 32 (fastest at batch 128 on CPU and on an H200); bf16 pays on GPUs from "
+                "batch 512", choices=PRECISIONS
     )
     compile: bool = _option(False, "torch.compile the model (falls back to eager with a warning where unsupported)")
     channels_last: bool | None = _option(None, "channels-last memory format for the convolutions (default: on CUDA only)")
@@ -116,7 +121,7 @@ class TrainConfig:
             raise ValueError(f"--lr must be > 0 and --lr-decay in (0, 1], got {self.lr} and {self.lr_decay}")
         if self.canvas is not None and self.canvas < 28:
             raise ValueError(f"--canvas must hold the 28x28 images, got {self.canvas}")
-        for name in ("max_shift", "reconstruction_weight"):
+        for name in ("max_shift", "reconstruction_weight", "lr_warmup_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
 

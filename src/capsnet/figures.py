@@ -14,9 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .functional import capsule_lengths
+from .functional import capsule_lengths, hits
 from .models import CapsNet
-from .training.objectives import hits
 
 __all__ = [
     "PERTURBATIONS", "perturbation_grid", "coupling_maps", "pick_examples", "segmentation", "colour_overlay",
@@ -232,7 +231,10 @@ def plot_segmentation(model: CapsNet, images: Tensor, labels: Tensor, path: str 
     chosen, reconstructions = segmentation(model, images[picked], objects=labels.shape[1])
     overlays = colour_overlay(reconstructions)
     names = classes or [str(k) for k in range(model.digits.out_caps)]
-    pair = lambda ks: "(" + ",".join(names[k] for k in ks) + ")"  # noqa: E731
+
+    def pair(indices: list[int]) -> str:
+        return "(" + ",".join(names[k] for k in indices) + ")"
+
     plt = _pyplot()
     figure, axes = plt.subplots(2, len(picked), figsize=(1.1 * len(picked), 2.9), squeeze=False)
     for column, index in enumerate(picked.tolist()):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["squash", "capsule_lengths", "mask_capsules"]
+__all__ = ["squash", "capsule_lengths", "mask_capsules", "hits"]
 
 # Below this squared norm the 1/|s| of squash is replaced by 1/sqrt(eps): the output there is ~|s|^2 * s,
 # i.e. below 1e-12 in length, so the change is invisible while value and gradient stay finite at s = 0.
@@ -87,3 +87,21 @@ def mask_capsules(poses: Tensor, labels: Tensor | None = None) -> Tensor:
         raise ValueError(f"expected labels of shape (b,) = ({poses.shape[0]},), got {tuple(labels.shape)}")
     keep = torch.nn.functional.one_hot(labels, poses.shape[1]).to(poses.dtype)  # (b, j)
     return (poses * keep.unsqueeze(-1)).flatten(1)  # (b, j * d)
+
+
+def hits(scores: Tensor, targets: Tensor) -> Tensor:
+    """Which examples are right, ``(b,)`` bool: the top class is the label, or, for ``(b, n)`` labels of n
+    objects per image (MultiMNIST), the n top classes are exactly the n labels.
+
+    ``scores`` are per-class scores whose argmax is the prediction (capsule lengths or logits), ``(b, k)``.
+
+    Example:
+        >>> hits(torch.tensor([[0.1, 0.9, 0.3], [0.2, 0.1, 0.9]]), torch.tensor([1, 0]))
+        tensor([ True, False])
+        >>> hits(torch.tensor([[0.1, 0.9, 0.3], [0.2, 0.1, 0.9]]), torch.tensor([[2, 1], [0, 1]]))  # two objects each
+        tensor([ True, False])
+    """
+    if targets.dim() == 1:
+        return scores.argmax(-1) == targets
+    top = scores.topk(targets.shape[1], dim=-1).indices.sort(-1).values
+    return (top == targets.sort(-1).values).all(-1)

@@ -27,14 +27,15 @@ from ..config import TrainConfig
 from ..runtime import retain_freed_memory
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .distributed import init_distributed, shutdown_distributed
-from .objectives import CapsuleObjective, CrossEntropyObjective, class_scores, hits
+from ..functional import hits
+from .objectives import CapsuleObjective, CrossEntropyObjective, class_scores
 from .precision import CompiledOrEager, autocast, grad_scaler, resolve_channels_last, resolve_precision
 
 __all__ = ["Trainer", "TrainingError", "TrainingInterrupted", "train", "evaluate", "resolve_device"]
 
 # Settings a resumed run must share with its checkpoint, or the continuation would not be the same run.
 _RESUME_MUST_MATCH = (
-    "dataset", "model", "batch_size", "lr", "lr_decay", "lr_decay_steps", "routing_iterations",
+    "dataset", "model", "batch_size", "lr", "lr_decay", "lr_decay_steps", "lr_warmup_steps", "routing_iterations",
     "reconstruction", "reconstruction_weight", "halve_margin", "detach_intermediate", "digit_bias",
     "max_shift", "seed", "limit_train", "limit_test", "canvas", "extra_test",
 )
@@ -138,10 +139,7 @@ class Trainer:
             if is_capsule_model(config.model) else CrossEntropyObjective()
         )
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, **_fast_adam(self.device))
-        # Official code: lr * 0.96^(step / 2000), applied after every step.
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: config.lr_decay ** (step / config.lr_decay_steps)
-        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: _lr_factor(step, config))
 
     def settings(self) -> dict[str, Any]:
         """What ``auto`` and ``None`` options became on this machine, and the number of processes."""
@@ -495,6 +493,13 @@ def train(config: TrainConfig | None = None, **overrides: Any) -> list[dict[str,
         return Trainer(TrainConfig.from_dict(values)).fit()
     finally:
         shutdown_distributed()
+
+
+def _lr_factor(step: int, config: TrainConfig) -> float:
+    """The learning rate of ``step`` over ``config.lr``: the official code's ``0.96 ** (step / 2000)``, applied
+    after every step, times ``(step + 1) / N`` during a warm-up of N steps."""
+    warmup = max(config.lr_warmup_steps, 1)
+    return config.lr_decay ** (step / config.lr_decay_steps) * min(1.0, (step + 1) / warmup)
 
 
 def _fast_adam(device: torch.device) -> dict[str, bool]:

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..losses import CapsuleLoss
 
-__all__ = ["Objective", "CapsuleObjective", "CrossEntropyObjective", "class_scores", "hits"]
+__all__ = ["Objective", "CapsuleObjective", "CrossEntropyObjective", "class_scores"]
 
 Model = Callable[..., object]
 
@@ -17,15 +17,6 @@ Model = Callable[..., object]
 def class_scores(output: object) -> Tensor:
     """Per-class scores ``(b, k)`` whose argmax is the prediction: a CapsNet's capsule lengths, or logits."""
     return output.lengths if hasattr(output, "lengths") else output
-
-
-def hits(scores: Tensor, targets: Tensor) -> Tensor:
-    """Which examples are right, ``(b,)`` bool: the top class is the label, or, for ``(b, n)`` labels of n
-    objects per image (MultiMNIST), the n top classes are exactly the n labels."""
-    if targets.dim() == 1:
-        return scores.argmax(-1) == targets
-    top = scores.topk(targets.shape[1], dim=-1).indices.sort(-1).values
-    return (top == targets.sort(-1).values).all(-1)
 
 
 class Objective:
