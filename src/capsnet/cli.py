@@ -15,9 +15,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .config import DEVICES, PRECISIONS, TrainConfig, check_positive_flag
+from .config import DEVICES, EXTRA_TEST_SETS, PRECISIONS, TrainConfig, check_positive_flag
 from .experiments import EXPERIMENTS, results_markdown, run_experiment
 from .data import DATASETS, DataError, download_dataset
+from .data.affnist import download_affnist
 from . import figures
 from .models import CapsNet, create_model
 from .training import CheckpointError, TrainingError, TrainingInterrupted, evaluate, load_checkpoint, resolve_device
@@ -86,7 +87,8 @@ def _evaluate(args: argparse.Namespace) -> None:
     check_positive_flag("--limit-test", args.limit_test)
     checkpoint, model, device = _load_trained(args.checkpoint, args.device)
     config = checkpoint["config"]
-    test = _test_set(checkpoint, args.data_dir, args.limit_test)
+    extra_test = args.extra_test or config.get("extra_test")
+    test = _test_set(checkpoint, args.data_dir, args.limit_test, extra_test)
     labels = test.labels.to(device)
     options = dict(batch_size=args.batch_size, num_classes=len(checkpoint["classes"]),
                    precision=resolve_precision(args.precision))
@@ -94,8 +96,8 @@ def _evaluate(args: argparse.Namespace) -> None:
     print(f"{args.checkpoint}: test error {result['error']:.2%} on {result['examples']} {config['dataset']} test images "
           f"(epoch {checkpoint['progress']['epoch']})")
     if test.extra_images is not None:
-        extra = evaluate(model, test.extra_images.to(device), labels, **options)
-        print(f"  {config['extra_test']}: error {extra['error']:.2%} on {extra['examples']} images")
+        extra = evaluate(model, test.extra_images.to(device), test.extra_labels.to(device), **options)
+        print(f"  {extra_test}: error {extra['error']:.2%} on {extra['examples']} images")
     for name, accuracy in zip(checkpoint["classes"], result["per_class_accuracy"]):
         print(f"  {name:>12}: {accuracy:.2%}")
 
@@ -130,10 +132,13 @@ def _test_split(checkpoint: dict, data_dir: str | None, limit: int | None, devic
     return test.images.to(device), test.labels.to(device)
 
 
-def _test_set(checkpoint: dict, data_dir: str | None, limit: int | None) -> TestSet:
+def _test_set(checkpoint: dict, data_dir: str | None, limit: int | None, extra_test: str | None = None) -> TestSet:
     config = checkpoint["config"]
+    if extra_test is not None and config.get("canvas") != 40:
+        raise ValueError(f"--extra-test {extra_test} has 40x40 images: the checkpoint's model was trained on "
+                         f"{'a ' + str(config.get('canvas')) + 'px canvas' if config.get('canvas') else 'plain images'}")
     return load_test_set(config["dataset"], data_dir or config["data_dir"], canvas=config.get("canvas"), limit=limit,
-                         extra_test=config.get("extra_test"))
+                         extra_test=extra_test)
 
 
 def _figures(args: argparse.Namespace) -> None:
@@ -167,7 +172,10 @@ def _figures(args: argparse.Namespace) -> None:
 
 
 def _download(args: argparse.Namespace) -> None:
-    folder = download_dataset(args.dataset, args.data_dir)
+    if args.dataset == "affnist":
+        folder = download_affnist(args.data_dir).parent
+    else:
+        folder = download_dataset(args.dataset, args.data_dir)
     print(f"{args.dataset} is ready in {folder}")
 
 
@@ -187,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_cmd.add_argument("--precision", default=TrainConfig.precision, choices=PRECISIONS,
                               help="autocast precision (auto: 32; bf16 pays on GPUs from batch 512)")
     evaluate_cmd.add_argument("--limit-test", type=int, default=None, help="only the first N test images")
+    evaluate_cmd.add_argument("--extra-test", choices=EXTRA_TEST_SETS, default=None,
+                              help="also report this 40x40 test set (default: the run's --extra-test)")
     evaluate_cmd.set_defaults(func=_evaluate)
 
     reproduce = commands.add_parser(
@@ -215,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     figures_cmd.set_defaults(func=_figures)
 
     download = commands.add_parser("download", help="fetch a dataset ahead of training (checksums verified)")
-    download.add_argument("dataset", choices=tuple(DATASETS))
+    download.add_argument("dataset", choices=(*DATASETS, "affnist"), help="affnist: the real affNIST test set")
     download.add_argument("--data-dir", help="where to put it (default: $CAPSNET_DATA, else ~/.cache/capsnet)")
     download.set_defaults(func=_download)
     return parser

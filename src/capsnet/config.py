@@ -18,11 +18,11 @@ from .losses import RECONSTRUCTION_WEIGHT
 from .models import is_capsule_model, list_models
 from .routing import ROUTING_ITERATIONS
 
-__all__ = ["TrainConfig", "DEVICES", "PRECISIONS", "check_positive_flag"]
+__all__ = ["TrainConfig", "DEVICES", "PRECISIONS", "EXTRA_TEST_SETS", "check_positive_flag"]
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "32", "bf16", "16-mixed")
-EXTRA_TEST_SETS = ("affnist-synthetic",)
+EXTRA_TEST_SETS = ("affnist-synthetic", "affnist")
 DATASET_CHOICES = (*DATASETS, "multimnist")
 
 
@@ -73,7 +73,8 @@ class TrainConfig:
               "with --max-shift 6)"
     )
     extra_test: str | None = _option(
-        None, "also report the error on this test set after every epoch (affnist-synthetic: needs --canvas 40)",
+        None, "also report the error on this 40x40 test set after every epoch (needs --canvas 40): affnist-synthetic "
+              "(drawn from MNIST's test digits) or affnist (the real set; needs scipy)",
         choices=EXTRA_TEST_SETS,
     )
     seed: int = _option(0, "random seed: model init, data order and augmentation")

@@ -1,9 +1,10 @@
 """Data: MNIST-family datasets, IDX files, verified downloads, batching, the random-shift augmentation, and
-the paper's synthetic sets built from MNIST (MultiMNIST pairs, affNIST-like affine maps).
+the paper's synthetic sets built from MNIST (MultiMNIST pairs, affNIST-like affine maps), the real affNIST test set.
 
 Nothing here depends on the model or training code.
 """
 
+from capsnet.data.affnist import download_affnist, load_affnist_test
 from capsnet.data.datasets import (
     DATASETS,
     MNIST,
@@ -24,8 +25,10 @@ __all__ = [
     "FashionMNIST",
     "MultiDigitBatch",
     "TensorLoader",
+    "download_affnist",
     "download_dataset",
     "get_dataset_class",
+    "load_affnist_test",
     "overlay_pairs",
     "place_on_canvas",
     "random_affine",

@@ -43,14 +43,15 @@ def sha256_file(path: str | Path, chunk_size: int = _CHUNK) -> str:
 
 
 def download_file(
-    urls: Sequence[str], dest: str | Path, sha256: str, *, progress: bool = True, timeout: float = TIMEOUT_S
+    urls: Sequence[str], dest: str | Path, sha256: str | None, *, progress: bool = True, timeout: float = TIMEOUT_S
 ) -> Path:
     """Download ``dest`` from the first of ``urls`` that delivers bytes with the expected SHA-256.
 
     Args:
         urls: full URLs of the same file, tried in order.
         dest: where the file goes; its folder is created if needed.
-        sha256: expected hex digest (case-insensitive).
+        sha256: expected hex digest (case-insensitive); ``None`` for a file whose checksum nobody has pinned
+            yet: then only a complete transfer is checked, and the caller should record the digest.
         progress: show a progress bar (only on a terminal).
         timeout: seconds to wait for a server before giving up on it.
 
@@ -67,7 +68,7 @@ def download_file(
     failures = []
     for url in urls:
         try:
-            _fetch(url, dest, sha256.lower(), progress=progress, timeout=timeout)
+            _fetch(url, dest, sha256 and sha256.lower(), progress=progress, timeout=timeout)
             return dest
         except (_MirrorError, urllib.error.URLError, http.client.HTTPException, OSError) as exc:
             failures.append(f"{url} ({_reason(exc)})")
@@ -79,7 +80,7 @@ def download_file(
     )
 
 
-def _fetch(url: str, dest: Path, sha256: str, *, progress: bool, timeout: float) -> None:
+def _fetch(url: str, dest: Path, sha256: str | None, *, progress: bool, timeout: float) -> None:
     """Stream ``url`` into a temp file beside ``dest``; move it into place only if the checksum matches."""
     tmp = _open_temp(dest)
     try:
@@ -90,7 +91,7 @@ def _fetch(url: str, dest: Path, sha256: str, *, progress: bool, timeout: float)
         # http.client returns b"" instead of raising when a server closes early, so count the bytes ourselves.
         if expected_size is not None and received != expected_size:
             raise _MirrorError(f"connection closed after {received} of {expected_size} bytes")
-        if digest != sha256:
+        if sha256 is not None and digest != sha256:
             raise _MirrorError(f"SHA-256 mismatch: got {digest}, expected {sha256}")
         os.replace(tmp.name, dest)
     finally:

@@ -6,6 +6,7 @@ from typing import NamedTuple
 
 from torch import Tensor
 
+from .affnist import load_affnist_test
 from .datasets import get_dataset_class
 from .synthetic import affnist_synthetic, multimnist_test_set, place_on_canvas
 
@@ -18,7 +19,8 @@ class TestSet(NamedTuple):
     images: Tensor  # uint8 (n, C, H, W), as the model sees them
     labels: Tensor  # (n,), or (n, 2) for MultiMNIST
     classes: list[str]
-    extra_images: Tensor | None  # the --extra-test set (same labels), or None
+    extra_images: Tensor | None  # the --extra-test set, or None
+    extra_labels: Tensor | None  # its labels
 
 
 def base_dataset(name: str) -> str:
@@ -28,13 +30,23 @@ def base_dataset(name: str) -> str:
 
 def load_test_set(dataset: str, data_dir: str | None, *, canvas: int | None = None, limit: int | None = None,
                   extra_test: str | None = None, progress: bool = False) -> TestSet:
-    """The test split as a run with these settings evaluates it: on its canvas, MultiMNIST pairs, extra set."""
+    """The test split as a run with these settings evaluates it: on its canvas, MultiMNIST pairs, extra set.
+
+    ``extra_test``: ``"affnist-synthetic"`` (drawn from the MNIST test digits) or ``"affnist"`` (the real
+    set, read from ``data_dir``); ``limit`` cuts it too.
+    """
     test = get_dataset_class(base_dataset(dataset))(data_dir, train=False, progress=progress)
     images, labels = test.images, test.labels
     # The fixed sets are drawn from the whole split, then cut: --limit-test takes a part of the same set.
-    extra = None if extra_test is None else affnist_synthetic(images, canvas=canvas)[:limit]  # from 28x28 digits
+    extra_images = extra_labels = None
+    if extra_test == "affnist":
+        extra_images, extra_labels = load_affnist_test(data_dir, progress=progress)
+    elif extra_test is not None:
+        extra_images, extra_labels = affnist_synthetic(images, canvas=canvas), labels  # from the 28x28 digits
     if dataset == "multimnist":
         images, labels = multimnist_test_set(images, labels)
     if canvas is not None:
         images = place_on_canvas(images[:limit], canvas, 0)
-    return TestSet(images[:limit], labels[:limit], list(test.classes), extra)
+    if extra_images is not None:
+        extra_images, extra_labels = extra_images[:limit], extra_labels[:limit]
+    return TestSet(images[:limit], labels[:limit], list(test.classes), extra_images, extra_labels)

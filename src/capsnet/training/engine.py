@@ -168,6 +168,7 @@ class Trainer:
             self.train_images = place_on_canvas(self.train_images, config.canvas, 0)
         self.test_images, self.test_labels = test.images.to(self.device), test.labels.to(self.device)
         self.extra_test_images = None if test.extra_images is None else test.extra_images.to(self.device)
+        self.extra_test_labels = None if test.extra_labels is None else test.extra_labels.to(self.device)
         _, channels, height, width = self.test_images.shape
         self.model_kwargs = config.model_kwargs(len(self.classes), channels, (height, width))
 
@@ -335,7 +336,7 @@ class Trainer:
         progress, sums = self.progress, self.progress.sums
         result = self._evaluate_on(self.test_images, self.test_labels, progress=self.config.progress)
         extra = {} if self.extra_test_images is None else {
-            f"{self.config.extra_test}_error": self._evaluate_on(self.extra_test_images, self.test_labels)["error"]
+            f"{self.config.extra_test}_error": self._evaluate_on(self.extra_test_images, self.extra_test_labels)["error"]
         }
         progress.epoch += 1
         metrics = {

@@ -1,0 +1,117 @@
+"""The real affNIST test set (Tieleman 2013), the paper's test of robustness to affine transformations.
+
+affNIST takes the MNIST test digits, puts them on a 40x40 canvas and applies random affine maps: 320,000
+images, each of the 10,000 digits under 32 maps, in one MATLAB file inside ``test.mat.zip``. Reading it
+needs scipy (``pip install "capsnet[affnist]"``). Without the real file, ``affnist-synthetic``
+(:func:`capsnet.data.synthetic.affnist_synthetic`) draws maps from the same ranges.
+
+Its checksum is not pinned yet: capsnet was written where the file could not be fetched. The first
+download therefore records the SHA-256 of what arrived beside the archive (``test.mat.zip.sha256``), prints
+it, and every later load verifies the archive against that record. Please report the digest you see, so
+that it can be pinned here.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from capsnet.data.datasets import _checked_root, resolve_data_root
+from capsnet.data.download import download_file, sha256_file
+from capsnet.data.idx import DataError
+
+__all__ = ["AFFNIST_URLS", "load_affnist_test", "download_affnist", "read_affnist_mat"]
+
+AFFNIST_URLS = ("https://www.cs.toronto.edu/~tijmen/affNIST/32x/transformed/test.mat.zip",)
+ARCHIVE = "test.mat.zip"
+PINNED_SHA256: str | None = None  # see the module docstring
+FOLDER = "affnist"
+SIZE = 40
+
+
+def load_affnist_test(root: str | Path | None = None, *, download: bool = True,
+                      progress: bool = True) -> tuple[Tensor, Tensor]:
+    """The affNIST test set from ``root/affnist`` (or ``root``), downloaded there first if missing and allowed.
+
+    ``root`` is resolved like the MNIST data root (``--data-dir``, ``$CAPSNET_DATA``, the user cache).
+
+    Returns:
+        images ``(320000, 1, 40, 40)`` uint8 and labels ``(320000,)`` int64 (for the published file).
+    """
+    root = _checked_root(root)
+    path = next((folder / name for folder in (root / FOLDER, root) for name in (ARCHIVE, "test.mat")
+                 if (folder / name).is_file()), None)
+    if path is None:
+        if not download:
+            raise DataError(f"affNIST's {ARCHIVE} (or test.mat) not found in {root / FOLDER} or {root}; run "
+                            f"`capsnet download affnist` or point --data-dir at a folder that holds it")
+        path = download_affnist(root, progress=progress)
+    _check_recorded_digest(path)
+    return read_affnist_mat(path)
+
+
+def download_affnist(root: str | Path | None = None, *, progress: bool = True) -> Path:
+    """Fetch ``test.mat.zip`` into ``root/affnist`` unless it is there; record its SHA-256 (see the module doc)."""
+    dest = resolve_data_root(root) / FOLDER / ARCHIVE
+    if dest.is_file():
+        return dest
+    download_file(AFFNIST_URLS, dest, PINNED_SHA256, progress=progress)
+    if PINNED_SHA256 is None:
+        digest = sha256_file(dest)
+        _record_path(dest).write_text(digest + "\n")
+        warnings.warn(f"affNIST's checksum is not pinned in capsnet yet: the SHA-256 of the downloaded {dest} is "
+                      f"{digest}, recorded in {_record_path(dest)} and checked on every later load", stacklevel=2)
+    return dest
+
+
+def read_affnist_mat(path: str | Path) -> tuple[Tensor, Tensor]:
+    """Parse affNIST's MATLAB file (``test.mat``, or the zip that holds it) into images and labels.
+
+    The file holds a struct ``affNISTdata`` whose ``image`` is ``(1600, n)``, one 40x40 image per column
+    stored row by row, and whose ``label_int`` is ``(1, n)``.
+    """
+    path = Path(path)
+    try:
+        from scipy.io import loadmat
+    except ImportError:
+        raise ImportError('reading affNIST needs scipy: pip install "capsnet[affnist]"') from None
+    try:
+        if path.suffix == ".zip":
+            with zipfile.ZipFile(path) as archive:
+                member = next(name for name in archive.namelist() if name.endswith(".mat"))
+                data = loadmat(io.BytesIO(archive.read(member)))
+        else:
+            data = loadmat(path)
+        struct = data["affNISTdata"][0, 0]
+        images, labels = np.asarray(struct["image"]), np.asarray(struct["label_int"]).reshape(-1)
+    except (OSError, ValueError, KeyError, IndexError, StopIteration, zipfile.BadZipFile) as exc:
+        raise DataError(f"{path} is not affNIST's MATLAB file ({type(exc).__name__}: {exc})") from None
+    if images.shape[0] != SIZE * SIZE or images.shape[1] != labels.shape[0] or (labels.size and labels.max() > 9):
+        raise DataError(f"{path}: expected (1600, n) images and n labels in 0..9, got {images.shape} images and "
+                        f"{labels.shape[0]} labels up to {labels.max() if labels.size else None}")
+    pictures = np.ascontiguousarray(images.T.reshape(-1, 1, SIZE, SIZE), dtype=np.uint8)  # (n, 1, 40, 40)
+    return torch.from_numpy(pictures), torch.from_numpy(labels.astype(np.int64))
+
+
+def _record_path(archive: Path) -> Path:
+    return archive.with_name(archive.name + ".sha256")
+
+
+def _check_recorded_digest(path: Path) -> None:
+    """Compare ``path`` with the pinned or recorded SHA-256; without either, say that it is unverified."""
+    record = _record_path(path)
+    expected = PINNED_SHA256 or (record.read_text().strip() if record.is_file() else None)
+    digest = sha256_file(path)
+    if expected is None:
+        warnings.warn(f"{path} is not verified: capsnet has no pinned affNIST checksum yet (its SHA-256 is "
+                      f"{digest})", stacklevel=3)
+    elif digest != expected:
+        raise DataError(f"{path} is corrupt or the wrong file: its SHA-256 is {digest}, expected {expected} "
+                        f"({'pinned in capsnet' if PINNED_SHA256 else f'recorded in {record} at download'}); "
+                        f"remove or replace it")
