@@ -61,8 +61,13 @@ def test_a_file_that_is_not_affnist_is_named_in_the_error(tmp_path):
     wrong = tmp_path / "wrong"
     wrong.mkdir()
     savemat(wrong / "test.mat", {"affNISTdata": {"image": np.zeros((784, 3), np.uint8), "label_int": np.zeros((1, 3))}})
-    with pytest.raises(DataError, match=r"expected \(1600, n\) images"):
+    with pytest.raises(DataError, match=r"expected \(1600, n\) uint8 images"):
         affnist.read_affnist_mat(wrong / "test.mat")
+    for image_dtype, label in ((np.float64, 1), (np.uint8, -1)):  # scaled pixels, impossible labels
+        savemat(wrong / "test.mat", {"affNISTdata": {"image": np.zeros((1600, 2), image_dtype),
+                                                     "label_int": np.full((1, 2), label, np.int16)}})
+        with pytest.raises(DataError, match="labels in 0..9"):
+            affnist.read_affnist_mat(wrong / "test.mat")
 
 
 @pytest.fixture
@@ -102,6 +107,15 @@ def test_download_records_the_checksum_and_later_loads_check_it(served, tmp_path
     archive.write_bytes(data[:100] + bytes([data[100] ^ 0xFF]) + data[101:])
     with pytest.raises(DataError, match=f"{archive} is corrupt or the wrong file.*recorded in"):
         affnist.load_affnist_test(root, progress=False)
+
+
+def test_a_damaged_download_is_removed_and_not_recorded(served, tmp_path, monkeypatch):
+    base, _, _ = served
+    (tmp_path / "www" / "cut.zip").write_bytes((tmp_path / "www" / "test.mat.zip").read_bytes()[:-300])
+    monkeypatch.setattr(affnist, "AFFNIST_URLS", (base + "cut.zip",))  # no Content-Length check can catch this one
+    with pytest.raises(DataError, match="is damaged .* it was removed: download it again"):
+        affnist.download_affnist(tmp_path / "data", progress=False)
+    assert list((tmp_path / "data" / "affnist").iterdir()) == []
 
 
 def test_a_local_copy_is_read_without_network_and_without_writing(tmp_path, monkeypatch):

@@ -278,3 +278,8 @@ def test_channels_last_applies_to_the_convolutions_only_and_trains(tmp_path, sha
     assert convolutions and all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convolutions)
     if model == "capsnet-tiny":  # W[i, j] is 4-D too, but no image: it stays as it was
         assert trainer.model.digits.weight.is_contiguous()
+
+
+def test_the_affine_test_sets_need_mnist(tmp_path):
+    with pytest.raises(ValueError, match="--extra-test affnist holds MNIST digits: it needs --dataset mnist"):
+        TrainConfig(output_dir=str(tmp_path), dataset="fashion-mnist", canvas=40, extra_test="affnist")

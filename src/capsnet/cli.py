@@ -134,9 +134,9 @@ def _test_split(checkpoint: dict, data_dir: str | None, limit: int | None, devic
 
 def _test_set(checkpoint: dict, data_dir: str | None, limit: int | None, extra_test: str | None = None) -> TestSet:
     config = checkpoint["config"]
-    if extra_test is not None and config.get("canvas") != 40:
-        raise ValueError(f"--extra-test {extra_test} has 40x40 images: the checkpoint's model was trained on "
-                         f"{'a ' + str(config.get('canvas')) + 'px canvas' if config.get('canvas') else 'plain images'}")
+    if extra_test is not None and (config.get("canvas") != 40 or config["dataset"] != "mnist"):
+        raise ValueError(f"--extra-test {extra_test} holds MNIST digits on 40x40: the checkpoint's model was trained "
+                         f"on {config['dataset']} with --canvas {config.get('canvas')}")
     return load_test_set(config["dataset"], data_dir or config["data_dir"], canvas=config.get("canvas"), limit=limit,
                          extra_test=extra_test)
 
@@ -224,7 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     figures_cmd.add_argument("--limit-test", type=int, default=None, help="look only at the first N test images")
     figures_cmd.set_defaults(func=_figures)
 
-    download = commands.add_parser("download", help="fetch a dataset ahead of training (checksums verified)")
+    download = commands.add_parser(
+        "download", help="fetch a dataset ahead of training (checksums verified; affnist: recorded at the first download)")
     download.add_argument("dataset", choices=(*DATASETS, "affnist"), help="affnist: the real affNIST test set")
     download.add_argument("--data-dir", help="where to put it (default: $CAPSNET_DATA, else ~/.cache/capsnet)")
     download.set_defaults(func=_download)

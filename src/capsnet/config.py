@@ -104,6 +104,8 @@ class TrainConfig:
             check_choice(self.extra_test, "--extra-test", EXTRA_TEST_SETS)
             if self.canvas != 40:
                 raise ValueError(f"--extra-test {self.extra_test} has 40x40 images: it needs --canvas 40")
+            if self.dataset != "mnist":
+                raise ValueError(f"--extra-test {self.extra_test} holds MNIST digits: it needs --dataset mnist")
         check_choice(self.model, "--model", list_models())
         if self.dataset == "multimnist":
             self._check_multimnist()

@@ -6,8 +6,9 @@ needs scipy (``pip install "capsnet[affnist]"``). Without the real file, ``affni
 (:func:`capsnet.data.synthetic.affnist_synthetic`) draws maps from the same ranges.
 
 Its checksum is not pinned yet: capsnet was written where the file could not be fetched. The first
-download therefore records the SHA-256 of what arrived beside the archive (``test.mat.zip.sha256``), prints
-it, and every later load verifies the archive against that record. Please report the digest you see, so
+download therefore checks that the zip is whole, records the SHA-256 of what arrived beside the archive
+(``test.mat.zip.sha256``), shows it in a warning, and every later load verifies the archive against that
+record. Please report the digest you see, so
 that it can be pinned here.
 """
 
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from capsnet.data.datasets import _checked_root, resolve_data_root
+from capsnet.data.datasets import checked_data_root, resolve_data_root
 from capsnet.data.download import download_file, sha256_file
 from capsnet.data.idx import DataError
 
@@ -44,7 +45,7 @@ def load_affnist_test(root: str | Path | None = None, *, download: bool = True,
     Returns:
         images ``(320000, 1, 40, 40)`` uint8 and labels ``(320000,)`` int64 (for the published file).
     """
-    root = _checked_root(root)
+    root = checked_data_root(root)
     path = next((folder / name for folder in (root / FOLDER, root) for name in (ARCHIVE, "test.mat")
                  if (folder / name).is_file()), None)
     if path is None:
@@ -63,11 +64,24 @@ def download_affnist(root: str | Path | None = None, *, progress: bool = True) -
         return dest
     download_file(AFFNIST_URLS, dest, PINNED_SHA256, progress=progress)
     if PINNED_SHA256 is None:
+        _check_archive_complete(dest)  # nothing else vouches for it: a cut transfer must not become the record
         digest = sha256_file(dest)
         _record_path(dest).write_text(digest + "\n")
         warnings.warn(f"affNIST's checksum is not pinned in capsnet yet: the SHA-256 of the downloaded {dest} is "
                       f"{digest}, recorded in {_record_path(dest)} and checked on every later load", stacklevel=2)
     return dest
+
+
+def _check_archive_complete(archive: Path) -> None:
+    """Delete ``archive`` and raise ``DataError`` unless it is a zip whose members all match their CRCs."""
+    try:
+        with zipfile.ZipFile(archive) as zipped:
+            broken = zipped.testzip()
+    except (OSError, zipfile.BadZipFile) as exc:
+        broken = str(exc)
+    if broken is not None:
+        archive.unlink()
+        raise DataError(f"the downloaded {archive} is damaged ({broken}); it was removed: download it again")
 
 
 def read_affnist_mat(path: str | Path) -> tuple[Tensor, Tensor]:
@@ -90,11 +104,13 @@ def read_affnist_mat(path: str | Path) -> tuple[Tensor, Tensor]:
             data = loadmat(path)
         struct = data["affNISTdata"][0, 0]
         images, labels = np.asarray(struct["image"]), np.asarray(struct["label_int"]).reshape(-1)
-    except (OSError, ValueError, KeyError, IndexError, StopIteration, zipfile.BadZipFile) as exc:
-        raise DataError(f"{path} is not affNIST's MATLAB file ({type(exc).__name__}: {exc})") from None
-    if images.shape[0] != SIZE * SIZE or images.shape[1] != labels.shape[0] or (labels.size and labels.max() > 9):
-        raise DataError(f"{path}: expected (1600, n) images and n labels in 0..9, got {images.shape} images and "
-                        f"{labels.shape[0]} labels up to {labels.max() if labels.size else None}")
+    except (OSError, ValueError, KeyError, IndexError, StopIteration, NotImplementedError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{path} is not affNIST's MATLAB file ({type(exc).__name__}: {exc}); remove it and run "
+                        f"`capsnet download affnist`, or replace it") from None
+    labels_ok = labels.size == 0 or (labels.min() >= 0 and labels.max() <= 9)
+    if images.dtype != np.uint8 or images.shape[0] != SIZE * SIZE or images.shape[1] != labels.shape[0] or not labels_ok:
+        raise DataError(f"{path}: expected (1600, n) uint8 images and n labels in 0..9, got {images.shape} "
+                        f"{images.dtype} images and {labels.shape[0]} labels")
     pictures = np.ascontiguousarray(images.T.reshape(-1, 1, SIZE, SIZE), dtype=np.uint8)  # (n, 1, 40, 40)
     return torch.from_numpy(pictures), torch.from_numpy(labels.astype(np.int64))
 
@@ -104,9 +120,12 @@ def _record_path(archive: Path) -> Path:
 
 
 def _check_recorded_digest(path: Path) -> None:
-    """Compare ``path`` with the pinned or recorded SHA-256; without either, say that it is unverified."""
+    """Compare the archive with the pinned or recorded SHA-256; without either (or for an unzipped ``test.mat``,
+    which no digest covers), say that it is unverified."""
     record = _record_path(path)
     expected = PINNED_SHA256 or (record.read_text().strip() if record.is_file() else None)
+    if path.name != ARCHIVE:
+        expected = None
     digest = sha256_file(path)
     if expected is None:
         warnings.warn(f"{path} is not verified: capsnet has no pinned affNIST checksum yet (its SHA-256 is "

@@ -145,7 +145,7 @@ class MNIST:
         self, root: str | Path | None = None, *, train: bool = True, download: bool = True, progress: bool = True
     ) -> None:
         self.split = "train" if train else "test"
-        self.root = _checked_root(root)
+        self.root = checked_data_root(root)
         self.folder = self._ensure_split(self.root, self.split, download=download, progress=progress)
         self.images, self.labels = self._load(self.folder, self.split)
 
@@ -280,7 +280,7 @@ def download_dataset(name: str, root: str | Path | None = None, *, progress: boo
     return get_dataset_class(name).download(root, progress=progress)
 
 
-def _checked_root(root: str | Path | None) -> Path:
+def checked_data_root(root: str | Path | None) -> Path:
     """Resolve the root; one the user chose (argument or environment variable) must already exist."""
     resolved = resolve_data_root(root)
     from_env = root is None and bool(os.environ.get(ENV_VAR))
