@@ -8,8 +8,7 @@ needs scipy (``pip install "capsnet[affnist]"``). Without the real file, ``affni
 Its checksum is not pinned yet: capsnet was written where the file could not be fetched. The first
 download therefore checks that the zip is whole, records the SHA-256 of what arrived beside the archive
 (``test.mat.zip.sha256``), shows it in a warning, and every later load verifies the archive against that
-record. Please report the digest you see, so
-that it can be pinned here.
+record. Please report the digest you see, so that it can be pinned here.
 """
 
 from __future__ import annotations
@@ -108,7 +107,8 @@ def read_affnist_mat(path: str | Path) -> tuple[Tensor, Tensor]:
         raise DataError(f"{path} is not affNIST's MATLAB file ({type(exc).__name__}: {exc}); remove it and run "
                         f"`capsnet download affnist`, or replace it") from None
     labels_ok = labels.size == 0 or (labels.min() >= 0 and labels.max() <= 9)
-    if images.dtype != np.uint8 or images.shape[0] != SIZE * SIZE or images.shape[1] != labels.shape[0] or not labels_ok:
+    shape_ok = images.ndim == 2 and images.shape[0] == SIZE * SIZE and images.shape[1] == labels.shape[0]
+    if images.dtype != np.uint8 or not shape_ok or not labels_ok:
         raise DataError(f"{path}: expected (1600, n) uint8 images and n labels in 0..9, got {images.shape} "
                         f"{images.dtype} images and {labels.shape[0]} labels")
     pictures = np.ascontiguousarray(images.T.reshape(-1, 1, SIZE, SIZE), dtype=np.uint8)  # (n, 1, 40, 40)

@@ -24,10 +24,10 @@ from ..data.testsets import base_dataset, load_test_set
 from ..losses import CapsuleLoss
 from ..models import create_model, is_capsule_model
 from ..config import TrainConfig
+from ..functional import hits
 from ..runtime import retain_freed_memory
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .distributed import init_distributed, shutdown_distributed
-from ..functional import hits
 from .objectives import CapsuleObjective, CrossEntropyObjective, class_scores
 from .precision import CompiledOrEager, autocast, grad_scaler, resolve_channels_last, resolve_precision
 
