@@ -262,6 +262,9 @@ def test_capsnet_train_says_how_to_continue_a_run_stopped_by_the_time_limit(tmp_
             "--batch-size", "32", "--epochs", "3", "--time-limit", "1e-9", "--no-progress", "--output-dir", str(run)]
     assert main(argv) == 0
     assert f"stopped by --time-limit after epoch 1 of 3; continue with --resume --output-dir {run}" in capsys.readouterr().out
+    # the affine test sets need a model trained on the 40x40 canvas
+    assert main(["evaluate", str(run / "last.pt"), "--limit-test", "20", "--extra-test", "affnist-synthetic"]) == 2
+    assert "--extra-test affnist-synthetic has 40x40 images: it needs --canvas 40" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("minutes", [0, -1, float("nan")])

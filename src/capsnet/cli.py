@@ -23,7 +23,7 @@ from . import figures
 from .models import CapsNet, create_model
 from .training import CheckpointError, TrainingError, TrainingInterrupted, evaluate, load_checkpoint, resolve_device
 from .training.distributed import shutdown_distributed
-from .data.testsets import TestSet, load_test_set
+from .data.testsets import TestSet, check_extra_test, load_test_set
 from .training.engine import Trainer
 from .training.precision import resolve_precision
 
@@ -134,9 +134,7 @@ def _test_split(checkpoint: dict, data_dir: str | None, limit: int | None, devic
 
 def _test_set(checkpoint: dict, data_dir: str | None, limit: int | None, extra_test: str | None = None) -> TestSet:
     config = checkpoint["config"]
-    if extra_test is not None and (config.get("canvas") != 40 or config["dataset"] != "mnist"):
-        raise ValueError(f"--extra-test {extra_test} holds MNIST digits on 40x40: the checkpoint's model was trained "
-                         f"on {config['dataset']} with --canvas {config.get('canvas')}")
+    check_extra_test(extra_test, config["dataset"], config.get("canvas"))  # what the checkpoint was trained with
     return load_test_set(config["dataset"], data_dir or config["data_dir"], canvas=config.get("canvas"), limit=limit,
                          extra_test=extra_test)
 

@@ -14,6 +14,7 @@ from typing import Any
 from ._checks import check_choice
 from .data import DATASETS
 from .data.synthetic import MULTIMNIST_SHIFT
+from .data.testsets import EXTRA_TEST_SETS, check_extra_test
 from .losses import RECONSTRUCTION_WEIGHT
 from .models import is_capsule_model, list_models
 from .routing import ROUTING_ITERATIONS
@@ -22,7 +23,6 @@ __all__ = ["TrainConfig", "DEVICES", "PRECISIONS", "EXTRA_TEST_SETS", "check_pos
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "32", "bf16", "16-mixed")
-EXTRA_TEST_SETS = ("affnist-synthetic", "affnist")
 DATASET_CHOICES = (*DATASETS, "multimnist")
 
 
@@ -100,12 +100,7 @@ class TrainConfig:
         check_choice(self.dataset, "--dataset", DATASET_CHOICES)
         check_choice(self.device, "--device", DEVICES)
         check_choice(self.precision, "--precision", PRECISIONS)
-        if self.extra_test is not None:
-            check_choice(self.extra_test, "--extra-test", EXTRA_TEST_SETS)
-            if self.canvas != 40:
-                raise ValueError(f"--extra-test {self.extra_test} has 40x40 images: it needs --canvas 40")
-            if self.dataset != "mnist":
-                raise ValueError(f"--extra-test {self.extra_test} holds MNIST digits: it needs --dataset mnist")
+        check_extra_test(self.extra_test, self.dataset, self.canvas)
         check_choice(self.model, "--model", list_models())
         if self.dataset == "multimnist":
             self._check_multimnist()

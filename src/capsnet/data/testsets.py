@@ -6,11 +6,14 @@ from typing import NamedTuple
 
 from torch import Tensor
 
+from .._checks import check_choice
 from .affnist import load_affnist_test
 from .datasets import get_dataset_class
 from .synthetic import affnist_synthetic, multimnist_test_set, place_on_canvas
 
-__all__ = ["TestSet", "base_dataset", "load_test_set"]
+__all__ = ["TestSet", "EXTRA_TEST_SETS", "base_dataset", "check_extra_test", "load_test_set"]
+
+EXTRA_TEST_SETS = ("affnist-synthetic", "affnist")  # MNIST test digits under affine maps, 40x40
 
 
 class TestSet(NamedTuple):
@@ -26,6 +29,18 @@ class TestSet(NamedTuple):
 def base_dataset(name: str) -> str:
     """The file dataset a training dataset is made from: MultiMNIST is built from MNIST."""
     return "mnist" if name == "multimnist" else name
+
+
+def check_extra_test(name: str | None, dataset: str, canvas: int | None) -> None:
+    """Raise ``ValueError`` unless the extra test set ``name`` (or ``None``) fits a run on ``dataset`` with
+    ``canvas``: both sets hold MNIST digits on 40x40."""
+    if name is None:
+        return
+    check_choice(name, "--extra-test", EXTRA_TEST_SETS)
+    if canvas != 40:
+        raise ValueError(f"--extra-test {name} has 40x40 images: it needs --canvas 40")
+    if dataset != "mnist":
+        raise ValueError(f"--extra-test {name} holds MNIST digits: it needs --dataset mnist")
 
 
 def load_test_set(dataset: str, data_dir: str | None, *, canvas: int | None = None, limit: int | None = None,
