@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .transforms import _randint_on, random_shift, shift_images
+from .transforms import draw_on, random_shift, shift_images
 
 __all__ = [
     "MultiDigitBatch", "overlay_pairs", "place_on_canvas", "multimnist_test_set", "MULTIMNIST_CANVAS",
@@ -82,8 +82,9 @@ def overlay_pairs(
     by_class = labels.argsort(stable=True)  # the indices of class 0, then of class 1, ...
     counts = torch.zeros(num_classes, dtype=torch.long, device=labels.device).scatter_add_(0, labels, torch.ones_like(labels))
     starts = counts.cumsum(0) - counts
-    other = (labels[first] + _randint_on(generator, labels.device, 1, num_classes, first.shape)) % num_classes
-    within = (_rand_on(generator, labels.device, first.shape) * counts[other]).long()
+    step = draw_on(torch.randint, generator, labels.device, 1, num_classes, first.shape)  # never 0: another class
+    other = (labels[first] + step) % num_classes
+    within = (draw_on(torch.rand, generator, labels.device, first.shape) * counts[other]).long()
     partner = by_class[starts[other] + within]
     both = torch.stack([images[first], images[partner]], dim=1)  # (b, 2, C, 28, 28)
     placed = place_on_canvas(both.flatten(0, 1), canvas, max_shift, generator).float().div_(255)
@@ -99,11 +100,6 @@ def multimnist_test_set(images: Tensor, labels: Tensor, *, seed: int = MULTIMNIS
     batch = overlay_pairs(images, labels, torch.arange(len(labels), device=labels.device),
                           torch.Generator(device=images.device).manual_seed(seed))
     return batch.images.mul(255).round_().to(torch.uint8), batch.labels
-
-
-def _rand_on(generator: torch.Generator | None, device: torch.device, shape: tuple[int, ...]) -> Tensor:
-    source = generator.device if generator is not None else device
-    return torch.rand(shape, generator=generator, device=source).to(device)
 
 
 # affNIST (Tieleman 2013): every test digit under a random affine map within these ranges.

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -45,15 +47,16 @@ def random_shift(images: torch.Tensor, max_shift: int = 2, generator: torch.Gene
     if m == 0:
         return images.clone()
     device = images.device
-    offsets = _randint_on(generator, device, -m, m + 1, (2, images.shape[0]))
+    offsets = draw_on(torch.randint, generator, device, -m, m + 1, (2, images.shape[0]))
     return shift_images(images, offsets[0], offsets[1], m)
 
 
-def _randint_on(generator: torch.Generator | None, device: torch.device, low: int, high: int,
-                shape: tuple[int, ...]) -> torch.Tensor:
-    """``torch.randint(low, high, shape)`` from ``generator`` (on its own device), delivered on ``device``."""
+def draw_on(sample: Callable[..., torch.Tensor], generator: torch.Generator | None, device: torch.device,
+            *args: Any) -> torch.Tensor:
+    """``sample(*args)`` (``torch.rand``, ``torch.randint``, ...) drawn from ``generator`` on its own device, so
+    a seed gives the same numbers wherever the batch lives, and delivered on ``device``."""
     source = generator.device if generator is not None else device
-    return torch.randint(low, high, shape, generator=generator, device=source).to(device)
+    return sample(*args, generator=generator, device=source).to(device)
 
 
 def shift_images(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, max_shift: int) -> torch.Tensor:
