@@ -97,8 +97,9 @@ def segmentation(model: CapsNet, images: Tensor, objects: int = 2) -> tuple[Tens
         ``images``: ``(b, C, H, W)`` -> classes ``(b, objects)``, reconstructions ``(b, objects, C, H, W)``.
     """
     _require_decoder(model)
-    chosen = model(images).lengths.topk(objects, dim=-1).indices  # (b, objects)
-    decoded = model(images, chosen).reconstructions  # (b, objects, C * H * W)
+    output = model(images)
+    chosen = output.lengths.topk(objects, dim=-1).indices  # (b, objects)
+    decoded = model.reconstruct(output.poses, chosen)  # (b, objects, C * H * W)
     return chosen, decoded.view(*chosen.shape, model.in_channels, *model.image_size)
 
 

@@ -118,9 +118,15 @@ class CapsNet(nn.Module):
         features = F.relu(self.conv1(images))  # (b, conv_channels, H - 8, W - 8)
         primary = self.primary(features)  # (b, i, primary_dim)
         poses, coupling = self.digits(primary)  # (b, j, out_dim), (b, i, j)
-        return CapsNetOutput(capsule_lengths(poses), poses, self._reconstruct(poses, targets), coupling)
+        return CapsNetOutput(capsule_lengths(poses), poses, self.reconstruct(poses, targets), coupling)
 
-    def _reconstruct(self, poses: Tensor, targets: Tensor | None) -> Tensor | None:
+    def reconstruct(self, poses: Tensor, targets: Tensor | None = None) -> Tensor | None:
+        """Decode ``poses`` from the ``targets`` capsule(s), else the longest one; ``None`` without a decoder.
+
+        Shape:
+            ``poses``: ``(b, j, out_dim)``; ``targets``: ``(b,)``, ``(b, n)`` or ``None`` -> ``(b, C * H * W)``,
+            or ``(b, n, C * H * W)`` for ``(b, n)`` targets.
+        """
         if self.decoder is None:
             return None
         if targets is None or targets.dim() == 1:
