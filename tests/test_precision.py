@@ -6,7 +6,7 @@ import torch
 import capsnet
 from capsnet import TrainConfig, Trainer, reconstruction_loss
 from capsnet.training.precision import (
-    CompiledOrEager, autocast, grad_scaler, resolve_channels_last, resolve_precision,
+    CompiledOrEager, autocast, compile_mode, grad_scaler, resolve_channels_last, resolve_precision,
 )
 
 CPU = torch.device("cpu")
@@ -62,7 +62,7 @@ def test_compile_failure_falls_back_to_eager_with_a_warning(monkeypatch):
     def broken_compiled(x):
         raise RuntimeError("no C++ compiler found\ndetails")
 
-    monkeypatch.setattr(torch, "compile", lambda m: broken_compiled)
+    monkeypatch.setattr(torch, "compile", lambda function, **options: broken_compiled)
     runner = CompiledOrEager(module)
     x = torch.randn(4, 3)
     with pytest.warns(UserWarning, match="torch.compile is not available here \\(no C\\+\\+ compiler found\\)"):
@@ -72,13 +72,34 @@ def test_compile_failure_falls_back_to_eager_with_a_warning(monkeypatch):
 
 
 def test_compile_that_cannot_even_start_falls_back(monkeypatch):
-    def refuse(m):
+    def refuse(function, **options):
         raise RuntimeError("Dynamo is not supported on this Python")
 
     monkeypatch.setattr(torch, "compile", refuse)
     with pytest.warns(UserWarning, match="Dynamo is not supported"):
         runner = CompiledOrEager(torch.nn.Identity())
     assert runner(torch.ones(1)).item() == 1
+
+
+def test_compile_mode_uses_cuda_graphs_on_a_single_gpu_only():
+    assert compile_mode(torch.device("cuda", 0), distributed=False) == "reduce-overhead"
+    assert compile_mode(torch.device("cuda", 0), distributed=True) == "default"
+    assert compile_mode(CPU, distributed=False) == "default"
+
+
+@pytest.mark.filterwarnings("error::UserWarning")  # a fallback to eager would warn: it must not happen here
+def test_compiled_training_computes_the_eager_losses(tmp_path, shared_data):
+    """The model and its losses compiled together (CPU: C++ kernels) give the eager run's losses: the first
+    step's exactly up to float rounding, as it starts from the same weights on the same batch."""
+    def first_epoch(compile):
+        config = TrainConfig(model="capsnet-tiny", limit_train=32, limit_test=64, batch_size=32, epochs=1,
+                             progress=False, data_dir=str(shared_data), output_dir=str(tmp_path / str(compile)),
+                             compile=compile)
+        return Trainer(config).fit()[0]
+
+    eager, compiled = first_epoch(False), first_epoch(True)
+    for key in ("train_loss", "train_margin_loss", "train_reconstruction_loss", "train_accuracy"):
+        assert compiled[key] == pytest.approx(eager[key], rel=1e-5), key
 
 
 def _predictions(tmp_path, shared_data, precision):

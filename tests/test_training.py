@@ -21,7 +21,7 @@ def config(tmp_path, shared_data, name="run", **overrides) -> TrainConfig:
 
 
 def strip_times(history):
-    return [{k: v for k, v in m.items() if k not in ("epoch_seconds", "train_images_per_second")} for m in history]
+    return [{k: v for k, v in m.items() if k not in ("epoch_seconds", "test_seconds", "train_images_per_second")} for m in history]
 
 
 def read_metrics(run_dir):

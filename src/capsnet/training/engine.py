@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -29,7 +30,9 @@ from ..runtime import retain_freed_memory
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .distributed import init_distributed, shutdown_distributed
 from .objectives import CapsuleObjective, CrossEntropyObjective, class_scores
-from .precision import CompiledOrEager, autocast, grad_scaler, resolve_channels_last, resolve_precision
+from .precision import (
+    CompiledOrEager, autocast, compile_mode, grad_scaler, resolve_channels_last, resolve_precision,
+)
 
 __all__ = ["Trainer", "TrainingError", "TrainingInterrupted", "train", "evaluate", "resolve_device"]
 
@@ -132,12 +135,15 @@ class Trainer:
             DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
             if self.distributed.enabled else self.model
         )
-        self._forward = CompiledOrEager(self._ddp_model) if config.compile else self._ddp_model
         self.scaler = grad_scaler(self.precision, self.device)
         self.objective = (
             CapsuleObjective(CapsuleLoss(config.reconstruction_weight, halve_margin=config.halve_margin))
             if is_capsule_model(config.model) else CrossEntropyObjective()
         )
+        # Compiled together, the model and its losses become one graph (and, on a GPU, one CUDA graph replay).
+        losses = functools.partial(self.objective, self._ddp_model)
+        mode = compile_mode(self.device, distributed=self.distributed.enabled)
+        self._losses = CompiledOrEager(losses, mode=mode) if config.compile else losses
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, **_fast_adam(self.device))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: _lr_factor(step, config))
 
@@ -273,8 +279,8 @@ class Trainer:
                                     acc=f"{totals['correct'] / totals['seen']:.2%}")
         finally:
             bar.close()
-            progress.seconds += time.perf_counter() - start
-        progress.sums = self._total_sums(sums)
+        progress.sums = self._total_sums(sums)  # waits for the device: the time includes the work still queued
+        progress.seconds += time.perf_counter() - start
         self._check_finite(progress.sums["loss"])
 
     def _total_sums(self, sums: dict[str, Tensor]) -> dict[str, float]:
@@ -305,8 +311,10 @@ class Trainer:
         inputs, labels, originals = map(self.distributed.shard, self._make_batch(indices, labels))
         if self.channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
+        if self.config.compile:
+            torch.compiler.cudagraph_mark_step_begin()  # CUDA graphs may reuse the last step's output memory now
         with autocast(self.precision, self.device):
-            terms, scores = self.objective(self._forward, inputs, labels, originals)
+            terms, scores = self._losses(inputs, labels, originals)
         loss = terms["loss"]
         # DDP averages gradients over ranks with equal weights; shards may differ in size by one example.
         share = labels.shape[0] * self.distributed.world_size / indices.shape[0]
@@ -334,10 +342,12 @@ class Trainer:
 
     def _finish_epoch(self) -> dict[str, Any]:
         progress, sums = self.progress, self.progress.sums
+        start = time.perf_counter()
         result = self._evaluate_on(self.test_images, self.test_labels, progress=self.config.progress)
         extra = {} if self.extra_test_images is None else {
             f"{self.config.extra_test}_error": self._evaluate_on(self.extra_test_images, self.extra_test_labels)["error"]
         }
+        test_seconds = time.perf_counter() - start
         progress.epoch += 1
         metrics = {
             "epoch": progress.epoch,
@@ -350,6 +360,7 @@ class Trainer:
             "test_examples": result["examples"],
             **extra,
             "epoch_seconds": round(progress.seconds, 2),
+            "test_seconds": round(test_seconds, 2),
             "train_images_per_second": round(sums["seen"] / progress.seconds, 1),
         }
         if not all(torch.isfinite(p).all() for p in self.model.parameters()):  # the last update may be the bad one
@@ -370,7 +381,7 @@ class Trainer:
             f"train acc {metrics['train_accuracy']:.2%}, test error {metrics['test_error']:.2%} "
             f"({metrics['test_examples']} images), "
             + "".join(f"{key.removesuffix('_error')} error {value:.2%}, " for key, value in extra.items())
-            + f"{metrics['epoch_seconds']:.1f} s, "
+            + f"{metrics['epoch_seconds']:.1f} s (+{metrics['test_seconds']:.1f} s testing), "
             f"{metrics['train_images_per_second']:.0f} img/s"
         )
         return metrics
