@@ -3,6 +3,7 @@ import torch
 
 import capsnet
 from capsnet import CapsuleDecoder, PrimaryCapsules, RoutedCapsules
+from capsnet.layers.capsule import WEIGHT_INIT_STD
 
 
 def test_primary_capsules_shape_and_channel_grouping():
@@ -82,3 +83,12 @@ def test_decoder_ignores_masked_capsules():
     torch.testing.assert_close(decoder(changed, labels), decoder(poses, labels))
     changed[0, 1] += 1.0  # the target of example 0
     assert not torch.allclose(decoder(changed, labels)[0], decoder(poses, labels)[0])
+
+
+def test_routed_capsules_draw_their_matrices_with_the_given_std():
+    torch.manual_seed(0)
+    default = RoutedCapsules(in_caps=1152, in_dim=8, out_caps=10, out_dim=16)
+    wide = RoutedCapsules(in_caps=1152, in_dim=8, out_caps=10, out_dim=16, weight_std=0.5)
+    assert default.weight.mean().abs() < 1e-3
+    assert default.weight.std().item() == pytest.approx(WEIGHT_INIT_STD, rel=0.01)
+    assert wide.weight.std().item() == pytest.approx(0.5, rel=0.01)
