@@ -18,10 +18,13 @@ def command_line(args: argparse.Namespace) -> str:
     """The command that reproduces this run, rebuilt from the parsed flags."""
     flags = []
     for key, value in vars(args).items():
-        if key in SKIPPED or value is None or value is False:
+        if key in SKIPPED or value is None:
             continue
-        flag = "--" + key.replace("_", "-")
-        flags.append(flag if value is True else f"{flag} {' '.join(map(str, value)) if isinstance(value, list) else value}")
+        name = key.replace("_", "-")
+        if isinstance(value, bool):  # the benchmarks' boolean flags are BooleanOptionalActions
+            flags.append(f"--{name}" if value else f"--no-{name}")
+        else:
+            flags.append(f"--{name} {' '.join(map(str, value)) if isinstance(value, list) else value}")
     return " ".join(["python", f"benchmarks/{Path(sys.argv[0]).name}", *flags])
 
 

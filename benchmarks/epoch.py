@@ -6,7 +6,7 @@ seconds, their sum, and images/s; then the first epoch's sum (with --compile it 
 wall-clock time from start-up to the last saved checkpoint, peak memory and the test error.
 
 Usage:
-    python benchmarks/epoch.py --data-dir ../shared/data [--device cpu|cuda] [--precision auto] [--compile]
+    python benchmarks/epoch.py --data-dir ../shared/data [--device cpu|cuda] [--precision auto] [--[no-]compile]
                                [--epochs 1] [--batch-size 128] [--output-dir /tmp/capsnet-epoch]
                                [--append docs/benchmarks.md]
 """
@@ -31,7 +31,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--precision", default="auto")
-    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="torch.compile the step (default: the training app's, on a single CUDA GPU only)")
     parser.add_argument("--epochs", type=int, default=1, help="epochs to train; the last one is reported")
     parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     parser.add_argument("--output-dir", default=None, help="run folder (default: a new temporary folder)")
@@ -54,7 +55,7 @@ def main() -> None:
     else:
         memory = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB peak RSS"
     settings, first, last = trainer.settings(), history[0], history[-1]
-    row = (f"| {settings['device']} | {settings['precision']} | {args.compile} | {args.batch_size} | {last['epoch']} "
+    row = (f"| {settings['device']} | {settings['precision']} | {settings['compile']} | {args.batch_size} | {last['epoch']} "
            f"| {last['epoch_seconds']:.2f} | {last['test_seconds']:.2f} | "
            f"**{last['epoch_seconds'] + last['test_seconds']:.2f}** | {last['train_images_per_second']:.0f} "
            f"| {first['epoch_seconds'] + first['test_seconds']:.1f} | {wall:.1f} | {memory} | {last['test_error']:.2%} |")
@@ -63,7 +64,7 @@ def main() -> None:
               "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
     print(header + "\n" + row)
     if args.append:
-        append_section(args, f"compile {args.compile}, {args.epochs} epoch(s) of the paper's model "
+        append_section(args, f"compile {settings['compile']}, {args.epochs} epoch(s) of the paper's model "
                              f"({last['step'] // last['epoch']} steps each) plus the test pass over "
                              f"{last['test_examples']:,} images, seed 0; the last epoch is reported.", f"{header}\n{row}")
 

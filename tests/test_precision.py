@@ -81,10 +81,15 @@ def test_compile_that_cannot_even_start_falls_back(monkeypatch):
     assert runner(torch.ones(1)).item() == 1
 
 
-def test_compile_mode_uses_cuda_graphs_on_a_single_gpu_only():
-    assert compile_mode(torch.device("cuda", 0), distributed=False) == "reduce-overhead"
-    assert compile_mode(torch.device("cuda", 0), distributed=True) == "default"
-    assert compile_mode(CPU, distributed=False) == "default"
+def test_compile_mode_uses_cuda_graphs_on_a_single_gpu_and_compiles_there_by_default():
+    gpu = torch.device("cuda", 0)
+    for choice in (None, True):
+        assert compile_mode(choice, gpu, distributed=False) == "reduce-overhead"
+    assert compile_mode(True, gpu, distributed=True) == "default"
+    assert compile_mode(True, CPU, distributed=False) == "default"
+    assert compile_mode(None, gpu, distributed=True) is None
+    assert compile_mode(None, CPU, distributed=False) is None
+    assert compile_mode(False, gpu, distributed=False) is None
 
 
 @pytest.mark.filterwarnings("error::UserWarning")  # a fallback to eager would warn: it must not happen here

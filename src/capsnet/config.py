@@ -83,7 +83,10 @@ class TrainConfig:
         "auto", "autocast precision; auto: 32 (fastest at batch 128 on CPU and on an H200); bf16 pays on GPUs from "
                 "batch 512", choices=PRECISIONS
     )
-    compile: bool = _option(False, "torch.compile the model (falls back to eager with a warning where unsupported)")
+    compile: bool | None = _option(
+        None, "torch.compile the model and its losses (default: on a single CUDA GPU, with CUDA graphs; off on "
+              "CPU and under DDP); falls back to eager with a warning where unsupported"
+    )
     channels_last: bool | None = _option(None, "channels-last memory format for the convolutions (default: on CUDA only)")
     output_dir: str | None = _option(
         None, "run folder for config.json, metrics.jsonl, last.pt, best.pt (default: runs/MODEL-DATASET-TIMESTAMP)"

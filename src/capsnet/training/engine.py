@@ -142,8 +142,8 @@ class Trainer:
         )
         # Compiled together, the model and its losses become one graph (and, on a GPU, one CUDA graph replay).
         losses = functools.partial(self.objective, self._ddp_model)
-        mode = compile_mode(self.device, distributed=self.distributed.enabled)
-        self._losses = CompiledOrEager(losses, mode=mode) if config.compile else losses
+        self.compile_mode = compile_mode(config.compile, self.device, distributed=self.distributed.enabled)
+        self._losses = losses if self.compile_mode is None else CompiledOrEager(losses, mode=self.compile_mode)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, **_fast_adam(self.device))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: _lr_factor(step, config))
 
@@ -151,7 +151,7 @@ class Trainer:
         """What ``auto`` and ``None`` options became on this machine, and the number of processes."""
         return {
             "device": str(self.device), "precision": self.precision, "channels_last": self.channels_last,
-            "compile": self.config.compile, "world_size": self.distributed.world_size,
+            "compile": self.compile_mode or "off", "world_size": self.distributed.world_size,
         }
 
     def _load_data(self) -> None:
@@ -311,7 +311,7 @@ class Trainer:
         inputs, labels, originals = map(self.distributed.shard, self._make_batch(indices, labels))
         if self.channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
-        if self.config.compile:
+        if self.compile_mode == "reduce-overhead":
             torch.compiler.cudagraph_mark_step_begin()  # CUDA graphs may reuse the last step's output memory now
         with autocast(self.precision, self.device):
             terms, scores = self._losses(inputs, labels, originals)
