@@ -3,7 +3,7 @@ import torch
 
 import capsnet
 from capsnet import CapsuleDecoder, PrimaryCapsules, RoutedCapsules
-from capsnet.layers.capsule import WEIGHT_INIT_STD
+from capsnet.layers import WEIGHT_INIT_STD
 
 
 def test_primary_capsules_shape_and_channel_grouping():
@@ -92,3 +92,5 @@ def test_routed_capsules_draw_their_matrices_with_the_given_std():
     assert default.weight.mean().abs() < 1e-3
     assert default.weight.std().item() == pytest.approx(WEIGHT_INIT_STD, rel=0.01)
     assert wide.weight.std().item() == pytest.approx(0.5, rel=0.01)
+    with pytest.raises(ValueError, match="weight_std must be positive, got 0"):
+        RoutedCapsules(in_caps=2, in_dim=8, out_caps=10, out_dim=16, weight_std=0)

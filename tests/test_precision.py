@@ -71,6 +71,32 @@ def test_compile_failure_falls_back_to_eager_with_a_warning(monkeypatch):
     torch.testing.assert_close(runner(x), module(x))  # eager from now on, no second warning
 
 
+def test_after_a_first_success_only_compiler_errors_fall_back(monkeypatch):
+    class RecompileFailed(RuntimeError):
+        pass
+
+    RecompileFailed.__module__ = "torch._inductor.exc"  # what Inductor raises when a new shape fails to compile
+    errors = iter([None, RecompileFailed("CppCompileError: new shape"), None, ValueError("bad input")])
+
+    def compiled(x):
+        error = next(errors)
+        if error is not None:
+            raise error
+        return x * 2
+
+    monkeypatch.setattr(torch, "compile", lambda function, **options: compiled)
+    runner = CompiledOrEager(lambda x: x * 2)
+    assert runner(torch.ones(1)).item() == 2
+    with pytest.warns(UserWarning, match="CppCompileError: new shape"):
+        assert runner(torch.ones(2)).sum().item() == 4  # eager from now on
+    assert runner.compiled is None
+
+    runner = CompiledOrEager(lambda x: x * 2)
+    assert runner(torch.ones(1)).item() == 2
+    with pytest.raises(ValueError, match="bad input"):  # an error of the run itself is not hidden
+        runner(torch.ones(1))
+
+
 def test_compile_that_cannot_even_start_falls_back(monkeypatch):
     def refuse(function, **options):
         raise RuntimeError("Dynamo is not supported on this Python")
@@ -94,10 +120,10 @@ def test_compile_mode_uses_cuda_graphs_on_a_single_gpu_and_compiles_there_by_def
 
 @pytest.mark.filterwarnings("error::UserWarning")  # a fallback to eager would warn: it must not happen here
 def test_compiled_training_computes_the_eager_losses(tmp_path, shared_data):
-    """The model and its losses compiled together (CPU: C++ kernels) give the eager run's losses: the first
-    step's exactly up to float rounding, as it starts from the same weights on the same batch."""
+    """The model and its losses compiled together (CPU: C++ kernels) give the eager run's losses over three
+    steps, the last one a smaller batch (a second graph), up to float rounding."""
     def first_epoch(compile):
-        config = TrainConfig(model="capsnet-tiny", limit_train=32, limit_test=64, batch_size=32, epochs=1,
+        config = TrainConfig(model="capsnet-tiny", limit_train=80, limit_test=64, batch_size=32, epochs=1,
                              progress=False, data_dir=str(shared_data), output_dir=str(tmp_path / str(compile)),
                              compile=compile)
         return Trainer(config).fit()[0]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import capsnet
-from capsnet import TrainConfig, Trainer
+from capsnet import TrainConfig, Trainer, create_model
 from capsnet.cli import main
 from capsnet.training import TrainingError, load_checkpoint
 
@@ -42,6 +42,7 @@ def test_capsnet_train_quick_run_reaches_stated_test_accuracy(tmp_path, shared_d
     metrics = read_metrics(run)
     assert [m["epoch"] for m in metrics] == [1, 2] and metrics[-1]["test_examples"] == 1000
     assert metrics[-1]["test_error"] <= 0.15, metrics
+    assert all(m["epoch_seconds"] > 0 and m["test_seconds"] > 0 for m in metrics)
     assert {p.name for p in run.iterdir()} == {"config.json", "metrics.jsonl", "last.pt", "best.pt"}
     assert json.loads((run / "config.json").read_text())["model_kwargs"]["routing_iterations"] == 3
     out = capsys.readouterr().out
@@ -286,3 +287,14 @@ def test_channels_last_applies_to_the_convolutions_only_and_trains(tmp_path, sha
 def test_the_affine_test_sets_need_mnist(tmp_path):
     with pytest.raises(ValueError, match="--extra-test affnist holds MNIST digits: it needs --dataset mnist"):
         TrainConfig(output_dir=str(tmp_path), dataset="fashion-mnist", canvas=40, extra_test="affnist")
+
+
+def test_weight_std_reaches_the_digit_capsules_and_is_recorded_only_when_set(tmp_path):
+    shape = {"num_classes": 10, "in_channels": 1, "image_size": (28, 28)}
+    assert "weight_std" not in TrainConfig(output_dir=str(tmp_path)).model_kwargs(**shape)  # older runs still resume
+    kwargs = TrainConfig(output_dir=str(tmp_path), weight_std=0.1).model_kwargs(**shape)
+    torch.manual_seed(0)
+    assert create_model("capsnet-tiny", **kwargs).digits.weight.std().item() == pytest.approx(0.1, rel=0.02)
+    for bad in (0, -0.1, float("nan")):
+        with pytest.raises(ValueError, match="--weight-std must be a positive number"):
+            TrainConfig(output_dir=str(tmp_path), weight_std=bad)

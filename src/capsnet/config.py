@@ -56,14 +56,18 @@ class TrainConfig:
     lr_decay: float = _option(0.96, "exponential learning-rate decay factor (official code: 0.96 ...)")
     lr_decay_steps: int = _option(2000, "... every this many steps, applied smoothly after each step")
     lr_warmup_steps: int = _option(
-        0, "raise the learning rate linearly over the first N steps (0: none, as the paper; MultiMNIST's capsules "
-           "saturate in the first steps at full rate: docs/results.md)"
+        0, "raise the learning rate linearly over the first N steps (0: none, as the paper; with the former W init "
+           "std 0.1 MultiMNIST's capsules saturated in the first steps at full rate: docs/results.md)"
     )
     routing_iterations: int = _option(ROUTING_ITERATIONS, "dynamic routing iterations (paper: 3)")
     detach_intermediate: bool | None = _option(
         None, "stop gradients through u_hat in all but the last routing iteration (default: the model's, True)"
     )
     digit_bias: bool | None = _option(None, "learned digit-capsule biases, as the official code (default: the model's, off)")
+    weight_std: float | None = _option(
+        None, "std of the normal initialization of the digit capsules' W[i, j] (default: the model's, 0.03; "
+              "0.1 before 2026-11-26)"
+    )
     reconstruction: bool = _option(True, "train the reconstruction decoder (paper: yes)")
     reconstruction_weight: float = _option(RECONSTRUCTION_WEIGHT, "weight of the reconstruction loss (paper: 0.0005)")
     halve_margin: bool = _option(False, "multiply the margin loss by 0.5, as the official code does")
@@ -116,6 +120,8 @@ class TrainConfig:
             check_positive_flag("--" + name.replace("_", "-"), getattr(self, name))
         if not math.isfinite(self.lr + self.lr_decay + self.reconstruction_weight):
             raise ValueError("--lr, --lr-decay and --reconstruction-weight must be finite numbers")
+        if self.weight_std is not None and not self.weight_std > 0:
+            raise ValueError(f"--weight-std must be a positive number, got {self.weight_std}")
         if self.time_limit is not None and not self.time_limit > 0:
             raise ValueError(f"--time-limit must be a positive number of minutes, got {self.time_limit}")
         if self.lr <= 0 or not 0 < self.lr_decay <= 1:
@@ -140,7 +146,8 @@ class TrainConfig:
         shape = {"num_classes": num_classes, "in_channels": in_channels, "image_size": list(image_size)}
         if not is_capsule_model(self.model):
             return shape  # a plain classifier: the capsule options do not apply
-        options = {"detach_intermediate": self.detach_intermediate, "digit_bias": self.digit_bias}
+        options = {"detach_intermediate": self.detach_intermediate, "digit_bias": self.digit_bias,
+                   "weight_std": self.weight_std}
         return {
             **shape,
             "routing_iterations": self.routing_iterations,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_shape
+from .._checks import check_positive, check_shape
 from ..routing import DynamicRouting, Routing, RoutingOutput
 
 __all__ = ["RoutedCapsules", "WEIGHT_INIT_STD"]
@@ -31,7 +31,7 @@ class RoutedCapsules(nn.Module):
         routing: any :class:`capsnet.routing.Routing`; default ``DynamicRouting(iterations=3)``.
         bias: add a learned ``(out_caps, out_dim)`` bias to ``s[j]`` in every routing iteration, as the
             official code does. Off by default: the paper has none.
-        weight_std: standard deviation of the normal initialization of ``W`` (the paper does not give one).
+        weight_std: standard deviation (> 0) of the normal initialization of ``W``; the paper gives none.
 
     Shape:
         ``u``: ``(b, in_caps, in_dim)`` -> ``poses`` ``(b, out_caps, out_dim)``, ``coupling`` ``(b, in_caps, out_caps)``.
@@ -56,6 +56,7 @@ class RoutedCapsules(nn.Module):
     ) -> None:
         super().__init__()
         self.in_caps, self.in_dim, self.out_caps, self.out_dim = in_caps, in_dim, out_caps, out_dim
+        check_positive(weight_std, "weight_std")  # W = 0 would leave squash without a gradient
         self.weight = nn.Parameter(torch.randn(in_caps, out_caps, out_dim, in_dim) * weight_std)  # W[i, j]
         self.bias = nn.Parameter(torch.zeros(out_caps, out_dim)) if bias else None
         self.routing = routing if routing is not None else DynamicRouting()

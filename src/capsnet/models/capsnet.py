@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from .._checks import check_shape
 from ..functional import capsule_lengths
-from ..layers import CapsuleDecoder, PrimaryCapsules, RoutedCapsules
+from ..layers import WEIGHT_INIT_STD, CapsuleDecoder, PrimaryCapsules, RoutedCapsules
 from ..routing import ROUTING_ITERATIONS, DynamicRouting, Routing
 
 __all__ = ["CapsNet", "CapsNetOutput"]
@@ -57,6 +57,7 @@ class CapsNet(nn.Module):
             (default ``True``; the official code: ``False``). See :func:`capsnet.dynamic_routing`.
         digit_bias: learned bias on each digit capsule's ``s[j]``, as in the official code (off: the
             paper has none; adds ``num_classes * out_dim`` parameters).
+        weight_std: standard deviation of the normal initialization of the DigitCaps matrices ``W[i, j]``.
         reconstruction: build the reconstruction decoder.
         routing: a :class:`~capsnet.routing.Routing` module to use instead of dynamic routing.
 
@@ -83,6 +84,7 @@ class CapsNet(nn.Module):
         routing_iterations: int = ROUTING_ITERATIONS,
         detach_intermediate: bool = True,
         digit_bias: bool = False,
+        weight_std: float = WEIGHT_INIT_STD,
         reconstruction: bool = True,
         routing: Routing | None = None,
     ) -> None:
@@ -101,6 +103,7 @@ class CapsNet(nn.Module):
             out_dim=out_dim,
             routing=routing if routing is not None else DynamicRouting(routing_iterations, detach_intermediate),
             bias=digit_bias,
+            weight_std=weight_std,
         )
         out_features = in_channels * height * width
         self.decoder = CapsuleDecoder(num_caps=num_classes, caps_dim=out_dim, out_features=out_features) if reconstruction else None

@@ -140,7 +140,8 @@ class Trainer:
             CapsuleObjective(CapsuleLoss(config.reconstruction_weight, halve_margin=config.halve_margin))
             if is_capsule_model(config.model) else CrossEntropyObjective()
         )
-        # Compiled together, the model and its losses become one graph (and, on a GPU, one CUDA graph replay).
+        # Compiled together, the model and its losses become one forward and one backward graph (replayed as CUDA
+        # graphs on a single GPU; under DDP, Dynamo splits them at its communication hooks).
         losses = functools.partial(self.objective, self._ddp_model)
         self.compile_mode = compile_mode(config.compile, self.device, distributed=self.distributed.enabled)
         self._losses = losses if self.compile_mode is None else CompiledOrEager(losses, mode=self.compile_mode)
@@ -318,11 +319,12 @@ class Trainer:
         loss = terms["loss"]
         # DDP averages gradients over ranks with equal weights; shards may differ in size by one example.
         share = labels.shape[0] * self.distributed.world_size / indices.shape[0]
-        self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss * share if share != 1 else loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
+        # Gradients live in CUDA-graph memory when compiled, which the next step's replay overwrites.
+        self.optimizer.zero_grad(set_to_none=True)
         batch = labels.shape[0]
         with torch.no_grad():
             for name, value in terms.items():
