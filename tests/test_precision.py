@@ -1,5 +1,8 @@
 """Mixed precision, torch.compile fallback and channels-last: the per-device speed settings of a run."""
 
+import os
+import shutil
+
 import pytest
 import torch
 
@@ -118,6 +121,8 @@ def test_compile_mode_uses_cuda_graphs_on_a_single_gpu_and_compiles_there_by_def
     assert compile_mode(False, gpu, distributed=False) is None
 
 
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None,
+                    reason="no C++ compiler for torch.compile's CPU backend (inductor)")
 @pytest.mark.filterwarnings("error::UserWarning")  # a fallback to eager would warn: it must not happen here
 def test_compiled_training_computes_the_eager_losses(tmp_path, shared_data):
     """The model and its losses compiled together (CPU: C++ kernels) give the eager run's losses over three
