@@ -30,9 +30,13 @@ def metrics(run_dir):
 def assert_same_parameters(run_a, run_b):
     a, b = load_checkpoint(run_a / "last.pt"), load_checkpoint(run_b / "last.pt")
     assert a["progress"]["step"] == b["progress"]["step"]
+    steps = a["progress"]["step"]
     for name, value in a["model"].items():
-        # Adam's first steps are ~lr * sign(gradient): differently ordered sums may move a weight by up to ~lr.
-        torch.testing.assert_close(b["model"][name], value, rtol=0, atol=2e-5, msg=f"{name} differs")
+        # Adam's steps are ~lr * sign(gradient): where a gradient is ~0, differently ordered sums can flip its sign
+        # and move that weight by up to 2 * lr per step. Almost every weight must agree to float rounding.
+        difference = (b["model"][name] - value).abs()
+        assert difference.max() <= 2 * 1e-3 * steps, f"{name} differs by {difference.max()}"
+        assert (difference > 2e-5).float().mean() <= 1e-3, f"{name}: {(difference > 2e-5).sum()} weights differ"
 
 
 def test_two_ranks_of_batch_b_take_the_step_of_one_process_with_batch_2b(tmp_path, shared_data):
@@ -40,7 +44,7 @@ def test_two_ranks_of_batch_b_take_the_step_of_one_process_with_batch_2b(tmp_pat
     capsnet_train(1, tmp_path / "one", shared_data, *one_step)
     two = capsnet_train(2, tmp_path / "two", shared_data, *one_step)
     assert_same_parameters(tmp_path / "one", tmp_path / "two")
-    assert metrics(tmp_path / "one")[0]["test_error"] == metrics(tmp_path / "two")[0]["test_error"]
+    assert metrics(tmp_path / "one")[0]["test_error"] == pytest.approx(metrics(tmp_path / "two")[0]["test_error"], abs=0.011)
     assert two.stdout.count("epoch 1/1") == 1  # rank 0 alone reports
     assert "x 2 processes" in two.stdout
 
@@ -54,9 +58,9 @@ def test_resumed_two_rank_run_matches_an_uninterrupted_single_process(tmp_path, 
     one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
     assert [m["epoch"] for m in two] == [1, 2]
     for a, b in zip(one, two):
-        assert a["test_error"] == b["test_error"]
-        assert a["train_accuracy"] == b["train_accuracy"]
-        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["test_error"] == pytest.approx(b["test_error"], abs=0.011)  # at most one of the 100 test images
+        assert a["train_accuracy"] == pytest.approx(b["train_accuracy"], abs=0.013)  # one of the 80 examples
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
 
 
 def test_without_torchrun_the_run_is_one_process(monkeypatch):
