@@ -47,12 +47,13 @@ def load_affnist_test(root: str | Path | None = None, *, download: bool = True,
     root = checked_data_root(root)
     path = next((folder / name for folder in (root / FOLDER, root) for name in (ARCHIVE, "test.mat")
                  if (folder / name).is_file()), None)
-    if path is None:
-        if not download:
-            raise DataError(f"affNIST's {ARCHIVE} (or test.mat) not found in {root / FOLDER} or {root}; run "
-                            f"`capsnet download affnist` or point --data-dir at a folder that holds it")
-        path = download_affnist(root, progress=progress)
-    _check_recorded_digest(path)
+    if path is not None:
+        _check_recorded_digest(path)
+    elif download:
+        path = download_affnist(root, progress=progress)  # verified, or its digest recorded, as it arrived
+    else:
+        raise DataError(f"affNIST's {ARCHIVE} (or test.mat) not found in {root / FOLDER} or {root}; run "
+                        f"`capsnet download affnist` or point --data-dir at a folder that holds it")
     return read_affnist_mat(path)
 
 
@@ -123,9 +124,9 @@ def _check_recorded_digest(path: Path) -> None:
     """Compare the archive with the pinned or recorded SHA-256; without either (or for an unzipped ``test.mat``,
     which no digest covers), say that it is unverified."""
     record = _record_path(path)
-    expected = PINNED_SHA256 or (record.read_text().strip() if record.is_file() else None)
-    if path.name != ARCHIVE:
-        expected = None
+    expected = None  # an unzipped test.mat
+    if path.name == ARCHIVE:
+        expected = PINNED_SHA256 or (record.read_text().strip() if record.is_file() else None)
     digest = sha256_file(path)
     if expected is None:
         warnings.warn(f"{path} is not verified: capsnet has no pinned affNIST checksum yet (its SHA-256 is "
