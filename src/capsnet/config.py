@@ -15,6 +15,7 @@ from ._checks import check_choice
 from .data import DATASETS
 from .data.synthetic import MULTIMNIST_SHIFT
 from .data.testsets import EXTRA_TEST_SETS, check_extra_test
+from .layers import WEIGHT_INIT_STD
 from .losses import RECONSTRUCTION_WEIGHT
 from .models import is_capsule_model, list_models
 from .routing import ROUTING_ITERATIONS
@@ -65,8 +66,8 @@ class TrainConfig:
     )
     digit_bias: bool | None = _option(None, "learned digit-capsule biases, as the official code (default: the model's, off)")
     weight_std: float | None = _option(
-        None, "std of the normal initialization of the digit capsules' W[i, j] (default: the model's, 0.03; "
-              "0.1 before 2026-11-26)"
+        None, f"std of the normal initialization of the digit capsules' W[i, j] (default: the model's, "
+              f"{WEIGHT_INIT_STD}; 0.1 before 2026-11-26)"
     )
     reconstruction: bool = _option(True, "train the reconstruction decoder (paper: yes)")
     reconstruction_weight: float = _option(RECONSTRUCTION_WEIGHT, "weight of the reconstruction loss (paper: 0.0005)")
