@@ -6,9 +6,10 @@ import sys
 
 import pytest
 import torch
+import torch.distributed as dist
 
 from capsnet.training import load_checkpoint
-from capsnet.training.distributed import DistributedContext, init_distributed
+from capsnet.training.distributed import DistributedContext, init_distributed, shutdown_distributed
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
 
@@ -75,3 +76,22 @@ def test_shards_cover_a_batch_in_order_and_differ_in_size_by_at_most_one():
     batch = torch.arange(7)
     shards = [DistributedContext(rank=r, world_size=3).shard(batch) for r in range(3)]
     assert [s.tolist() for s in shards] == [[0, 1, 2], [3, 4], [5, 6]]
+
+
+def test_runs_in_one_nccl_process_share_one_gloo_control_group(monkeypatch):
+    # capsnet reproduce trains several rows in one torchrun process; each new_group opens sockets to every rank
+    created = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_backend", lambda: "nccl")
+    monkeypatch.setattr(dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(dist, "new_group", lambda backend: created.append(backend) or object())
+    monkeypatch.setattr(dist, "destroy_process_group", lambda: None)
+    first, second = init_distributed(torch.device("cpu")), init_distributed(torch.device("cpu"))
+    assert created == ["gloo"] and first.control_group is second.control_group
+    assert (first.rank, first.world_size) == (1, 2)
+    shutdown_distributed()  # the next process group gets a group of its own
+    assert init_distributed(torch.device("cpu")).control_group is not first.control_group
+    assert created == ["gloo", "gloo"]
+    shutdown_distributed()

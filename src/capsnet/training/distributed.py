@@ -7,6 +7,7 @@ run is a single process and every helper here is a no-op.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -79,16 +80,26 @@ def init_distributed(device: torch.device) -> DistributedContext:
         if device.type == "cuda":
             torch.cuda.set_device(local_rank)  # before NCCL starts, so each process talks from its own GPU
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    control_group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
     return DistributedContext(
         rank=dist.get_rank(),
         world_size=dist.get_world_size(),
         local_rank=local_rank,
-        control_group=control_group,
+        control_group=_control_group(),
     )
+
+
+@functools.cache
+def _control_group() -> Any:
+    """A gloo group beside NCCL for CPU-side flags, made once per process group.
+
+    Every ``new_group`` is a collective call that opens sockets to all ranks, so a process that trains
+    several runs (``capsnet reproduce`` under ``torchrun``) shares one rather than leaking one per run.
+    """
+    return dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
 
 
 def shutdown_distributed() -> None:
     """Leave the process group, if this process joined one."""
     if dist.is_available() and dist.is_initialized():
+        _control_group.cache_clear()
         dist.destroy_process_group()
