@@ -1,10 +1,12 @@
 """Where a training step of the paper's MNIST CapsNet spends its time and memory, layer by layer.
 
-Runs torch.profiler over a few training steps (batch 128 by default) and prints:
-  1. forward time per layer (record_function ranges opened and closed by module hooks), then the loss,
-     the backward pass and the optimizer step as a whole;
-  2. the operators with the most self time, backward ones included (the backward of a layer shows up as
-     its autograd nodes, e.g. ConvolutionBackward0);
+Prints:
+  1. time per layer forward, then the loss, the backward pass and the optimizer step as a whole, timed over
+     unprofiled steps with clock marks that module hooks set around each layer: CUDA events on a GPU (they
+     time the kernels in stream order, including the backward kernels that autograd launches from its own
+     thread), the wall clock on the CPU (where operators run synchronously);
+  2. the operators with the most self time over a few more steps under torch.profiler, backward ones
+     included (the backward of a layer shows up as its autograd operators, e.g. convolution_backward);
   3. memory per layer: the bytes autograd saves for the backward pass (counted by a saved-tensors hook;
      parameters, which are kept anyway, excluded) and the size of the layer's output.
 
@@ -17,10 +19,10 @@ from __future__ import annotations
 
 import argparse
 import collections
-from contextlib import ExitStack
+import time
 
 import torch
-from torch.profiler import ProfilerActivity, profile, record_function
+from torch.profiler import ProfilerActivity, profile
 
 import capsnet
 from capsnet.runtime import retain_freed_memory
@@ -31,13 +33,14 @@ from _report import append_section
 
 LAYERS = {"conv1": "Conv1", "primary": "PrimaryCaps (conv + squash)", "digits": "DigitCaps (u_hat + routing)",
           "digits.routing": "  of which routing", "decoder": "Decoder"}
+PHASES = ("forward", "loss", "backward", "optimizer step")
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=3, help="profiled steps")
-    parser.add_argument("--warmup", type=int, default=4, help="unprofiled steps first")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps, then as many profiled ones")
+    parser.add_argument("--warmup", type=int, default=4, help="untimed steps first")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--precision", default="32", choices=["32", "bf16", "16-mixed"])
     parser.add_argument("--top", type=int, default=12, help="operators listed")
@@ -45,29 +48,46 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-class LayerRecorder:
-    """Opens a profiler range named after each watched module for the duration of its forward, and counts the
-    bytes autograd saves for backward while that module runs (each storage once)."""
+class Clock:
+    """Marks points of a step in the device's own order and measures the milliseconds between two marks."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+
+    def mark(self):
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def elapsed_ms(self, start, end) -> float:
+        return start.elapsed_time(end) if self.cuda else (end - start) * 1000  # events: after a synchronize
+
+
+class LayerRecorder:
+    """Marks the start and end of each watched module's forward, and counts the bytes autograd saves for
+    backward while that module runs (each storage once)."""
+
+    def __init__(self, model: torch.nn.Module, clock: Clock) -> None:
+        self.clock = clock
+        self.spans: list[tuple[str, object, object]] = []
         self.saved = collections.Counter()
         self.output_bytes = {}
-        self._open: list[tuple[str, ExitStack]] = []
+        self._open: list[tuple[str, object]] = []
         self._parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}  # held anyway
         self._seen: set[int] = set()
         modules = dict(model.named_modules())
         for name in LAYERS:
             modules[name].register_forward_pre_hook(lambda module, args, name=name: self._enter(name))
-            modules[name].register_forward_hook(lambda module, args, output, name=name: self._exit(name, output))
+            modules[name].register_forward_hook(lambda module, args, output, name=name: self._exit(output))
 
     def _enter(self, name: str) -> None:
-        stack = ExitStack()
-        stack.enter_context(record_function(f"layer: {name}"))
-        self._open.append((name, stack))
+        self._open.append((name, self.clock.mark()))
 
-    def _exit(self, name: str, output) -> None:
-        _, stack = self._open.pop()
-        stack.close()
+    def _exit(self, output) -> None:
+        name, start = self._open.pop()
+        self.spans.append((name, start, self.clock.mark()))
         tensors = output if isinstance(output, tuple) else (output,)
         self.output_bytes[name] = sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
 
@@ -75,17 +95,19 @@ class LayerRecorder:
         key = tensor.untyped_storage().data_ptr()
         if key not in self._seen and key not in self._parameters:
             self._seen.add(key)
-            owners = [name for name, _ in self._open] or ["other"]  # nested ranges (digits.routing) count it too
+            owners = [name for name, _ in self._open] or ["other"]  # nested layers (digits.routing) count it too
             for name in owners:
                 self.saved[name] += tensor.untyped_storage().nbytes()
         return tensor
 
     def reset(self) -> None:
+        self.spans.clear()
         self.saved.clear()
         self._seen.clear()
 
 
-def profile_steps(args: argparse.Namespace):
+def measure(args: argparse.Namespace):
+    """Mean milliseconds per step of every layer and phase, the bytes saved per layer, and a profile."""
     device = torch.device(args.device)
     torch.manual_seed(0)
     model = capsnet.CapsNet().to(device)
@@ -93,43 +115,54 @@ def profile_steps(args: argparse.Namespace):
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
     images = torch.rand(args.batch_size, 1, 28, 28, device=device)
     labels = torch.randint(0, 10, (args.batch_size,), device=device)
-    recorder = LayerRecorder(model)
+    clock = Clock(device)
+    recorder = LayerRecorder(model, clock)
 
-    def step() -> None:
+    def step() -> list:
         recorder.reset()
+        marks = [clock.mark()]
         with torch.autograd.graph.saved_tensors_hooks(recorder.pack, lambda t: t):
-            with record_function("forward (whole)"), autocast(args.precision, device):
+            with autocast(args.precision, device):
                 output = model(images, labels)
-            with record_function("loss"), autocast(args.precision, device):
+                marks.append(clock.mark())
                 loss = loss_fn(output, images, labels)
-        with record_function("backward"):
-            loss.backward()
-        with record_function("optimizer step"):
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+                marks.append(clock.mark())
+        loss.backward()
+        marks.append(clock.mark())
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        marks.append(clock.mark())
+        return marks
+
+    def synchronize() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
 
     for _ in range(args.warmup):  # the allocator reaches its steady state (no page faults) after ~3 steps
         step()
+    totals = collections.Counter()
+    for _ in range(args.steps):
+        marks = step()
+        synchronize()
+        totals.update({phase: clock.elapsed_ms(a, b) for phase, a, b in zip(PHASES, marks, marks[1:])})
+        totals.update({name: clock.elapsed_ms(a, b) for name, a, b in recorder.spans})
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities, profile_memory=True) as prof:
         for _ in range(args.steps):
             step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-    return prof, recorder
+        synchronize()
+    return {key: ms / args.steps for key, ms in totals.items()}, recorder, prof
 
 
-def summarize(prof, recorder: LayerRecorder, args: argparse.Namespace) -> str:
-    events = {e.key: e for e in prof.key_averages()}
+def summarize(times: dict[str, float], recorder: LayerRecorder, prof, args: argparse.Namespace) -> str:
     use_cuda = args.device == "cuda"
-    per_step = lambda e: (e.device_time_total if use_cuda else e.cpu_time_total) / 1000 / args.steps  # noqa: E731
-    step_ms = sum(per_step(events[k]) for k in ("forward (whole)", "loss", "backward", "optimizer step"))
-    rows = [(label, per_step(events[f"layer: {name}"]), recorder.saved[name] / 2**20, recorder.output_bytes[name] / 2**20)
+    step_ms = sum(times[phase] for phase in PHASES)
+    rows = [(label, times[name], recorder.saved[name] / 2**20, recorder.output_bytes[name] / 2**20)
             for name, label in LAYERS.items()]
     rows.append(("ReLU after Conv1, masking, loss (outside the layers above)",
-                 per_step(events["forward (whole)"]) - sum(r[1] for r in rows if not r[0].startswith(" "))
-                 + per_step(events["loss"]), recorder.saved["other"] / 2**20, None))
-    rows += [(part, per_step(events[part]), None, None) for part in ("backward", "optimizer step")]
+                 times["forward"] - sum(r[1] for r in rows if not r[0].startswith(" ")) + times["loss"],
+                 recorder.saved["other"] / 2**20, None))
+    rows += [(phase, times[phase], None, None) for phase in ("backward", "optimizer step")]
     clock = "GPU" if use_cuda else "CPU"
     decimals = 3 if use_cuda else 1  # a GPU step takes milliseconds, its parts microseconds
     lines = [f"| part | {clock} ms / step | share | saved for backward (MiB) | output (MiB) |", "|---|---:|---:|---:|---:|"]
@@ -139,11 +172,11 @@ def summarize(prof, recorder: LayerRecorder, args: argparse.Namespace) -> str:
     saved_mib = sum(v for n, v in recorder.saved.items() if "." not in n) / 2**20
     lines.append(f"| **whole step** | **{step_ms:.{decimals}f}** | 100% | **{saved_mib:.1f}** | |")
     sort_key = "self_device_time_total" if use_cuda else "self_cpu_time_total"
-    ops = sorted((e for e in prof.key_averages() if not e.key.startswith(("layer:", "forward", "loss", "backward",
-                                                                          "optimizer", "ProfilerStep"))),
+    # operators only: on a GPU the profiler also lists each kernel under its (long, mangled) name
+    ops = sorted((e for e in prof.key_averages() if e.key.startswith("aten::")),
                  key=lambda e: getattr(e, sort_key), reverse=True)[: args.top]
-    lines += ["", f"| operator (top {args.top} by self {clock} time) | self ms / step | calls / step | self memory (MiB / step) |",
-              "|---|---:|---:|---:|"]
+    lines += ["", f"| operator (top {args.top} by self {clock} time, profiled) | self ms / step | calls / step | "
+                  "self memory (MiB / step) |", "|---|---:|---:|---:|"]
     for e in ops:
         self_ms = getattr(e, sort_key) / 1000 / args.steps
         memory = (e.self_device_memory_usage if use_cuda else e.self_cpu_memory_usage) / 2**20 / args.steps
@@ -155,12 +188,15 @@ def main() -> None:
     args = parse_args()
     if args.device == "cpu":
         retain_freed_memory()
-    prof, recorder = profile_steps(args)
-    table = summarize(prof, recorder, args)
+    times, recorder, prof = measure(args)
+    table = summarize(times, recorder, prof, args)
     print(table)
     if args.append:
-        append_section(args, f"batch {args.batch_size}, precision {args.precision}, mean of {args.steps} profiled steps. "
-                             "Times are inclusive; the profiler adds some overhead of its own.", table)
+        append_section(args, f"batch {args.batch_size}, precision {args.precision}: layer and phase times are the "
+                             f"mean of {args.steps} unprofiled steps ({'CUDA events' if args.device == 'cuda' else 'wall clock'}), "
+                             f"the operator table is from {args.steps} more steps under torch.profiler, whose "
+                             "bookkeeping inflates small operators.", table)
+
 
 if __name__ == "__main__":
     main()
