@@ -61,6 +61,13 @@ def test_multimnist_needs_a_capsnet(tmp_path):
         TrainConfig(dataset="multimnist", model="baseline-cnn", output_dir=str(tmp_path))
 
 
+def test_multimnist_decays_the_learning_rate_ten_times_slower_unless_told(tmp_path):
+    # paper section 6: "the period of the decay step ... 10x larger because the training dataset is larger"
+    assert TrainConfig(output_dir=str(tmp_path)).lr_decay_steps == 2000
+    assert TrainConfig(dataset="multimnist", output_dir=str(tmp_path)).lr_decay_steps == 20000
+    assert TrainConfig(dataset="multimnist", lr_decay_steps=2000, output_dir=str(tmp_path)).lr_decay_steps == 2000
+
+
 def test_multimnist_records_its_own_shift_and_rejects_others(tmp_path):
     import pytest
 
