@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from capsnet import TrainConfig
+from capsnet import TrainConfig, create_model
 from capsnet.cli import main
 from capsnet.training import save_checkpoint
 
@@ -65,7 +65,9 @@ def test_unknown_dataset_is_a_usage_error(capsys):
 def test_checkpoint_must_match_the_model_flags(capsys, tmp_path, shared_data):
     common = ["--data-dir", str(shared_data), "--model", "capsnet-tiny", "--limit-train", "64", "--limit-test", "50",
               "--batch-size", "32", "--no-progress", "--output-dir", str(tmp_path / "run")]
-    assert run(capsys, "train", "--epochs", "1", *common)[0] == 0
+    code, out, _ = run(capsys, "train", "--epochs", "1", *common)
+    tiny = sum(p.numel() for p in create_model("capsnet-tiny").parameters())
+    assert code == 0 and out.startswith(f"training capsnet-tiny ({tiny:,} parameters) on mnist (64 images) on cpu")
     code, _, err = run(capsys, "train", "--epochs", "2", "--resume", "--routing-iterations", "1", *common)
     assert code == 2 and "--routing-iterations is 1 but the checkpoint has 3" in err
     code, out, _ = run(capsys, "evaluate", str(tmp_path / "run" / "best.pt"), "--limit-test", "50")

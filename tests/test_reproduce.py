@@ -5,6 +5,7 @@ import json
 import pytest
 
 from capsnet.cli import main
+from capsnet import create_model
 from capsnet.experiments import EXPERIMENTS
 
 
@@ -29,12 +30,15 @@ def test_reproduce_table1_end_to_end_and_resumable(tmp_path, shared_data, capsys
     assert all(0 <= r["test_error"] <= 1 and r["test_examples"] == 100 for r in results)
     assert [r["model"] for r in results] == ["baseline-cnn-tiny"] + ["capsnet-tiny"] * 4
     configs = [json.loads((folder / row.name / "config.json").read_text()) for row in EXPERIMENTS["table1"].rows]
+    counts = [sum(p.numel() for p in create_model(c["model"], **c["model_kwargs"]).parameters()) for c in configs]
+    assert [r["parameters"] for r in results] == counts and counts[2] > counts[1]  # the decoder
     assert [c["model_kwargs"].get("routing_iterations") for c in configs] == [None, 1, 1, 3, 3]
     assert [c["model_kwargs"].get("reconstruction") for c in configs] == [None, False, True, False, True]
     cnn_metrics = json.loads((folder / "baseline-cnn" / "metrics.jsonl").read_text().splitlines()[0])
     assert "train_margin_loss" not in cnn_metrics and cnn_metrics["train_loss"] > 0
     table = (folder / "results.md").read_text()
     assert "| Baseline CNN (35.4M parameters) | 0.39% |" in table
+    assert f"| `baseline-cnn-tiny` ({counts[0]:,} parameters) | 0 |" in table
     assert "--model capsnet-tiny --epochs 1 --batch-size 32 --routing-iterations 1 --no-reconstruction" in table
     assert "results.md" in capsys.readouterr().out
 

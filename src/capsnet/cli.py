@@ -65,7 +65,7 @@ def _run_training(config: TrainConfig) -> None:
     settings = trainer.settings()
     processes = f" x {settings['world_size']} processes" if settings["world_size"] > 1 else ""
     compiled = "" if settings["compile"] == "off" else f", compiled ({settings['compile']}; the first steps compile)"
-    say(f"training {config.model} on {config.dataset} ({len(trainer.train_labels)} images) on "
+    say(f"training {config.model} ({trainer.parameter_count:,} parameters) on {config.dataset} ({len(trainer.train_labels)} images) on "
         f"{settings['device']}{processes}, precision {settings['precision']}{compiled}; run folder {trainer.run_dir}")
     try:
         history = trainer.fit()

@@ -101,7 +101,8 @@ def run_experiment(
         trainer = Trainer(config)
         is_main = trainer.distributed.is_main
         if config.progress and is_main:
-            print(f"[{experiment.name}] {row.label}: {config.model}, run folder {config.output_dir}")
+            print(f"[{experiment.name}] {row.label}: {config.model} ({trainer.parameter_count:,} parameters), "
+                  f"run folder {config.output_dir}")
         trainer.fit()
         trainer.distributed.barrier()  # rank 0 has written this row's files
         if is_main:
@@ -141,6 +142,7 @@ def _row_result(row: ExperimentRow, run_dir: Path) -> dict[str, Any]:
     return {
         **result,
         "model": config["model"],
+        "parameters": config.get("parameters"),  # absent in runs started before 2026-11-26
         "epochs": metrics[-1]["epoch"],
         "test_error": metrics[-1]["test_error"],
         "best_test_error": best["test_error"],
@@ -185,12 +187,17 @@ def results_markdown(experiment: Experiment, results: list[dict[str, Any]]) -> s
                         for name in extra_sets)
         lines.append(
             f"| {r['row']} | {r['paper']} | **{r['test_error']:.2%}** | {extra}{r['best_test_error']:.2%} ({r['best_epoch']}) "
-            f"| {r['epochs']} | {_duration(r['train_seconds'])} | `{r['model']}` | {r['seed']} "
+            f"| {r['epochs']} | {_duration(r['train_seconds'])} | {_model_cell(r)} | {r['seed']} "
             f"| {'; '.join(r['machines']) or 'unknown'} |"
         )
     lines += ["", "Commands (each row alone):", ""]
     lines += [f"- {r['row']}: `{r['command']}`" for r in results if "command" in r]
     return "\n".join(lines) + "\n"
+
+
+def _model_cell(result: dict[str, Any]) -> str:
+    count = result.get("parameters")
+    return f"`{result['model']}`" + (f" ({count:,} parameters)" if count else "")
 
 
 def _duration(seconds: float) -> str:

@@ -116,7 +116,8 @@ class Trainer:
             _truncate_metrics(self.run_dir / "metrics.jsonl", 0)  # lines left by a run killed before its first save
         if self.distributed.is_main:
             _write_json(self.run_dir / "config.json", {
-                **config.to_dict(), "model_kwargs": self.model_kwargs, "resolved": self.settings(),
+                **config.to_dict(), "model_kwargs": self.model_kwargs, "parameters": self.parameter_count,
+                "resolved": self.settings(),
             })
 
     def _build_model(self) -> None:
@@ -124,6 +125,7 @@ class Trainer:
         config = self.config
         torch.manual_seed(config.seed)
         self.model = create_model(config.model, **self.model_kwargs).to(self.device)
+        self.parameter_count = sum(p.numel() for p in self.model.parameters())
         torch.manual_seed(config.seed + self.distributed.rank)  # dropout: independent masks on every rank
         if self.channels_last:
             # The convolutions only: other 4-D parameters (a CapsNet's W[i, j]) are not images.
