@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import collections
 import time
+from typing import Callable, Union
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -48,21 +49,33 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+Mark = Union[float, torch.cuda.Event]
+
+
 class Clock:
-    """Marks points of a step in the device's own order and measures the milliseconds between two marks."""
+    """Marks points of a step in the device's own order and measures the milliseconds between two marks.
+
+    On a GPU the time between two events includes any idle gaps, so a step that the host's kernel launches
+    hold back reads as the launch time, not the kernels' busy time (the operator table has the latter).
+    """
 
     def __init__(self, device: torch.device) -> None:
         self.cuda = device.type == "cuda"
 
-    def mark(self):
+    def mark(self) -> Mark:
         if not self.cuda:
             return time.perf_counter()
         event = torch.cuda.Event(enable_timing=True)
         event.record()
         return event
 
-    def elapsed_ms(self, start, end) -> float:
-        return start.elapsed_time(end) if self.cuda else (end - start) * 1000  # events: after a synchronize
+    def synchronize(self) -> None:
+        """Wait for the device, after which the events' times can be read."""
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def elapsed_ms(self, start: Mark, end: Mark) -> float:
+        return start.elapsed_time(end) if self.cuda else (end - start) * 1000
 
 
 class LayerRecorder:
@@ -71,10 +84,10 @@ class LayerRecorder:
 
     def __init__(self, model: torch.nn.Module, clock: Clock) -> None:
         self.clock = clock
-        self.spans: list[tuple[str, object, object]] = []
+        self.spans: list[tuple[str, Mark, Mark]] = []
         self.saved = collections.Counter()
         self.output_bytes = {}
-        self._open: list[tuple[str, object]] = []
+        self._open: list[tuple[str, Mark]] = []
         self._parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}  # held anyway
         self._seen: set[int] = set()
         modules = dict(model.named_modules())
@@ -106,8 +119,9 @@ class LayerRecorder:
         self._seen.clear()
 
 
-def measure(args: argparse.Namespace):
-    """Mean milliseconds per step of every layer and phase, the bytes saved per layer, and a profile."""
+def build_step(args: argparse.Namespace, clock: Clock) -> tuple[Callable[[], list[Mark]], LayerRecorder]:
+    """A training step of the paper's model on random data that returns its marks: start, after the forward,
+    the loss, the backward and the optimizer step; and the recorder of its layers."""
     device = torch.device(args.device)
     torch.manual_seed(0)
     model = capsnet.CapsNet().to(device)
@@ -115,10 +129,9 @@ def measure(args: argparse.Namespace):
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
     images = torch.rand(args.batch_size, 1, 28, 28, device=device)
     labels = torch.randint(0, 10, (args.batch_size,), device=device)
-    clock = Clock(device)
     recorder = LayerRecorder(model, clock)
 
-    def step() -> list:
+    def step() -> list[Mark]:
         recorder.reset()
         marks = [clock.mark()]
         with torch.autograd.graph.saved_tensors_hooks(recorder.pack, lambda t: t):
@@ -134,27 +147,30 @@ def measure(args: argparse.Namespace):
         marks.append(clock.mark())
         return marks
 
-    def synchronize() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+    return step, recorder
 
-    for _ in range(args.warmup):  # the allocator reaches its steady state (no page faults) after ~3 steps
-        step()
+
+def time_steps(step: Callable[[], list[Mark]], recorder: LayerRecorder, clock: Clock, steps: int) -> dict[str, float]:
+    """Mean milliseconds per step of every phase and every watched layer."""
     totals = collections.Counter()
-    for _ in range(args.steps):
+    for _ in range(steps):
         marks = step()
-        synchronize()
+        clock.synchronize()
         totals.update({phase: clock.elapsed_ms(a, b) for phase, a, b in zip(PHASES, marks, marks[1:])})
         totals.update({name: clock.elapsed_ms(a, b) for name, a, b in recorder.spans})
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    return {key: ms / steps for key, ms in totals.items()}
+
+
+def profile_steps(step: Callable[[], list[Mark]], clock: Clock, steps: int) -> profile:
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if clock.cuda else [])
     with profile(activities=activities, profile_memory=True) as prof:
-        for _ in range(args.steps):
+        for _ in range(steps):
             step()
-        synchronize()
-    return {key: ms / args.steps for key, ms in totals.items()}, recorder, prof
+        clock.synchronize()
+    return prof
 
 
-def summarize(times: dict[str, float], recorder: LayerRecorder, prof, args: argparse.Namespace) -> str:
+def summarize(times: dict[str, float], recorder: LayerRecorder, prof: profile, args: argparse.Namespace) -> str:
     use_cuda = args.device == "cuda"
     step_ms = sum(times[phase] for phase in PHASES)
     rows = [(label, times[name], recorder.saved[name] / 2**20, recorder.output_bytes[name] / 2**20)
@@ -188,14 +204,19 @@ def main() -> None:
     args = parse_args()
     if args.device == "cpu":
         retain_freed_memory()
-    times, recorder, prof = measure(args)
-    table = summarize(times, recorder, prof, args)
+    clock = Clock(torch.device(args.device))
+    step, recorder = build_step(args, clock)
+    for _ in range(args.warmup):  # the allocator reaches its steady state (no page faults) after ~3 steps
+        step()
+    times = time_steps(step, recorder, clock, args.steps)
+    table = summarize(times, recorder, profile_steps(step, clock, args.steps), args)
     print(table)
     if args.append:
+        clock_name = "CUDA events" if args.device == "cuda" else "wall clock"
         append_section(args, f"batch {args.batch_size}, precision {args.precision}: layer and phase times are the "
-                             f"mean of {args.steps} unprofiled steps ({'CUDA events' if args.device == 'cuda' else 'wall clock'}), "
-                             f"the operator table is from {args.steps} more steps under torch.profiler, whose "
-                             "bookkeeping inflates small operators.", table)
+                             f"mean of {args.steps} unprofiled steps ({clock_name}), the operator table is from "
+                             f"{args.steps} more steps under torch.profiler, whose bookkeeping inflates small "
+                             "operators.", table)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
@@ -81,17 +82,21 @@ def test_shards_cover_a_batch_in_order_and_differ_in_size_by_at_most_one():
 def test_runs_in_one_nccl_process_share_one_gloo_control_group(monkeypatch):
     # capsnet reproduce trains several rows in one torchrun process; each new_group opens sockets to every rank
     created = []
+    group = types.SimpleNamespace(WORLD=object())
     monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(dist, "group", group)
     monkeypatch.setattr(dist, "is_initialized", lambda: True)
     monkeypatch.setattr(dist, "get_backend", lambda: "nccl")
     monkeypatch.setattr(dist, "get_rank", lambda: 1)
     monkeypatch.setattr(dist, "get_world_size", lambda: 2)
     monkeypatch.setattr(dist, "new_group", lambda backend: created.append(backend) or object())
     monkeypatch.setattr(dist, "destroy_process_group", lambda: None)
-    first, second = init_distributed(torch.device("cpu")), init_distributed(torch.device("cpu"))
-    assert created == ["gloo"] and first.control_group is second.control_group
-    assert (first.rank, first.world_size) == (1, 2)
-    shutdown_distributed()  # the next process group gets a group of its own
-    assert init_distributed(torch.device("cpu")).control_group is not first.control_group
-    assert created == ["gloo", "gloo"]
-    shutdown_distributed()
+    try:
+        first, second = init_distributed(torch.device("cpu")), init_distributed(torch.device("cpu"))
+        assert created == ["gloo"] and first.control_group is second.control_group
+        assert (first.rank, first.world_size) == (1, 2)
+        group.WORLD = object()  # the process group was destroyed and made anew: a control group of its own
+        assert init_distributed(torch.device("cpu")).control_group is not first.control_group
+        assert created == ["gloo", "gloo"]
+    finally:
+        shutdown_distributed()  # forgets the fake groups

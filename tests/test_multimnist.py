@@ -1,10 +1,12 @@
 """MultiMNIST training: two labels per image, each digit reconstructed from its own capsule, top-2 accuracy."""
 
+import json
+
 import torch
 
-from capsnet import CapsuleLoss, TrainConfig, Trainer, create_model
+from capsnet import CapsuleLoss, TrainConfig, Trainer, create_model, hits, train
 from capsnet.cli import main
-from capsnet import hits
+from capsnet.experiments import _train_command
 from capsnet.training.objectives import CapsuleObjective
 
 
@@ -88,3 +90,15 @@ def test_the_paper_model_does_not_saturate_in_its_first_multimnist_steps(tmp_pat
     with torch.no_grad():
         lengths = trainer.model(trainer.test_images.float() / 255).lengths
     assert lengths.mean().item() < 0.8, lengths.mean()
+
+
+def test_the_python_api_and_the_row_command_keep_multimnist_s_decay_period(tmp_path, shared_data):
+    run = tmp_path / "run"
+    train(dataset="multimnist", model="capsnet-tiny", data_dir=str(shared_data), limit_train=32, limit_test=16,
+          batch_size=32, epochs=1, progress=False, output_dir=str(run))
+    config = json.loads((run / "config.json").read_text())
+    assert config["lr_decay_steps"] == 20000
+    command = _train_command(config)  # what `capsnet reproduce` prints to train a row alone
+    assert command.startswith("capsnet train --dataset multimnist ") and "--model capsnet-tiny" in command
+    assert "--lr-decay-steps" not in command and "--max-shift" not in command  # MultiMNIST's own defaults
+    assert "--lr-decay-steps 2000 " in _train_command({**config, "lr_decay_steps": 2000})  # a run from before the change

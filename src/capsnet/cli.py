@@ -28,8 +28,8 @@ from .training.engine import Trainer
 from .training.precision import resolve_precision
 
 # The settings of `capsnet reproduce` shared by all rows; the rows set model, routing and reconstruction.
-_REPRODUCE_SETTINGS = ("data_dir", "epochs", "time_limit", "batch_size", "lr_warmup_steps", "seed", "device",
-                       "precision", "compile", "channels_last", "limit_train", "limit_test", "progress")
+_REPRODUCE_SETTINGS = ("data_dir", "epochs", "time_limit", "batch_size", "lr_decay_steps", "lr_warmup_steps", "seed",
+                       "device", "precision", "compile", "channels_last", "limit_train", "limit_test", "progress")
 
 # OSError: unreadable or unwritable files and full disks are the user's to fix, not a bug to trace back.
 _USER_ERRORS = (ValueError, DataError, CheckpointError, TrainingError, OSError, ImportError)
@@ -65,8 +65,9 @@ def _run_training(config: TrainConfig) -> None:
     settings = trainer.settings()
     processes = f" x {settings['world_size']} processes" if settings["world_size"] > 1 else ""
     compiled = "" if settings["compile"] == "off" else f", compiled ({settings['compile']}; the first steps compile)"
-    say(f"training {config.model} ({trainer.parameter_count:,} parameters) on {config.dataset} ({len(trainer.train_labels)} images) on "
-        f"{settings['device']}{processes}, precision {settings['precision']}{compiled}; run folder {trainer.run_dir}")
+    say(f"training {config.model} ({trainer.parameter_count:,} parameters) on {config.dataset} "
+        f"({len(trainer.train_labels)} images) on {settings['device']}{processes}, precision {settings['precision']}"
+        f"{compiled}; run folder {trainer.run_dir}")
     try:
         history = trainer.fit()
     except TrainingInterrupted as stop:

@@ -60,7 +60,7 @@ class TrainConfig:
     lr_decay: float = _option(0.96, "exponential learning-rate decay factor (official code: 0.96 ...)")
     lr_decay_steps: int | None = _option(
         None, f"... every this many steps, applied smoothly after each step (default: {LR_DECAY_STEPS}; "
-              f"{MULTIMNIST_LR_DECAY_STEPS} on multimnist, as the paper)"
+              f"{MULTIMNIST_LR_DECAY_STEPS} on multimnist, as the paper's section 6)"
     )
     lr_warmup_steps: int = _option(
         0, "raise the learning rate linearly over the first N steps (0: none, as the paper; with the former W init "

@@ -159,7 +159,8 @@ def _row_result(row: ExperimentRow, run_dir: Path) -> dict[str, Any]:
 
 def _train_command(config: dict[str, Any]) -> str:
     """The ``capsnet train`` command that trains this row alone, with the flags that differ from the defaults."""
-    defaults = TrainConfig(output_dir="x").to_dict()
+    # The dataset's own defaults (MultiMNIST: 4 px shifts, a 20,000-step decay period), but --dataset itself shown.
+    defaults = {**TrainConfig(output_dir="x", dataset=config["dataset"]).to_dict(), "dataset": TrainConfig.dataset}
     flags = []
     for key, value in config.items():
         if key in ("output_dir", "resume", "progress", "model_kwargs", "resolved") or value == defaults.get(key, value):

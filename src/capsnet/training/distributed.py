@@ -84,13 +84,13 @@ def init_distributed(device: torch.device) -> DistributedContext:
         rank=dist.get_rank(),
         world_size=dist.get_world_size(),
         local_rank=local_rank,
-        control_group=_control_group(),
+        control_group=_control_group(dist.group.WORLD),
     )
 
 
 @functools.cache
-def _control_group() -> Any:
-    """A gloo group beside NCCL for CPU-side flags, made once per process group.
+def _control_group(world: Any) -> Any:
+    """A gloo group beside NCCL for CPU-side flags, made once per process group ``world``.
 
     Every ``new_group`` is a collective call that opens sockets to all ranks, so a process that trains
     several runs (``capsnet reproduce`` under ``torchrun``) shares one rather than leaking one per run.

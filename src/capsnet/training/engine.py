@@ -504,7 +504,8 @@ def train(config: TrainConfig | None = None, **overrides: Any) -> list[dict[str,
 
     Returns one dict of metrics per epoch. Example: ``capsnet.train(epochs=1, output_dir="/tmp/run")``.
     """
-    values = {**(config or TrainConfig()).to_dict(), **overrides}
+    # Without a config, unset fields keep the defaults that depend on others (MultiMNIST's decay period).
+    values = {**(config.to_dict() if config else {}), **overrides}
     try:
         return Trainer(TrainConfig.from_dict(values)).fit()
     finally:
