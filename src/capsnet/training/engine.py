@@ -507,7 +507,7 @@ def train(config: TrainConfig | None = None, **overrides: Any) -> list[dict[str,
     # Without a config, unset fields keep the defaults that depend on others (MultiMNIST's decay period).
     values = {**(config.to_dict() if config else {}), **overrides}
     try:
-        return Trainer(TrainConfig.from_dict(values)).fit()
+        return Trainer(TrainConfig(**values)).fit()  # a misspelt setting is a TypeError, not ignored
     finally:
         shutdown_distributed()
 
