@@ -59,8 +59,8 @@ class TrainConfig:
     lr: float = _option(1e-3, "Adam learning rate (paper: 1e-3)")
     lr_decay: float = _option(0.96, "exponential learning-rate decay factor (official code: 0.96 ...)")
     lr_decay_steps: int | None = _option(
-        None, f"steps per decay of the learning rate by --lr-decay, applied smoothly after each step (default: "
-              f"{LR_DECAY_STEPS}; {MULTIMNIST_LR_DECAY_STEPS} on multimnist, as the paper's section 6)"
+        None, f"steps per decay of the learning rate by the factor lr_decay (0.96), applied smoothly after each "
+              f"step (default: {LR_DECAY_STEPS}; {MULTIMNIST_LR_DECAY_STEPS} on multimnist, as the paper's section 6)"
     )
     lr_warmup_steps: int = _option(
         0, "raise the learning rate linearly over the first N steps (0: none, as the paper; with the former W init "
