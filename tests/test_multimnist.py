@@ -2,11 +2,13 @@
 
 import json
 
+import pytest
 import torch
 
 from capsnet import CapsuleLoss, TrainConfig, Trainer, create_model, hits, train
 from capsnet.cli import main
 from capsnet.experiments import _train_command
+from capsnet.training import TrainingError
 from capsnet.training.objectives import CapsuleObjective
 
 
@@ -57,8 +59,6 @@ def test_training_on_multimnist_end_to_end(tmp_path, shared_data, capsys):
 
 
 def test_multimnist_needs_a_capsnet(tmp_path):
-    import pytest
-
     with pytest.raises(ValueError, match="needs a CapsNet model"):
         TrainConfig(dataset="multimnist", model="baseline-cnn", output_dir=str(tmp_path))
 
@@ -71,8 +71,6 @@ def test_multimnist_decays_the_learning_rate_ten_times_slower_unless_told(tmp_pa
 
 
 def test_multimnist_records_its_own_shift_and_rejects_others(tmp_path):
-    import pytest
-
     assert TrainConfig(dataset="multimnist", output_dir=str(tmp_path)).max_shift == 4
     with pytest.raises(ValueError, match="shifts each digit by up to 4 px"):
         TrainConfig(dataset="multimnist", max_shift=3, output_dir=str(tmp_path))
@@ -94,11 +92,32 @@ def test_the_paper_model_does_not_saturate_in_its_first_multimnist_steps(tmp_pat
 
 def test_the_python_api_and_the_row_command_keep_multimnist_s_decay_period(tmp_path, shared_data):
     run = tmp_path / "run"
-    train(dataset="multimnist", model="capsnet-tiny", data_dir=str(shared_data), limit_train=32, limit_test=16,
-          batch_size=32, epochs=1, progress=False, output_dir=str(run))
+    mnist = TrainConfig(model="capsnet-tiny", data_dir=str(shared_data), limit_train=32, limit_test=16, batch_size=32,
+                        epochs=1, progress=False)
+    train(mnist, dataset="multimnist", output_dir=str(run))  # the MNIST config's decay period does not carry over
     config = json.loads((run / "config.json").read_text())
     assert config["lr_decay_steps"] == 20000
     command = _train_command(config)  # what `capsnet reproduce` prints to train a row alone
     assert command.startswith("capsnet train --dataset multimnist ") and "--model capsnet-tiny" in command
     assert "--lr-decay-steps" not in command and "--max-shift" not in command  # MultiMNIST's own defaults
     assert "--lr-decay-steps 2000 " in _train_command({**config, "lr_decay_steps": 2000})  # a run from before the change
+
+
+def test_multimnist_needs_every_class_among_its_training_digits(tmp_path, shared_data):
+    # MNIST's first ten training labels are 5 0 4 1 9 2 1 3 1 4: no partner of class 6, 7 or 8 could be drawn.
+    with pytest.raises(TrainingError, match=r"classes \[6, 7, 8\] are missing from the 10 training images"):
+        Trainer(TrainConfig(dataset="multimnist", model="capsnet-tiny", limit_train=10, limit_test=16, progress=False,
+                            data_dir=str(shared_data), output_dir=str(tmp_path / "run")))
+
+
+def test_a_config_changed_to_multimnist_derives_its_own_defaults_anew(tmp_path):
+    mnist = TrainConfig()
+    assert (mnist.lr_decay_steps, mnist.max_shift) == (2000, 2)
+    multi = mnist.replace(dataset="multimnist")
+    assert (multi.lr_decay_steps, multi.max_shift) == (20000, 4)
+    assert multi.output_dir.startswith("runs/capsnet-mnist-multimnist-")
+    assert multi.replace(dataset="mnist").to_dict() | {"output_dir": None} == mnist.to_dict() | {"output_dir": None}
+    chosen = TrainConfig(lr_decay_steps=500, output_dir=str(tmp_path)).replace(dataset="multimnist")
+    assert (chosen.lr_decay_steps, chosen.output_dir) == (500, str(tmp_path))  # what the user set is kept
+    with pytest.raises(TypeError):
+        mnist.replace(epoch=3)  # a misspelt setting is an error, not ignored

@@ -300,3 +300,60 @@ def test_weight_std_reaches_the_digit_capsules_and_is_recorded_only_when_set(tmp
     for bad in (0, -0.1, float("nan")):
         with pytest.raises(ValueError, match="--weight-std must be a positive number"):
             TrainConfig(output_dir=str(tmp_path), weight_std=bad)
+
+
+def poison_weights_at_step(trainer, monkeypatch, step):
+    """Make the optimizer write NaN into the weights at its ``step``-th step (that step's loss is still finite)."""
+    original_step, calls = trainer.optimizer.step, []
+
+    def step_then_poison(*args, **kwargs):
+        original_step(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == step:
+            with torch.no_grad():
+                next(trainer.model.parameters()).fill_(float("nan"))
+
+    monkeypatch.setattr(trainer.optimizer, "step", step_then_poison)
+
+
+@pytest.mark.parametrize("stop", ["epoch end", "signal"])
+def test_non_finite_weights_are_never_saved(tmp_path, shared_data, monkeypatch, stop):
+    trainer = Trainer(config(tmp_path, shared_data, epochs=1))
+    trainer.fit()
+    before = (tmp_path / "run" / "last.pt").read_bytes()
+    more = Trainer(config(tmp_path, shared_data, epochs=2, resume=True))
+    last_step = 256 // 32  # of epoch 2
+    poison_weights_at_step(more, monkeypatch, last_step if stop == "epoch end" else 3)
+    if stop == "signal":
+        signal_during_step(more, monkeypatch, signal.SIGINT, 3)
+    with pytest.raises(TrainingError, match=r"the weights became non-finite in epoch 2 .* last good checkpoint is"):
+        more.fit()
+    assert (tmp_path / "run" / "last.pt").read_bytes() == before
+
+
+def test_a_compile_that_fell_back_is_recorded_as_off(tmp_path, shared_data, monkeypatch):
+    def refuse(function, **options):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(torch, "compile", refuse)
+    with pytest.warns(UserWarning, match="no compiler here"):
+        trainer = Trainer(config(tmp_path, shared_data, epochs=1, compile=True))
+    assert trainer.settings()["compile"] == "off"
+
+
+def test_resuming_with_another_model_setting_names_it(tmp_path, shared_data):
+    Trainer(config(tmp_path, shared_data, epochs=1, weight_std=0.05)).fit()
+    with pytest.raises(capsnet.training.CheckpointError, match=r"weight_std is 0\.01 .* checkpoint has 0\.05"):
+        Trainer(config(tmp_path, shared_data, epochs=2, resume=True, weight_std=0.01))
+
+
+@pytest.mark.parametrize("caller_made_the_group", [True, False])
+def test_train_leaves_a_process_group_the_caller_made(monkeypatch, caller_made_the_group):
+    from capsnet.training import engine
+
+    ended = []
+    monkeypatch.setattr(engine, "in_process_group", lambda: caller_made_the_group)
+    monkeypatch.setattr(engine, "shutdown_distributed", lambda: ended.append(True))
+    monkeypatch.setattr(engine, "Trainer", lambda config: type("Done", (), {"fit": lambda self: []})())
+    assert capsnet.train(epochs=1, output_dir="unused") == []
+    assert ended == ([] if caller_made_the_group else [True])

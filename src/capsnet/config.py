@@ -52,7 +52,8 @@ class TrainConfig:
     epochs: int = _option(10, "training epochs (the official code's 300k steps are ~640 epochs)")
     time_limit: float | None = _option(
         None, "stop after the first epoch that ends past this many minutes of training and testing (start-up not "
-              "counted; it may overrun by an epoch); --resume continues"
+              "counted; it may overrun by an epoch); continue with capsnet train --resume, or by rerunning capsnet "
+              "reproduce"
     )
     batch_size: int = _option(128, "training batch size (paper: 128)")
     eval_batch_size: int = _option(500, "batch size for evaluation (no effect on results)")
@@ -111,6 +112,10 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
+        # Settings left to be derived from others: derived anew by replace() when those others change.
+        self._derived = {name for name in ("lr_decay_steps", "output_dir") if getattr(self, name) is None}
+        if self.dataset == "multimnist" and self.max_shift == TrainConfig.max_shift:
+            self._derived.add("max_shift")
         check_choice(self.dataset, "--dataset", DATASET_CHOICES)
         check_choice(self.device, "--device", DEVICES)
         check_choice(self.precision, "--precision", PRECISIONS)
@@ -166,6 +171,12 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with ``changes``, in which the settings this config derived from others (the decay period and
+        shift of MultiMNIST, the run folder's name) are derived anew; the ones given explicitly are kept."""
+        kept = {key: value for key, value in self.to_dict().items() if key not in self._derived}
+        return TrainConfig(**{**kept, **changes})
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:

@@ -21,7 +21,7 @@ def random_shift(images: torch.Tensor, max_shift: int = 2, generator: torch.Gene
     2 pixels in each direction, zero padded). Apply it to training batches only; evaluation uses the images
     as they are.
 
-    Each example gets an independent ``(dx, dy)``, each uniform in ``[-max_shift, max_shift]``; all channels
+    Each example gets an independent offset ``(dy, dx)``, each uniform in ``[-max_shift, max_shift]``; all channels
     of an example move together. The whole batch is done at once with one gather, no loop over examples.
 
     Args:

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["DistributedContext", "init_distributed", "shutdown_distributed"]
+__all__ = ["DistributedContext", "init_distributed", "in_process_group", "shutdown_distributed"]
 
 
 @dataclass(frozen=True)
@@ -98,8 +98,13 @@ def _control_group(world: Any) -> Any:
     return dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
 
 
+def in_process_group() -> bool:
+    """Whether this process has joined a process group (``torch.distributed`` initialized)."""
+    return dist.is_available() and dist.is_initialized()
+
+
 def shutdown_distributed() -> None:
     """Leave the process group, if this process joined one."""
-    if dist.is_available() and dist.is_initialized():
+    if in_process_group():
         _control_group.cache_clear()
         dist.destroy_process_group()

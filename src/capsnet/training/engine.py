@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from torch import Tensor, nn
@@ -28,7 +28,7 @@ from ..config import TrainConfig
 from ..functional import hits
 from ..runtime import retain_freed_memory
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .distributed import init_distributed, shutdown_distributed
+from .distributed import in_process_group, init_distributed, shutdown_distributed
 from .objectives import CapsuleObjective, CrossEntropyObjective, class_scores
 from .precision import (
     CompiledOrEager, autocast, compile_mode, grad_scaler, resolve_channels_last, resolve_precision,
@@ -154,8 +154,12 @@ class Trainer:
         """What ``auto`` and ``None`` options became on this machine, and the number of processes."""
         return {
             "device": str(self.device), "precision": self.precision, "channels_last": self.channels_last,
-            "compile": self.compile_mode or "off", "world_size": self.distributed.world_size,
+            "compile": self.compile_mode if self._compiled() else "off", "world_size": self.distributed.world_size,
         }
+
+    def _compiled(self) -> bool:
+        """Whether the step runs compiled (not after falling back to eager)."""
+        return isinstance(self._losses, CompiledOrEager) and self._losses.compiled is not None
 
     def _load_data(self) -> None:
         config = self.config
@@ -170,8 +174,11 @@ class Trainer:
         self.classes = list(train.classes)
         # The whole split lives on the training device: batches are index operations, no host copies. Every rank
         # holds it (47 MB for MNIST) and trains on its own part of each batch.
+        train_labels = train.labels[: config.limit_train]
+        if config.dataset == "multimnist":
+            _check_every_class_present(train_labels, len(self.classes))
         self.train_images = train.images[: config.limit_train].to(self.device)
-        self.train_labels = train.labels[: config.limit_train].to(self.device)
+        self.train_labels = train_labels.to(self.device)
         self._train_index = torch.arange(len(self.train_labels), device=self.device)
         if config.canvas is not None:
             self.train_images = place_on_canvas(self.train_images, config.canvas, 0)
@@ -187,7 +194,9 @@ class Trainer:
 
         Ctrl-C (SIGINT) or SIGTERM is honoured at the next batch boundary: ``last.pt`` is saved there, so a
         resumed run continues exactly, and ``KeyboardInterrupt`` is raised. A second Ctrl-C stops at once.
-        Under ``torchrun`` all ranks stop at the same batch when any of them got the signal.
+        Under ``torchrun`` all ranks stop at the same batch when any of them got the signal. Exactly means the
+        same batches, augmentation and weights; under ``torchrun`` only the baseline CNN's dropout masks differ
+        after a resume, on the ranks other than 0 (their random streams restart from their seeds).
         """
         history, self._signalled, self._stopping = [], False, False
         started = time.monotonic()
@@ -203,6 +212,7 @@ class Trainer:
                     break
         if self._stopping:
             self._check_finite(self.progress.sums.get("loss", 0.0))  # empty right after an epoch's end
+            self._check_weights_finite()  # the last update may be the bad one
             self._save("last.pt")
             self.distributed.barrier()  # no rank exits (which makes torchrun stop the others) before the save
             raise TrainingInterrupted(self.run_dir / "last.pt")
@@ -337,15 +347,21 @@ class Trainer:
     def _check_finite(self, loss_sum: Tensor | float) -> None:
         value = float(loss_sum)
         if not math.isfinite(value):
-            last = self.run_dir / "last.pt"
-            kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
-            raise TrainingError(
-                f"the loss became {value} in epoch {self.progress.epoch + 1} (step {self.progress.step}); "
-                f"stopped without saving, {kept}; try a lower --lr"
-            )
+            self._stop_diverged(f"the loss became {value}")
+
+    def _check_weights_finite(self) -> None:
+        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+            self._stop_diverged("the weights became non-finite")
+
+    def _stop_diverged(self, what: str) -> NoReturn:
+        last = self.run_dir / "last.pt"
+        kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
+        raise TrainingError(f"{what} in epoch {self.progress.epoch + 1} (step {self.progress.step}); stopped without "
+                            f"saving, {kept}; try a lower --lr")
 
     def _finish_epoch(self) -> dict[str, Any]:
         progress, sums = self.progress, self.progress.sums
+        self._check_weights_finite()  # the epoch's last update may be the bad one
         start = time.perf_counter()
         result = self._evaluate_on(self.test_images, self.test_labels, progress=self.config.progress)
         extra = {} if self.extra_test_images is None else {
@@ -367,9 +383,6 @@ class Trainer:
             "test_seconds": round(test_seconds, 2),
             "train_images_per_second": round(sums["seen"] / progress.seconds, 1),
         }
-        if not all(torch.isfinite(p).all() for p in self.model.parameters()):  # the last update may be the bad one
-            raise TrainingError(f"the weights became non-finite in epoch {progress.epoch}; the last good checkpoint is "
-                                f"kept; try a lower --lr")
         improved = metrics["test_error"] < progress.best_error
         progress.best_error = min(progress.best_error, metrics["test_error"])
         progress.batch, progress.sums, progress.seconds = 0, {}, 0.0
@@ -426,10 +439,13 @@ class Trainer:
         saved_device = checkpoint.get("device_type", self.device.type)
         if saved_device != self.device.type:
             mismatched.append(f"the run is on {self.device.type} but the checkpoint was trained on {saved_device}")
-        if mismatched or checkpoint["model_kwargs"] != self.model_kwargs:
-            raise CheckpointError(
-                f"{self.run_dir / 'last.pt'} does not match this run: " + "; ".join(mismatched or ["model shape differs"])
-            )
+        saved_kwargs = checkpoint["model_kwargs"]
+        mismatched += [
+            f"the model's {key} is {self.model_kwargs.get(key)!r} but the checkpoint has {saved_kwargs.get(key)!r}"
+            for key in {**saved_kwargs, **self.model_kwargs} if saved_kwargs.get(key) != self.model_kwargs.get(key)
+        ]
+        if mismatched:
+            raise CheckpointError(f"{self.run_dir / 'last.pt'} does not match this run: " + "; ".join(mismatched))
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
@@ -504,12 +520,21 @@ def train(config: TrainConfig | None = None, **overrides: Any) -> list[dict[str,
 
     Returns one dict of metrics per epoch. Example: ``capsnet.train(epochs=1, output_dir="/tmp/run")``.
     """
-    # Without a config, unset fields keep the defaults that depend on others (MultiMNIST's decay period).
-    values = {**(config.to_dict() if config else {}), **overrides}
+    caller_made_the_group = in_process_group()  # then it is the caller's to end
     try:
-        return Trainer(TrainConfig(**values)).fit()  # a misspelt setting is a TypeError, not ignored
+        # A misspelt setting is a TypeError, not ignored.
+        return Trainer(config.replace(**overrides) if config else TrainConfig(**overrides)).fit()
     finally:
-        shutdown_distributed()
+        if not caller_made_the_group:
+            shutdown_distributed()
+
+
+def _check_every_class_present(labels: Tensor, num_classes: int) -> None:
+    """MultiMNIST draws each digit's partner from another class: every class must have digits to draw from."""
+    missing = sorted(set(range(num_classes)) - set(labels.unique().tolist()))
+    if missing:
+        raise TrainingError(f"MultiMNIST pairs each digit with one of another class, but classes {missing} are missing "
+                            f"from the {len(labels)} training images; raise --limit-train")
 
 
 def _lr_factor(step: int, config: TrainConfig) -> float:
