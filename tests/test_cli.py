@@ -69,9 +69,10 @@ def test_checkpoint_must_match_the_model_flags(capsys, tmp_path, shared_data):
     tiny = sum(p.numel() for p in create_model("capsnet-tiny").parameters())
     assert code == 0 and out.startswith(f"training capsnet-tiny ({tiny:,} parameters) on mnist (64 images) on cpu")
     code, _, err = run(capsys, "train", "--epochs", "2", "--resume", "--routing-iterations", "1", *common)
-    assert code == 2 and "--routing-iterations is 1 but the checkpoint has 3" in err
+    assert code == 2 and "--routing-iterations is 1 but the checkpoint has 3" in err and "routing_iterations" not in err
     code, out, _ = run(capsys, "evaluate", str(tmp_path / "run" / "best.pt"), "--limit-test", "50")
     assert code == 0 and "test error" in out and out.count("%") == 11  # overall + 10 classes
+    assert "accuracy per class (mnist test set):" in out
 
 
 def test_foreign_torch_file_is_rejected(capsys, tmp_path):

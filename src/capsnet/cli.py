@@ -100,8 +100,9 @@ def _evaluate(args: argparse.Namespace) -> None:
     if test.extra_images is not None:
         extra = evaluate(model, test.extra_images.to(device), test.extra_labels.to(device), **options)
         print(f"  {extra_test}: error {extra['error']:.2%} on {extra['examples']} images")
+    print(f"  accuracy per class ({config['dataset']} test set):")
     for name, accuracy in zip(checkpoint["classes"], result["per_class_accuracy"]):
-        print(f"  {name:>12}: {accuracy:.2%}")
+        print(f"    {name:>12}: {accuracy:.2%}")
 
 
 def _reproduce(args: argparse.Namespace) -> None:

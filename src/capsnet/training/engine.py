@@ -442,7 +442,8 @@ class Trainer:
         saved_kwargs = checkpoint["model_kwargs"]
         mismatched += [
             f"the model's {key} is {self.model_kwargs.get(key)!r} but the checkpoint has {saved_kwargs.get(key)!r}"
-            for key in {**saved_kwargs, **self.model_kwargs} if saved_kwargs.get(key) != self.model_kwargs.get(key)
+            for key in {**saved_kwargs, **self.model_kwargs}
+            if saved_kwargs.get(key) != self.model_kwargs.get(key) and key not in _RESUME_MUST_MATCH  # said above
         ]
         if mismatched:
             raise CheckpointError(f"{self.run_dir / 'last.pt'} does not match this run: " + "; ".join(mismatched))
