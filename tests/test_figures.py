@@ -1,5 +1,6 @@
 """Figures of what the capsules learned: contents as tensors, PNG files of the right size, the CLI."""
 
+import json
 import struct
 
 import pytest
@@ -86,7 +87,7 @@ def test_capsnet_figures_command_writes_the_three_pictures(tmp_path, shared_data
                  "--limit-test", "50", "--batch-size", "32", "--epochs", "1", "--no-progress", "--output-dir", str(run)]) == 0
     assert main(["figures", str(run / "last.pt"), "--limit-test", "200", "--examples", "4"]) == 0
     names = sorted(p.name for p in (run / "figures").iterdir())
-    assert names == ["fig3_reconstructions.png", "fig4_perturbations.png", "routing_coupling.png"]
+    assert names == ["fig3_reconstructions.png", "fig4_perturbations.png", "learning_curve.png", "routing_coupling.png"]
     assert main(["figures", str(run / "last.pt"), "--index", "999", "--limit-test", "200"]) == 2
     assert "--index must be in [0, 200), got 999" in capsys.readouterr().err
 
@@ -123,6 +124,35 @@ def test_capsnet_figures_of_a_multimnist_model_draw_the_segmentation(tmp_path, s
                  "--output-dir", str(run)]) == 0
     assert main(["figures", str(run / "last.pt"), "--limit-test", "100", "--examples", "3"]) == 0
     names = sorted(p.name for p in (run / "figures").iterdir())
-    assert names == ["fig4_perturbations.png", "fig5_segmentation.png", "routing_coupling.png"]
+    assert names == ["fig4_perturbations.png", "fig5_segmentation.png", "learning_curve.png", "routing_coupling.png"]
     width, height = png_size(run / "figures" / "fig5_segmentation.png")
     assert height == 290 and width % 110 == 0 and 110 <= width <= 660  # 110 px per example, up to 3 right and 3 wrong
+
+
+def test_learning_curves_draw_every_run_and_the_target(tmp_path):
+    curves = {"a": [0.02, 0.01, 0.008], "b (affnist-synthetic)": [0.3, 0.25]}
+    assert png_size(figures.plot_learning_curves(curves, tmp_path / "c.png", target=0.004)) == (700, 450)
+    with pytest.raises(ValueError, match="'a' has no epochs to draw"):
+        figures.plot_learning_curves({"a": []}, tmp_path / "d.png")
+
+
+def write_metrics(run, errors, **extra):
+    run.mkdir()
+    lines = [{"epoch": epoch, "test_error": error, **{k: v[epoch - 1] for k, v in extra.items()}}
+             for epoch, error in enumerate(errors, 1)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+
+def test_capsnet_curves_draws_each_error_of_each_run_folder(tmp_path, capsys):
+    write_metrics(tmp_path / "mnist", [0.02, 0.01])
+    write_metrics(tmp_path / "affine", [0.03, 0.02, 0.015], **{"affnist-synthetic_error": [0.4, 0.3, 0.25]})
+    out = tmp_path / "curves.png"
+    assert main(["curves", str(tmp_path / "mnist"), str(tmp_path / "affine"), "--out", str(out), "--target", "0.4"]) == 0
+    assert png_size(out) == (700, 450)
+    assert f"wrote {out}: mnist, affine, affine (affnist-synthetic)" in capsys.readouterr().out
+    assert main(["curves", str(tmp_path / "mnist"), "--labels", "CPU", "--out", str(out)]) == 0
+    assert f"wrote {out}: CPU\n" in capsys.readouterr().out
+    assert main(["curves", str(tmp_path / "mnist"), "--labels", "a", "b", "--out", str(out)]) == 2
+    assert "--labels names 2 runs, but 1 run folders were given" in capsys.readouterr().err
+    assert main(["curves", str(tmp_path), "--out", str(out)]) == 2
+    assert f"{tmp_path} has no metrics.jsonl: not a run folder" in capsys.readouterr().err

@@ -21,7 +21,9 @@ from .data import DATASETS, DataError, download_dataset
 from .data.affnist import download_affnist
 from . import figures
 from .models import CapsNet, create_model
-from .training import CheckpointError, TrainingError, TrainingInterrupted, evaluate, load_checkpoint, resolve_device
+from .training import (
+    CheckpointError, TrainingError, TrainingInterrupted, evaluate, load_checkpoint, read_metrics, resolve_device,
+)
 from .training.distributed import shutdown_distributed
 from .data.testsets import TestSet, check_extra_test, load_test_set
 from .training.engine import Trainer
@@ -168,8 +170,29 @@ def _figures(args: argparse.Namespace) -> None:
     else:
         print("this model has no decoder (trained with --no-reconstruction): Figures 3, 4 and 5 need one",
               file=sys.stderr)
+    run_dir = Path(args.checkpoint).parent
+    if (run_dir / "metrics.jsonl").is_file():
+        written.append(figures.plot_learning_curves(_error_curves(run_dir, run_dir.name), out / "learning_curve.png"))
     for path in written:
         print(f"wrote {path}")
+
+
+def _curves(args: argparse.Namespace) -> None:
+    labels = args.labels or [run.name for run in args.runs]
+    if len(labels) != len(args.runs):
+        raise ValueError(f"--labels names {len(labels)} runs, but {len(args.runs)} run folders were given")
+    curves = {name: errors for run, label in zip(args.runs, labels) for name, errors in _error_curves(run, label).items()}
+    target = None if args.target is None else args.target / 100
+    path = figures.plot_learning_curves(curves, args.out, target=target)
+    print(f"wrote {path}: {', '.join(curves)}")
+
+
+def _error_curves(run_dir: Path, label: str) -> dict[str, list[float]]:
+    """The test error after every epoch of a run folder, and the extra test set's if it has one."""
+    epochs = read_metrics(run_dir)
+    names = dict.fromkeys(key for epoch in epochs for key in epoch if key.endswith("_error"))
+    return {label if name == "test_error" else f"{label} ({name.removesuffix('_error')})":
+            [epoch[name] for epoch in epochs if name in epoch] for name in names}
 
 
 def _download(args: argparse.Namespace) -> None:
@@ -224,6 +247,13 @@ def build_parser() -> argparse.ArgumentParser:
     figures_cmd.add_argument("--examples", type=int, default=8, help="right and wrong examples in Fig. 3 (or 5), each")
     figures_cmd.add_argument("--limit-test", type=int, default=None, help="look only at the first N test images")
     figures_cmd.set_defaults(func=_figures)
+
+    curves = commands.add_parser("curves", help="plot the test error after every epoch of run folders (PNG)")
+    curves.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="run folders (with metrics.jsonl)")
+    curves.add_argument("--out", type=Path, default=Path("learning_curves.png"), help="the PNG file to write")
+    curves.add_argument("--labels", nargs="+", metavar="LABEL", help="one name per run (default: the folder names)")
+    curves.add_argument("--target", type=float, metavar="PERCENT", help="draw a target error, in percent, e.g. 0.4")
+    curves.set_defaults(func=_curves)
 
     download = commands.add_parser(
         "download", help="fetch a dataset ahead of training (checksums verified; affnist: recorded at the first download)")

@@ -16,7 +16,7 @@ from typing import Any
 from ._checks import check_choice
 from .config import TrainConfig
 from .runtime import describe_machine
-from .training import Trainer
+from .training import Trainer, read_metrics
 
 __all__ = ["Experiment", "ExperimentRow", "EXPERIMENTS", "run_experiment", "experiment_results"]
 
@@ -130,10 +130,9 @@ def experiment_results(name: str, runs_dir: str | Path) -> list[dict[str, Any]]:
 
 def _row_result(row: ExperimentRow, run_dir: Path) -> dict[str, Any]:
     result: dict[str, Any] = {"row": row.label, "paper": row.paper, "run_dir": str(run_dir)}
-    metrics_file = run_dir / "metrics.jsonl"
-    if not metrics_file.exists():
+    if not (run_dir / "metrics.jsonl").exists():
         return result
-    metrics = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+    metrics = read_metrics(run_dir)
     config = json.loads((run_dir / "config.json").read_text())
     machines_file = run_dir / "machines.jsonl"
     machines = sorted({json.loads(line)["machine"] for line in machines_file.read_text().splitlines()}) \

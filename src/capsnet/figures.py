@@ -1,4 +1,5 @@
-"""What the capsules learned, as pictures: the paper's Figures 3, 4 and 5 and the routing coupling coefficients.
+"""What the capsules learned, as pictures: the paper's Figures 3, 4 and 5, the routing coupling coefficients,
+and how the test error fell during training.
 
 The ``*_grid`` / ``*_maps`` functions compute the pictures' contents as tensors (pure PyTorch, testable);
 the ``plot_*`` functions draw them with matplotlib (``pip install "capsnet[figures]"``) and write PNG files.
@@ -7,6 +8,7 @@ the ``plot_*`` functions draw them with matplotlib (``pip install "capsnet[figur
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ from .models import CapsNet
 
 __all__ = [
     "PERTURBATIONS", "perturbation_grid", "coupling_maps", "pick_examples", "segmentation", "colour_overlay",
-    "plot_reconstructions", "plot_perturbations", "plot_coupling", "plot_segmentation",
+    "plot_reconstructions", "plot_perturbations", "plot_coupling", "plot_segmentation", "plot_learning_curves",
 ]
 
 # Fig. 4 of the paper: each dimension of the winning capsule moved from -0.25 to 0.25 in steps of 0.05.
@@ -246,5 +248,30 @@ def plot_segmentation(model: CapsNet, images: Tensor, labels: Tensor, path: str 
     axes[0, 0].set_ylabel("input", fontsize=8)
     axes[1, 0].set_ylabel("decoded", fontsize=8)
     figure.suptitle(f"{len(right)} right, {len(wrong)} wrong (red); longest capsule red, second green", fontsize=9)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def plot_learning_curves(curves: Mapping[str, Sequence[float]], path: str | Path, *, target: float | None = None) -> Path:
+    """Error after every epoch, one line per entry of ``curves`` (label -> errors as fractions, epoch 1 first),
+    on a log scale (late epochs move by hundredths of a percent), with ``target`` (a fraction) as a dashed line."""
+    for label, errors in curves.items():
+        if not errors:
+            raise ValueError(f"{label!r} has no epochs to draw")
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for label, errors in curves.items():
+        axis.plot(range(1, len(errors) + 1), [100 * e for e in errors], marker="." if len(errors) < 40 else None,
+                  label=f"{label}: {100 * errors[-1]:.2f}% after {len(errors)} epochs")
+    if target is not None:
+        axis.axhline(100 * target, color="black", linestyle="--", linewidth=1, label=f"target {100 * target:.2f}%")
+    axis.set_yscale("log")
+    percent = plt.FuncFormatter(lambda value, _: f"{value:g}%")
+    axis.yaxis.set_major_formatter(percent)
+    axis.yaxis.set_minor_formatter(percent)  # a run's errors often span less than a decade
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("test error")
+    axis.grid(True, which="both", alpha=0.3)
+    axis.legend(fontsize=8)
     figure.tight_layout()
     return _save(figure, path)

@@ -34,7 +34,7 @@ from .precision import (
     CompiledOrEager, autocast, compile_mode, grad_scaler, resolve_channels_last, resolve_precision,
 )
 
-__all__ = ["Trainer", "TrainingError", "TrainingInterrupted", "train", "evaluate", "resolve_device"]
+__all__ = ["Trainer", "TrainingError", "TrainingInterrupted", "train", "evaluate", "read_metrics", "resolve_device"]
 
 # Settings a resumed run must share with its checkpoint, or the continuation would not be the same run.
 _RESUME_MUST_MATCH = (
@@ -584,6 +584,14 @@ def _prepare_run_dir(path: Path, *, resume: bool) -> Path:
 
 def _write_json(path: Path, values: dict[str, Any]) -> None:
     path.write_text(json.dumps(values, indent=2) + "\n")
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The metrics of every finished epoch of a run folder (its ``metrics.jsonl``), epoch 1 first."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise TrainingError(f"{run_dir} has no metrics.jsonl: not a run folder")
+    return [json.loads(line) for line in path.read_text().splitlines() if _epoch_of(line) is not None]
 
 
 def _truncate_metrics(path: Path, epochs_done: int) -> None:
