@@ -129,15 +129,25 @@ def test_capsnet_figures_of_a_multimnist_model_draw_the_segmentation(tmp_path, s
     assert height == 290 and width % 110 == 0 and 110 <= width <= 660  # 110 px per example, up to 3 right and 3 wrong
 
 
-def test_learning_curves_draw_every_run_and_the_target(tmp_path):
+def test_learning_curves_draw_every_run_and_the_target(tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    drawn, original = [], Axes.legend
+    monkeypatch.setattr(Axes, "legend", lambda self, *a, **k: drawn.extend(
+        (line.get_label(), list(line.get_ydata())) for line in self.get_lines()) or original(self, *a, **k))
     curves = {"a": [0.02, 0.01, 0.008], "b (affnist-synthetic)": [0.3, 0.25]}
     assert png_size(figures.plot_learning_curves(curves, tmp_path / "c.png", target=0.004)) == (700, 450)
-    with pytest.raises(ValueError, match="'a' has no epochs to draw"):
-        figures.plot_learning_curves({"a": []}, tmp_path / "d.png")
+    assert drawn == [("a: 0.80% after 3 epochs", [2.0, 1.0, 0.8]),  # in percent
+                     ("b (affnist-synthetic): 25.00% after 2 epochs", [30.0, 25.0]), ("target 0.40%", [0.4, 0.4])]
+    for bad, message in (({"a": []}, "'a' has no epochs to draw"), ({}, "no curves to draw")):
+        with pytest.raises(ValueError, match=message):
+            figures.plot_learning_curves(bad, tmp_path / "d.png")
+    with pytest.raises(ValueError, match="the target must be a positive error, got 0"):
+        figures.plot_learning_curves(curves, tmp_path / "d.png", target=0)
 
 
 def write_metrics(run, errors, **extra):
-    run.mkdir()
+    run.mkdir(parents=True)
     lines = [{"epoch": epoch, "test_error": error, **{k: v[epoch - 1] for k, v in extra.items()}}
              for epoch, error in enumerate(errors, 1)]
     (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
@@ -156,3 +166,10 @@ def test_capsnet_curves_draws_each_error_of_each_run_folder(tmp_path, capsys):
     assert "--labels names 2 runs, but 1 run folders were given" in capsys.readouterr().err
     assert main(["curves", str(tmp_path), "--out", str(out)]) == 2
     assert f"{tmp_path} has no metrics.jsonl: not a run folder" in capsys.readouterr().err
+    write_metrics(tmp_path / "other" / "mnist", [0.05])
+    assert main(["curves", str(tmp_path / "mnist"), str(tmp_path / "other" / "mnist"), "--out", str(out)]) == 2
+    assert "several runs would share the label 'mnist': name them with --labels" in capsys.readouterr().err
+    (tmp_path / "started").mkdir()
+    (tmp_path / "started" / "metrics.jsonl").write_text('{"epoch": 1, "test_er')  # torn by a crash
+    assert main(["curves", str(tmp_path / "started"), "--out", str(out)]) == 2
+    assert "started has no finished epoch yet" in capsys.readouterr().err

@@ -119,5 +119,7 @@ def test_a_config_changed_to_multimnist_derives_its_own_defaults_anew(tmp_path):
     assert multi.replace(dataset="mnist").to_dict() | {"output_dir": None} == mnist.to_dict() | {"output_dir": None}
     chosen = TrainConfig(lr_decay_steps=500, output_dir=str(tmp_path)).replace(dataset="multimnist")
     assert (chosen.lr_decay_steps, chosen.output_dir) == (500, str(tmp_path))  # what the user set is kept
+    assert mnist.replace(epochs=3).output_dir == mnist.output_dir  # nothing it derives from changed
+    assert mnist.replace(resume=True).resume
     with pytest.raises(TypeError):
         mnist.replace(epoch=3)  # a misspelt setting is an error, not ignored

@@ -10,7 +10,7 @@ import torch
 import capsnet
 from capsnet import TrainConfig, Trainer, create_model
 from capsnet.cli import main
-from capsnet.training import TrainingError, load_checkpoint
+from capsnet.training import TrainingError, load_checkpoint, read_metrics
 
 QUICK = dict(model="capsnet-tiny", limit_train=256, limit_test=100, batch_size=32, progress=False)
 
@@ -22,10 +22,6 @@ def config(tmp_path, shared_data, name="run", **overrides) -> TrainConfig:
 
 def strip_times(history):
     return [{k: v for k, v in m.items() if k not in ("epoch_seconds", "test_seconds", "train_images_per_second")} for m in history]
-
-
-def read_metrics(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module):
@@ -196,6 +192,7 @@ def test_torn_metrics_line_does_not_block_resume(tmp_path, shared_data):
     Trainer(config(tmp_path, shared_data, epochs=1)).fit()
     with open(tmp_path / "run" / "metrics.jsonl", "a") as f:
         f.write('{"epoch": 2, "step"')  # killed mid-write
+    assert [m["epoch"] for m in read_metrics(tmp_path / "run")] == [1]  # what the results table and curves read
     resumed = Trainer(config(tmp_path, shared_data, epochs=2, resume=True))
     resumed.fit()
     assert [m["epoch"] for m in read_metrics(tmp_path / "run")] == [1, 2]
@@ -341,10 +338,25 @@ def test_a_compile_that_fell_back_is_recorded_as_off(tmp_path, shared_data, monk
     assert trainer.settings()["compile"] == "off"
 
 
+def test_a_compile_that_fails_at_its_first_step_is_recorded_as_off_after_the_epoch(tmp_path, shared_data, monkeypatch):
+    def fails_when_called(*args):
+        raise RuntimeError("the C++ compiler failed")
+
+    monkeypatch.setattr(torch, "compile", lambda function, **options: fails_when_called)
+    trainer = Trainer(config(tmp_path, shared_data, epochs=1, compile=True))
+    assert trainer.settings()["compile"] == "default"  # what CPU compiles with, until the first step
+    with pytest.warns(UserWarning, match="the C\\+\\+ compiler failed"):
+        trainer.fit()
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["resolved"]["compile"] == "off"
+
+
 def test_resuming_with_another_model_setting_names_it(tmp_path, shared_data):
     Trainer(config(tmp_path, shared_data, epochs=1, weight_std=0.05)).fit()
-    with pytest.raises(capsnet.training.CheckpointError, match=r"weight_std is 0\.01 .* checkpoint has 0\.05"):
+    with pytest.raises(capsnet.training.CheckpointError, match=r"--weight-std is 0\.01 but the checkpoint has 0\.05"):
         Trainer(config(tmp_path, shared_data, epochs=2, resume=True, weight_std=0.01))
+    with pytest.raises(capsnet.training.CheckpointError,
+                       match=r"--weight-std is unset \(the model's default\) but the checkpoint has 0\.05"):
+        Trainer(config(tmp_path, shared_data, epochs=2, resume=True))
 
 
 @pytest.mark.parametrize("caller_made_the_group", [True, False])

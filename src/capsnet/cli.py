@@ -1,4 +1,4 @@
-"""The ``capsnet`` command: ``train``, ``evaluate``, ``reproduce``, ``figures`` and ``download``.
+"""The ``capsnet`` command: ``train``, ``evaluate``, ``reproduce``, ``figures``, ``curves`` and ``download``.
 
 Every flag of ``capsnet train`` comes from :class:`capsnet.config.TrainConfig`, its help text and default
 included. Bad input ends with one ``capsnet: error: ...`` line and exit status 2, without a traceback.
@@ -7,6 +7,7 @@ included. Bad input ends with one ``capsnet: error: ...`` line and exit status 2
 from __future__ import annotations
 
 import argparse
+import collections
 import sys
 import typing
 from dataclasses import MISSING, fields
@@ -181,8 +182,12 @@ def _curves(args: argparse.Namespace) -> None:
     labels = args.labels or [run.name for run in args.runs]
     if len(labels) != len(args.runs):
         raise ValueError(f"--labels names {len(labels)} runs, but {len(args.runs)} run folders were given")
+    repeated = [label for label, count in collections.Counter(labels).items() if count > 1]
+    if repeated:
+        raise ValueError(f"several runs would share the label {repeated[0]!r}: name them with --labels")
     curves = {name: errors for run, label in zip(args.runs, labels) for name, errors in _error_curves(run, label).items()}
     target = None if args.target is None else args.target / 100
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     path = figures.plot_learning_curves(curves, args.out, target=target)
     print(f"wrote {path}: {', '.join(curves)}")
 
@@ -190,6 +195,8 @@ def _curves(args: argparse.Namespace) -> None:
 def _error_curves(run_dir: Path, label: str) -> dict[str, list[float]]:
     """The test error after every epoch of a run folder, and the extra test set's if it has one."""
     epochs = read_metrics(run_dir)
+    if not epochs:
+        raise ValueError(f"{run_dir} has no finished epoch yet")
     names = dict.fromkeys(key for epoch in epochs for key in epoch if key.endswith("_error"))
     return {label if name == "test_error" else f"{label} ({name.removesuffix('_error')})":
             [epoch[name] for epoch in epochs if name in epoch] for name in names}
@@ -238,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.set_defaults(func=_reproduce)
 
     figures_cmd = commands.add_parser(
-        "figures", help="draw reconstructions (MultiMNIST: segmentation), pose perturbations and routing (PNG)")
+        "figures", help="draw reconstructions (MultiMNIST: segmentation), pose perturbations, routing and the "
+                        "learning curve (PNG)")
     figures_cmd.add_argument("checkpoint", type=Path, help="a last.pt or best.pt of a CapsNet")
     figures_cmd.add_argument("--out", help="folder for the PNG files (default: figures/ beside the checkpoint)")
     figures_cmd.add_argument("--data-dir", help="folder with the dataset (default: the one used in training)")

@@ -28,6 +28,8 @@ DATASET_CHOICES = (*DATASETS, "multimnist")
 LR_DECAY_STEPS = 2000  # the official code's decay period
 # Section 6: MultiMNIST decays "10x" slower, "because the training dataset is larger" (60M pairs).
 MULTIMNIST_LR_DECAY_STEPS = 10 * LR_DECAY_STEPS
+# Settings whose default depends on others: TrainConfig.replace() derives them anew when those change.
+_DERIVED_FROM = {"lr_decay_steps": {"dataset"}, "max_shift": {"dataset"}, "output_dir": {"model", "dataset"}}
 
 
 def check_positive_flag(flag: str, value: int | None) -> None:
@@ -112,7 +114,6 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
-        # Settings left to be derived from others: derived anew by replace() when those others change.
         self._derived = {name for name in ("lr_decay_steps", "output_dir") if getattr(self, name) is None}
         if self.dataset == "multimnist" and self.max_shift == TrainConfig.max_shift:
             self._derived.add("max_shift")
@@ -173,10 +174,14 @@ class TrainConfig:
         return asdict(self)
 
     def replace(self, **changes: Any) -> TrainConfig:
-        """A copy with ``changes``, in which the settings this config derived from others (the decay period and
-        shift of MultiMNIST, the run folder's name) are derived anew; the ones given explicitly are kept."""
-        kept = {key: value for key, value in self.to_dict().items() if key not in self._derived}
-        return TrainConfig(**{**kept, **changes})
+        """A copy with ``changes``. A setting this config derived from others (the decay period and shift of
+        MultiMNIST from ``dataset``, the run folder's name from ``model`` and ``dataset``) is derived anew when
+        one of those changes; settings given explicitly are kept. Unlike ``dataclasses.replace``, which keeps
+        every derived value, and unlike a config read back with :meth:`from_dict`, whose values all count as
+        given."""
+        stale = {name for name in self._derived if _DERIVED_FROM[name] & changes.keys()}
+        kept = {key: value for key, value in self.to_dict().items() if key not in stale}
+        return type(self)(**{**kept, **changes})
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:

@@ -254,10 +254,15 @@ def plot_segmentation(model: CapsNet, images: Tensor, labels: Tensor, path: str 
 
 def plot_learning_curves(curves: Mapping[str, Sequence[float]], path: str | Path, *, target: float | None = None) -> Path:
     """Error after every epoch, one line per entry of ``curves`` (label -> errors as fractions, epoch 1 first),
-    on a log scale (late epochs move by hundredths of a percent), with ``target`` (a fraction) as a dashed line."""
+    on a log scale (late epochs move by hundredths of a percent; linear if an error is 0), with ``target`` (a
+    positive fraction) as a dashed line."""
+    if not curves:
+        raise ValueError("no curves to draw")
     for label, errors in curves.items():
         if not errors:
             raise ValueError(f"{label!r} has no epochs to draw")
+    if target is not None and not target > 0:
+        raise ValueError(f"the target must be a positive error, got {target}")
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for label, errors in curves.items():
@@ -265,10 +270,12 @@ def plot_learning_curves(curves: Mapping[str, Sequence[float]], path: str | Path
                   label=f"{label}: {100 * errors[-1]:.2f}% after {len(errors)} epochs")
     if target is not None:
         axis.axhline(100 * target, color="black", linestyle="--", linewidth=1, label=f"target {100 * target:.2f}%")
-    axis.set_yscale("log")
-    percent = plt.FuncFormatter(lambda value, _: f"{value:g}%")
-    axis.yaxis.set_major_formatter(percent)
-    axis.yaxis.set_minor_formatter(percent)  # a run's errors often span less than a decade
+    values = [e for errors in curves.values() for e in errors] + ([] if target is None else [target])
+    if min(values) > 0:
+        axis.set_yscale("log")
+        if max(values) < 10 * min(values):  # within a decade only minor ticks fall inside: label them
+            axis.yaxis.set_minor_formatter(plt.FuncFormatter(lambda value, _: f"{value:g}%"))
+    axis.yaxis.set_major_formatter(plt.FuncFormatter(lambda value, _: f"{value:g}%"))
     axis.set_xlabel("epoch")
     axis.set_ylabel("test error")
     axis.grid(True, which="both", alpha=0.3)

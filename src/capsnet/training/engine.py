@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -114,9 +114,13 @@ class Trainer:
             self._restore(load_checkpoint(self.run_dir / "last.pt", map_location=self.device))
         elif self.distributed.is_main:
             _truncate_metrics(self.run_dir / "metrics.jsonl", 0)  # lines left by a run killed before its first save
+        self._write_config()
+
+    def _write_config(self) -> None:
+        """``config.json``: the settings, the model's arguments and size, and what ``auto`` options became."""
         if self.distributed.is_main:
             _write_json(self.run_dir / "config.json", {
-                **config.to_dict(), "model_kwargs": self.model_kwargs, "parameters": self.parameter_count,
+                **self.config.to_dict(), "model_kwargs": self.model_kwargs, "parameters": self.parameter_count,
                 "resolved": self.settings(),
             })
 
@@ -390,6 +394,7 @@ class Trainer:
             return metrics
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(metrics) + "\n")
+        self._write_config()  # a compile that failed at its first call has fallen back to eager by now
         self._save("last.pt")
         if improved:
             self._save("best.pt")
@@ -441,7 +446,8 @@ class Trainer:
             mismatched.append(f"the run is on {self.device.type} but the checkpoint was trained on {saved_device}")
         saved_kwargs = checkpoint["model_kwargs"]
         mismatched += [
-            f"the model's {key} is {self.model_kwargs.get(key)!r} but the checkpoint has {saved_kwargs.get(key)!r}"
+            f"{_setting_name(key)} is {_shown(self.model_kwargs.get(key))} but the checkpoint has "
+            f"{_shown(saved_kwargs.get(key))}"
             for key in {**saved_kwargs, **self.model_kwargs}
             if saved_kwargs.get(key) != self.model_kwargs.get(key) and key not in _RESUME_MUST_MATCH  # said above
         ]
@@ -530,6 +536,16 @@ def train(config: TrainConfig | None = None, **overrides: Any) -> list[dict[str,
             shutdown_distributed()
 
 
+def _setting_name(model_kwarg: str) -> str:
+    """The flag that sets a model argument (``--weight-std``), or the argument itself (``the model's image_size``)."""
+    is_flag = model_kwarg in {f.name for f in fields(TrainConfig)}
+    return "--" + model_kwarg.replace("_", "-") if is_flag else f"the model's {model_kwarg}"
+
+
+def _shown(value: Any) -> str:
+    return "unset (the model's default)" if value is None else repr(value)
+
+
 def _check_every_class_present(labels: Tensor, num_classes: int) -> None:
     """MultiMNIST draws each digit's partner from another class: every class must have digits to draw from."""
     missing = sorted(set(range(num_classes)) - set(labels.unique().tolist()))
@@ -591,19 +607,21 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise TrainingError(f"{run_dir} has no metrics.jsonl: not a run folder")
-    return [json.loads(line) for line in path.read_text().splitlines() if _epoch_of(line) is not None]
+    return [metrics for metrics in map(_metrics_of, path.read_text().splitlines()) if metrics is not None]
 
 
 def _truncate_metrics(path: Path, epochs_done: int) -> None:
     """Drop metric lines of epochs the checkpoint does not include (written just before a crash)."""
     if path.exists():
-        kept = [line for line in path.read_text().splitlines() if _epoch_of(line) in range(1, epochs_done + 1)]
+        kept = [line for line in path.read_text().splitlines()
+                if (_metrics_of(line) or {}).get("epoch") in range(1, epochs_done + 1)]
         path.write_text("".join(line + "\n" for line in kept))
 
 
-def _epoch_of(line: str) -> int | None:
-    """The epoch of a metrics line, or ``None`` for a line torn by a crash."""
+def _metrics_of(line: str) -> dict[str, Any] | None:
+    """The metrics of one line of ``metrics.jsonl``, or ``None`` for a line torn by a crash."""
     try:
-        return json.loads(line)["epoch"]
-    except (ValueError, KeyError, TypeError):
+        metrics = json.loads(line)
+    except ValueError:
         return None
+    return metrics if isinstance(metrics, dict) and "epoch" in metrics else None
