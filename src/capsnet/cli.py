@@ -258,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     curves = commands.add_parser("curves", help="plot the test error after every epoch of run folders (PNG)")
     curves.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="run folders (with metrics.jsonl)")
-    curves.add_argument("--out", type=Path, default=Path("learning_curves.png"), help="the PNG file to write")
+    curves.add_argument("--out", type=Path, default=Path("learning_curves.png"), help="the PNG file to write (default: learning_curves.png)")
     curves.add_argument("--labels", nargs="+", metavar="LABEL", help="one name per run (default: the folder names)")
     curves.add_argument("--target", type=float, metavar="PERCENT", help="draw a target error, in percent, e.g. 0.4")
     curves.set_defaults(func=_curves)
