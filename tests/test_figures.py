@@ -157,7 +157,8 @@ def test_capsnet_curves_draws_each_error_of_each_run_folder(tmp_path, capsys):
     write_metrics(tmp_path / "mnist", [0.02, 0.01])
     write_metrics(tmp_path / "affine", [0.03, 0.02, 0.015], **{"affnist-synthetic_error": [0.4, 0.3, 0.25]})
     out = tmp_path / "curves.png"
-    assert main(["curves", str(tmp_path / "mnist"), str(tmp_path / "affine"), "--out", str(out), "--target", "0.4"]) == 0
+    runs = [str(tmp_path / "mnist"), str(tmp_path / "affine")]
+    assert main(["curves", *runs, "--out", str(out), "--target", "0.4"]) == 0
     assert png_size(out) == (700, 450)
     assert f"wrote {out}: mnist, affine, affine (affnist-synthetic)" in capsys.readouterr().out
     assert main(["curves", str(tmp_path / "mnist"), "--labels", "CPU", "--out", str(out)]) == 0

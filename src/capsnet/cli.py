@@ -185,7 +185,8 @@ def _curves(args: argparse.Namespace) -> None:
     repeated = [label for label, count in collections.Counter(labels).items() if count > 1]
     if repeated:
         raise ValueError(f"several runs would share the label {repeated[0]!r}: name them with --labels")
-    curves = {name: errors for run, label in zip(args.runs, labels) for name, errors in _error_curves(run, label).items()}
+    curves = {name: errors for run, label in zip(args.runs, labels)
+              for name, errors in _error_curves(run, label).items()}
     target = None if args.target is None else args.target / 100
     args.out.parent.mkdir(parents=True, exist_ok=True)
     path = figures.plot_learning_curves(curves, args.out, target=target)
@@ -258,7 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     curves = commands.add_parser("curves", help="plot the test error after every epoch of run folders (PNG)")
     curves.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="run folders (with metrics.jsonl)")
-    curves.add_argument("--out", type=Path, default=Path("learning_curves.png"), help="the PNG file to write (default: learning_curves.png)")
+    curves.add_argument("--out", type=Path, default=Path("learning_curves.png"),
+                        help="the PNG file to write (default: learning_curves.png)")
     curves.add_argument("--labels", nargs="+", metavar="LABEL", help="one name per run (default: the folder names)")
     curves.add_argument("--target", type=float, metavar="PERCENT", help="draw a target error, in percent, e.g. 0.4")
     curves.set_defaults(func=_curves)

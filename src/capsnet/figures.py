@@ -252,7 +252,9 @@ def plot_segmentation(model: CapsNet, images: Tensor, labels: Tensor, path: str 
     return _save(figure, path)
 
 
-def plot_learning_curves(curves: Mapping[str, Sequence[float]], path: str | Path, *, target: float | None = None) -> Path:
+def plot_learning_curves(
+    curves: Mapping[str, Sequence[float]], path: str | Path, *, target: float | None = None
+) -> Path:
     """Error after every epoch, one line per entry of ``curves`` (label -> errors as fractions, epoch 1 first),
     on a log scale (late epochs move by hundredths of a percent; linear if an error is 0), with ``target`` (a
     positive fraction) as a dashed line."""

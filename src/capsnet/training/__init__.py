@@ -3,4 +3,7 @@
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .engine import Trainer, TrainingError, TrainingInterrupted, evaluate, read_metrics, resolve_device, train
 
-__all__ = ["Trainer", "TrainingError", "TrainingInterrupted", "train", "evaluate", "read_metrics", "resolve_device", "CheckpointError", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "Trainer", "TrainingError", "TrainingInterrupted", "train", "evaluate", "read_metrics", "resolve_device",
+    "CheckpointError", "load_checkpoint", "save_checkpoint",
+]
