@@ -114,7 +114,7 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
-        self._derived = {name for name in ("lr_decay_steps", "output_dir") if getattr(self, name) is None}
+        self._derived = {name for name in _DERIVED_FROM if getattr(self, name) is None}  # max_shift: below
         if self.dataset == "multimnist" and self.max_shift == TrainConfig.max_shift:
             self._derived.add("max_shift")
         check_choice(self.dataset, "--dataset", DATASET_CHOICES)

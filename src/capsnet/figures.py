@@ -273,11 +273,12 @@ def plot_learning_curves(
     if target is not None:
         axis.axhline(100 * target, color="black", linestyle="--", linewidth=1, label=f"target {100 * target:.2f}%")
     values = [e for errors in curves.values() for e in errors] + ([] if target is None else [target])
+    percent = plt.FuncFormatter(lambda value, _: f"{value:g}%")
     if min(values) > 0:
         axis.set_yscale("log")
         if max(values) < 10 * min(values):  # within a decade only minor ticks fall inside: label them
-            axis.yaxis.set_minor_formatter(plt.FuncFormatter(lambda value, _: f"{value:g}%"))
-    axis.yaxis.set_major_formatter(plt.FuncFormatter(lambda value, _: f"{value:g}%"))
+            axis.yaxis.set_minor_formatter(percent)
+    axis.yaxis.set_major_formatter(percent)
     axis.set_xlabel("epoch")
     axis.set_ylabel("test error")
     axis.grid(True, which="both", alpha=0.3)
