@@ -90,6 +90,10 @@ def test_capsnet_figures_command_writes_the_three_pictures(tmp_path, shared_data
     assert names == ["fig3_reconstructions.png", "fig4_perturbations.png", "learning_curve.png", "routing_coupling.png"]
     assert main(["figures", str(run / "last.pt"), "--index", "999", "--limit-test", "200"]) == 2
     assert "--index must be in [0, 200), got 999" in capsys.readouterr().err
+    (run / "metrics.jsonl").write_text("")  # as after a Ctrl-C in the first epoch: a checkpoint, no finished epoch
+    (run / "figures" / "learning_curve.png").unlink()
+    assert main(["figures", str(run / "last.pt"), "--limit-test", "200", "--examples", "4"]) == 0
+    assert not (run / "figures" / "learning_curve.png").exists()
 
 
 def test_segmentation_decodes_each_of_the_two_longest_capsules_on_its_own():

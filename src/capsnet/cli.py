@@ -172,8 +172,9 @@ def _figures(args: argparse.Namespace) -> None:
         print("this model has no decoder (trained with --no-reconstruction): Figures 3, 4 and 5 need one",
               file=sys.stderr)
     run_dir = Path(args.checkpoint).parent
-    if (run_dir / "metrics.jsonl").is_file():
-        written.append(figures.plot_learning_curves(_error_curves(run_dir, run_dir.name), out / "learning_curve.png"))
+    epochs = read_metrics(run_dir) if (run_dir / "metrics.jsonl").is_file() else []
+    if epochs:  # none finished yet when the checkpoint was saved by Ctrl-C in the first epoch
+        written.append(figures.plot_learning_curves(_error_curves(epochs, run_dir.name), out / "learning_curve.png"))
     for path in written:
         print(f"wrote {path}")
 
@@ -185,19 +186,20 @@ def _curves(args: argparse.Namespace) -> None:
     repeated = [label for label, count in collections.Counter(labels).items() if count > 1]
     if repeated:
         raise ValueError(f"several runs would share the label {repeated[0]!r}: name them with --labels")
-    curves = {name: errors for run, label in zip(args.runs, labels)
-              for name, errors in _error_curves(run, label).items()}
+    curves = {}
+    for run, label in zip(args.runs, labels):
+        epochs = read_metrics(run)
+        if not epochs:
+            raise ValueError(f"{run} has no finished epoch yet")
+        curves.update(_error_curves(epochs, label))
     target = None if args.target is None else args.target / 100
     args.out.parent.mkdir(parents=True, exist_ok=True)
     path = figures.plot_learning_curves(curves, args.out, target=target)
     print(f"wrote {path}: {', '.join(curves)}")
 
 
-def _error_curves(run_dir: Path, label: str) -> dict[str, list[float]]:
-    """The test error after every epoch of a run folder, and the extra test set's if it has one."""
-    epochs = read_metrics(run_dir)
-    if not epochs:
-        raise ValueError(f"{run_dir} has no finished epoch yet")
+def _error_curves(epochs: list[dict[str, typing.Any]], label: str) -> dict[str, list[float]]:
+    """The test error after every epoch of a run (its ``read_metrics``), and the extra test set's if it has one."""
     names = dict.fromkeys(key for epoch in epochs for key in epoch if key.endswith("_error"))
     return {label if name == "test_error" else f"{label} ({name.removesuffix('_error')})":
             [epoch[name] for epoch in epochs if name in epoch] for name in names}
