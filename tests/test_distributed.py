@@ -65,6 +65,17 @@ def test_resumed_two_rank_run_matches_an_uninterrupted_single_process(tmp_path, 
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
 
 
+def test_resumed_two_rank_run_keeps_every_ranks_dropout_masks(tmp_path, shared_data):
+    quick = ("--model", "baseline-cnn-tiny", "--limit-train", "64", "--batch-size", "32")
+    capsnet_train(2, tmp_path / "straight", shared_data, *quick, "--epochs", "2")
+    capsnet_train(2, tmp_path / "resumed", shared_data, *quick, "--epochs", "1")
+    capsnet_train(2, tmp_path / "resumed", shared_data, *quick, "--epochs", "2", "--resume")
+    straight, resumed = load_checkpoint(tmp_path / "straight" / "last.pt"), load_checkpoint(tmp_path / "resumed" / "last.pt")
+    assert len(resumed["rng"]) == 2
+    for name, value in straight["model"].items():
+        assert torch.equal(resumed["model"][name], value), name
+
+
 def test_without_torchrun_the_run_is_one_process(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     context = init_distributed(torch.device("cpu"))

@@ -10,7 +10,7 @@ import torch
 import capsnet
 from capsnet import TrainConfig, Trainer, create_model
 from capsnet.cli import main
-from capsnet.training import TrainingError, load_checkpoint, read_metrics
+from capsnet.training import TrainingError, load_checkpoint, read_metrics, save_checkpoint
 
 QUICK = dict(model="capsnet-tiny", limit_train=256, limit_test=100, batch_size=32, progress=False)
 
@@ -54,6 +54,19 @@ def test_resume_after_an_epoch_matches_an_uninterrupted_run(tmp_path, shared_dat
     resumed = Trainer(config(tmp_path, shared_data, "split", epochs=2, resume=True))
     resumed.fit()
     assert strip_times(read_metrics(tmp_path / "split")) == strip_times(history)
+    assert_same_weights(resumed.model, straight.model)
+
+
+def test_checkpoint_with_one_random_state_from_older_versions_still_resumes_exactly(tmp_path, shared_data):
+    cnn = dict(model="baseline-cnn-tiny", epochs=2)  # dropout: the random state matters
+    straight = Trainer(config(tmp_path, shared_data, "straight", **cnn))
+    straight.fit()
+    Trainer(config(tmp_path, shared_data, "split", **{**cnn, "epochs": 1})).fit()
+    checkpoint = load_checkpoint(tmp_path / "split" / "last.pt")
+    checkpoint["rng"] = checkpoint["rng"][0]  # a single state, not one per rank
+    save_checkpoint(tmp_path / "split" / "last.pt", checkpoint)
+    resumed = Trainer(config(tmp_path, shared_data, "split", **cnn, resume=True))
+    resumed.fit()
     assert_same_weights(resumed.model, straight.model)
 
 

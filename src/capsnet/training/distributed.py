@@ -10,13 +10,15 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
 __all__ = ["DistributedContext", "init_distributed", "in_process_group", "shutdown_distributed"]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,14 @@ class DistributedContext:
         value = torch.tensor([int(flag)])
         dist.all_reduce(value, op=dist.ReduceOp.MAX, group=self.control_group)
         return bool(value.item())
+
+    def gather(self, value: T) -> list[T]:
+        """``value`` of every rank, in rank order, on every rank (any picklable object holding CPU tensors)."""
+        if not self.enabled:
+            return [value]
+        values: list[Any] = [None] * self.world_size
+        dist.all_gather_object(values, value, group=self.control_group)
+        return values
 
     def shard(self, tensor: Tensor) -> Tensor:
         """This rank's contiguous part of ``tensor``'s first dim (parts differ in size by at most one)."""

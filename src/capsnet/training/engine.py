@@ -199,8 +199,7 @@ class Trainer:
         Ctrl-C (SIGINT) or SIGTERM is honoured at the next batch boundary: ``last.pt`` is saved there, so a
         resumed run continues exactly, and ``KeyboardInterrupt`` is raised. A second Ctrl-C stops at once.
         Under ``torchrun`` all ranks stop at the same batch when any of them got the signal. Exactly means the
-        same batches, augmentation and weights; under ``torchrun`` only the baseline CNN's dropout masks differ
-        after a resume, on the ranks other than 0 (their random streams restart from their seeds).
+        same batches, augmentation, dropout masks and weights, with as many processes as before.
         """
         history, self._signalled, self._stopping = [], False, False
         started = time.monotonic()
@@ -390,23 +389,25 @@ class Trainer:
         improved = metrics["test_error"] < progress.best_error
         progress.best_error = min(progress.best_error, metrics["test_error"])
         progress.batch, progress.sums, progress.seconds = 0, {}, 0.0
-        if not self.distributed.is_main:
-            return metrics
+        if self.distributed.is_main:
+            self._record(metrics)
+        self._save("last.pt", *(["best.pt"] if improved else []))
+        return metrics
+
+    def _record(self, metrics: dict[str, Any]) -> None:
+        """Append the epoch to ``metrics.jsonl``, refresh ``config.json`` and report the epoch (rank 0)."""
+        extra = f"{self.config.extra_test}_error"
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(metrics) + "\n")
         self._write_config()  # a compile that failed at its first call has fallen back to eager by now
-        self._save("last.pt")
-        if improved:
-            self._save("best.pt")
         tqdm.write(
-            f"epoch {progress.epoch}/{self.config.epochs}: train loss {metrics['train_loss']:.4f}, "
+            f"epoch {metrics['epoch']}/{self.config.epochs}: train loss {metrics['train_loss']:.4f}, "
             f"train acc {metrics['train_accuracy']:.2%}, test error {metrics['test_error']:.2%} "
             f"({metrics['test_examples']} images), "
-            + "".join(f"{key.removesuffix('_error')} error {value:.2%}, " for key, value in extra.items())
+            + (f"{self.config.extra_test} error {metrics[extra]:.2%}, " if extra in metrics else "")
             + f"{metrics['epoch_seconds']:.1f} s (+{metrics['test_seconds']:.1f} s testing), "
             f"{metrics['train_images_per_second']:.0f} img/s"
         )
-        return metrics
 
     def _evaluate_on(self, images: Tensor, labels: Tensor, progress: bool = False) -> dict[str, Any]:
         """Error and per-class accuracy on a test set, each rank predicting its own part of it."""
@@ -417,11 +418,14 @@ class Trainer:
         )
         return _error_report(self.distributed.sum_(tallies))
 
-    def _save(self, name: str) -> None:
+    def _save(self, *names: str) -> None:
+        """Write the checkpoint under each of ``names`` (rank 0). Every rank calls it: it gathers their random
+        states, so that each rank's dropout masks continue after a resume where they were."""
+        rng = self.distributed.gather(_global_rng_state(self.device))
         if not self.distributed.is_main:
             return
         progress = self.progress
-        save_checkpoint(self.run_dir / name, {
+        checkpoint = {
             "config": self.config.to_dict(),
             "model_name": self.config.model,
             "model_kwargs": self.model_kwargs,
@@ -431,9 +435,11 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "grad_scaler": self.scaler.state_dict(),
-            "rng": _global_rng_state(self.device),  # dropout masks continue where they were
+            "rng": rng,  # one state per rank
             "progress": {**progress.__dict__, "augment_rng": self._augment_generator.get_state()},
-        })
+        }
+        for name in names:
+            save_checkpoint(self.run_dir / name, checkpoint)
 
     def _restore(self, checkpoint: dict[str, Any]) -> None:
         saved = TrainConfig.from_dict(checkpoint["config"])  # fields newer than the file take their defaults
@@ -456,8 +462,10 @@ class Trainer:
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
-        if "rng" in checkpoint and self.distributed.is_main:  # other ranks keep their own seeds' streams
-            _set_global_rng_state(checkpoint["rng"], self.device)
+        rng = checkpoint.get("rng", [])
+        rng = [rng] if isinstance(rng, dict) else rng  # files from before per-rank states hold rank 0's alone
+        if self.distributed.rank < len(rng):  # ranks new to the run keep their own seeds' streams
+            _set_global_rng_state(rng[self.distributed.rank], self.device)
         if checkpoint.get("grad_scaler") and self.scaler.is_enabled():  # empty when saved without loss scaling
             self.scaler.load_state_dict(checkpoint["grad_scaler"])
         saved_progress = dict(checkpoint["progress"])
