@@ -6,7 +6,7 @@ import pytest
 
 from capsnet.cli import main
 from capsnet import create_model
-from capsnet.experiments import EXPERIMENTS
+from capsnet.experiments import EXPERIMENTS, _row_config
 
 
 def reproduce(tmp_path, shared_data, *extra):
@@ -69,11 +69,21 @@ def test_reproduce_can_train_chosen_rows_in_a_chosen_order(tmp_path, shared_data
 
 def test_reproduce_affnist_trains_on_a_40px_canvas_and_reports_the_affine_set(tmp_path, shared_data):
     argv = ["reproduce", "affnist", "--tiny", "--data-dir", str(shared_data), "--runs-dir", str(tmp_path),
-            "--limit-train", "64", "--limit-test", "100", "--batch-size", "32", "--epochs", "1", "--no-progress"]
+            "--limit-train", "64", "--limit-test", "100", "--batch-size", "32", "--epochs", "3", "--no-progress",
+            "--stop-at-error", "99.5"]  # any error of 100 images but 100% stops it: early stopping, as the paper
     assert main(argv) == 0
     results = json.loads((tmp_path / "affnist" / "results.json").read_text())
     assert [r["model"] for r in results] == ["capsnet-tiny", "baseline-cnn-tiny"]
+    assert [r["epochs"] for r in results] == [1, 1]
     assert all(0 <= r["extra_errors"]["affnist-synthetic"] <= 1 for r in results)
     config = json.loads((tmp_path / "affnist" / "capsnet" / "config.json").read_text())
     assert config["model_kwargs"]["image_size"] == [40, 40] and config["max_shift"] == 6
     assert "affnist-synthetic, last epoch" in (tmp_path / "affnist" / "results.md").read_text()
+
+
+def test_affnist_rows_stop_early_at_the_papers_accuracy_unless_told_otherwise(tmp_path):
+    experiment = EXPERIMENTS["affnist"]
+    for settings, expected in (({}, 0.78), ({"stop_at_error": None}, 0.78), ({"stop_at_error": 1.5}, 1.5)):
+        configs = [_row_config(experiment, row, tmp_path, settings, tiny=True) for row in experiment.rows]
+        assert [c.stop_at_error for c in configs] == [expected, expected]
+    assert _row_config(EXPERIMENTS["table1"], EXPERIMENTS["table1"].rows[0], tmp_path, {}, tiny=True).stop_at_error is None

@@ -280,6 +280,25 @@ def test_capsnet_train_says_how_to_continue_a_run_stopped_by_the_time_limit(tmp_
     assert "--extra-test affnist-synthetic has 40x40 images: it needs --canvas 40" in capsys.readouterr().err
 
 
+def test_stop_at_error_ends_the_run_at_the_first_epoch_that_reaches_it(tmp_path, shared_data, capsys):
+    run = tmp_path / "run"
+    argv = ["train", "--model", "capsnet-tiny", "--data-dir", str(shared_data), "--limit-train", "64", "--limit-test",
+            "100", "--batch-size", "32", "--epochs", "3", "--no-progress", "--output-dir", str(run)]
+    assert main(argv + ["--stop-at-error", "99.5"]) == 0  # reached by anything but a 100% error
+    assert [m["epoch"] for m in read_metrics(run)] == [1]
+    assert "stopped early: test error at or below --stop-at-error 99.5%" in capsys.readouterr().out
+    assert main(argv + ["--stop-at-error", "99.5", "--resume"]) == 0
+    assert f"nothing to do: {run} reached --stop-at-error 99.5%" in capsys.readouterr().out
+    assert main(argv + ["--stop-at-error", "0.01", "--resume"]) == 0  # a lower target trains on
+    assert [m["epoch"] for m in read_metrics(run)] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("percent", [0, -1, 100])
+def test_stop_at_error_must_be_a_percentage(tmp_path, percent):
+    with pytest.raises(ValueError, match="--stop-at-error must be a test error in percent, above 0 and below 100"):
+        TrainConfig(output_dir=str(tmp_path), stop_at_error=percent)
+
+
 @pytest.mark.parametrize("minutes", [0, -1, float("nan")])
 def test_time_limit_must_be_positive(tmp_path, minutes):
     with pytest.raises(ValueError, match="--time-limit must be a positive number of minutes"):

@@ -31,8 +31,9 @@ from .training.engine import Trainer
 from .training.precision import resolve_precision
 
 # The settings of `capsnet reproduce` shared by all rows; the rows set model, routing and reconstruction.
-_REPRODUCE_SETTINGS = ("data_dir", "epochs", "time_limit", "batch_size", "lr_decay_steps", "lr_warmup_steps", "seed",
-                       "device", "precision", "compile", "channels_last", "limit_train", "limit_test", "progress")
+_REPRODUCE_SETTINGS = ("data_dir", "epochs", "time_limit", "stop_at_error", "batch_size", "lr_decay_steps",
+                       "lr_warmup_steps", "seed", "device", "precision", "compile", "channels_last", "limit_train",
+                       "limit_test", "progress")
 
 # OSError: unreadable or unwritable files and full disks are the user's to fix, not a bug to trace back.
 _USER_ERRORS = (ValueError, DataError, CheckpointError, TrainingError, OSError, ImportError)
@@ -78,11 +79,15 @@ def _run_training(config: TrainConfig) -> None:
             file=sys.stderr)
         raise SystemExit(130) from None
     if not history:
-        say(f"nothing to do: {trainer.run_dir} has already trained {trainer.progress.epoch} epochs; raise --epochs")
+        done = (f"reached --stop-at-error {config.stop_at_error}%" if trainer.reached_target
+                else f"has already trained {trainer.progress.epoch} epochs; raise --epochs")
+        say(f"nothing to do: {trainer.run_dir} {done}")
     else:
         say(f"done: test error {history[-1]['test_error']:.2%} after {trainer.progress.epoch} epochs; "
               f"best {trainer.progress.best_error:.2%}; checkpoints in {trainer.run_dir}")
-        if trainer.progress.epoch < config.epochs:
+        if trainer.reached_target:
+            say(f"stopped early: test error at or below --stop-at-error {config.stop_at_error}%")
+        elif trainer.progress.epoch < config.epochs:
             say(f"stopped by --time-limit after epoch {trainer.progress.epoch} of {config.epochs}; continue with "
                 f"--resume --output-dir {trainer.run_dir}")
 

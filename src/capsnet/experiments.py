@@ -38,9 +38,12 @@ class ExperimentRow:
 
 @dataclass(frozen=True)
 class Experiment:
+    """A named set of rows; ``defaults`` are shared settings that the command line may change."""
+
     name: str
     title: str
     rows: tuple[ExperimentRow, ...]
+    defaults: dict[str, Any] = field(default_factory=dict)
 
 
 EXPERIMENTS = {
@@ -64,13 +67,16 @@ EXPERIMENTS = {
         ExperimentRow("cnn", "CNN with max pooling and dropout, trained the same way",
                       "0.78% on 40x40 MNIST (99.22% accuracy); 34% on affNIST (66% accuracy)",
                       {"model": "baseline-cnn-affnist", **_AFFINE_ROBUSTNESS}),
-    )),
+    # "An under-trained CapsNet with early stopping which achieved 99.23% accuracy on the expanded MNIST test
+    # set": both models are compared at the same accuracy there, reached first.
+    ), defaults={"stop_at_error": 0.78}),
 }
 
 
 def _row_config(experiment: Experiment, row: ExperimentRow, runs_dir: Path, settings: dict[str, Any],
                 tiny: bool) -> TrainConfig:
-    values = {**settings, **row.overrides}
+    given = {key: value for key, value in settings.items() if value is not None}  # None: not given
+    values = {**experiment.defaults, **given, **row.overrides}
     model = values.get("model", TrainConfig.model)
     values["model"] = _TINY_MODELS.get(model, model) if tiny else model
     output_dir = runs_dir / experiment.name / row.name

@@ -193,8 +193,9 @@ class Trainer:
         self.model_kwargs = config.model_kwargs(len(self.classes), channels, (height, width))
 
     def fit(self) -> list[dict[str, Any]]:
-        """Train until ``config.epochs`` (or the first epoch end past ``config.time_limit`` minutes); returns the
-        metrics of the epochs run by this call.
+        """Train until ``config.epochs``, the first epoch end past ``config.time_limit`` minutes, or the first
+        whose test error is at most ``config.stop_at_error`` percent; returns the metrics of the epochs run by
+        this call.
 
         Ctrl-C (SIGINT) or SIGTERM is honoured at the next batch boundary: ``last.pt`` is saved there, so a
         resumed run continues exactly, and ``KeyboardInterrupt`` is raised. A second Ctrl-C stops at once.
@@ -204,7 +205,7 @@ class Trainer:
         history, self._signalled, self._stopping = [], False, False
         started = time.monotonic()
         with self._deferred_interrupt():
-            while self.progress.epoch < self.config.epochs:
+            while self.progress.epoch < self.config.epochs and not self.reached_target:
                 self._train_epoch()
                 if self._stopping:  # agreed by all ranks in the epoch's last step
                     break
@@ -220,6 +221,12 @@ class Trainer:
             self.distributed.barrier()  # no rank exits (which makes torchrun stop the others) before the save
             raise TrainingInterrupted(self.run_dir / "last.pt")
         return history
+
+    @property
+    def reached_target(self) -> bool:
+        """Whether an epoch has ended at or below ``config.stop_at_error`` (the same answer on every rank)."""
+        target = self.config.stop_at_error
+        return target is not None and self.progress.best_error * 100 <= target + 1e-9  # errors are fractions: no float surprise at the boundary
 
     def _out_of_time(self, started: float) -> bool:
         """Whether ``--time-limit`` has passed (agreed by all ranks: their clocks differ slightly)."""
