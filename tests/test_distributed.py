@@ -1,8 +1,11 @@
 """Data-parallel training for real: torchrun starts 2 CPU processes that talk over gloo."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 import types
 
 import pytest
@@ -15,12 +18,16 @@ from capsnet.training.distributed import DistributedContext, init_distributed, s
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
 
 
-def capsnet_train(processes: int, run_dir, shared_data, *extra: str) -> subprocess.CompletedProcess:
+def train_command(processes: int, run_dir, shared_data, *extra: str) -> list[str]:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}", "-m"]
     argv = ["capsnet", "train", "--model", "capsnet-tiny", "--data-dir", str(shared_data), "--limit-test", "100",
             "--no-progress", "--output-dir", str(run_dir), *extra]
-    command = launcher + argv if processes > 1 else [sys.executable, "-m", *argv]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    return launcher + argv if processes > 1 else [sys.executable, "-m", *argv]
+
+
+def capsnet_train(processes: int, run_dir, shared_data, *extra: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(train_command(processes, run_dir, shared_data, *extra), capture_output=True, text=True,
+                            timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     return result
 
@@ -39,6 +46,14 @@ def assert_same_parameters(run_a, run_b):
         difference = (b["model"][name] - value).abs()
         assert difference.max() <= 2 * 1e-3 * steps, f"{name} differs by {difference.max()}"
         assert (difference > 2e-5).float().mean() <= 1e-3, f"{name}: {(difference > 2e-5).sum()} weights differ"
+
+
+def assert_equal_parameters(run_a, run_b):
+    """The same number of processes computes the same sums in the same order: equal to the last bit."""
+    a, b = load_checkpoint(run_a / "last.pt"), load_checkpoint(run_b / "last.pt")
+    assert a["progress"]["step"] == b["progress"]["step"]
+    for name, value in a["model"].items():
+        assert torch.equal(b["model"][name], value), name
 
 
 def test_two_ranks_of_batch_b_take_the_step_of_one_process_with_batch_2b(tmp_path, shared_data):
@@ -70,10 +85,26 @@ def test_resumed_two_rank_run_keeps_every_ranks_dropout_masks(tmp_path, shared_d
     capsnet_train(2, tmp_path / "straight", shared_data, *quick, "--epochs", "2")
     capsnet_train(2, tmp_path / "resumed", shared_data, *quick, "--epochs", "1")
     capsnet_train(2, tmp_path / "resumed", shared_data, *quick, "--epochs", "2", "--resume")
-    straight, resumed = load_checkpoint(tmp_path / "straight" / "last.pt"), load_checkpoint(tmp_path / "resumed" / "last.pt")
-    assert len(resumed["rng"]) == 2
-    for name, value in straight["model"].items():
-        assert torch.equal(resumed["model"][name], value), name
+    assert_equal_parameters(tmp_path / "straight", tmp_path / "resumed")
+
+
+def test_sigterm_to_a_two_rank_run_saves_every_ranks_state_and_resumes_exactly(tmp_path, shared_data):
+    quick = ("--limit-train", "2048", "--batch-size", "32", "--epochs", "3")  # 64 steps an epoch
+    capsnet_train(2, tmp_path / "straight", shared_data, *quick)
+    job = subprocess.Popen(train_command(2, tmp_path / "stopped", shared_data, *quick), stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    output = ""
+    while "run folder" not in output:  # rank 0 has loaded the data and is about to train
+        output += job.stdout.readline() or pytest.fail(output)
+    time.sleep(3)
+    os.killpg(job.pid, signal.SIGTERM)  # as a scheduler stops a job: torchrun and both workers get it
+    output += job.communicate(timeout=120)[0]
+    assert job.returncode != 0 and "interrupted: checkpoint saved" in output, output
+    checkpoint = load_checkpoint(tmp_path / "stopped" / "last.pt")
+    assert len(checkpoint["rng"]) == 2 and checkpoint["progress"]["epoch"] < 3
+    capsnet_train(2, tmp_path / "stopped", shared_data, *quick, "--resume")
+    assert_equal_parameters(tmp_path / "straight", tmp_path / "stopped")
 
 
 def test_without_torchrun_the_run_is_one_process(monkeypatch):

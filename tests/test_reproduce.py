@@ -75,6 +75,7 @@ def test_reproduce_affnist_trains_on_a_40px_canvas_and_reports_the_affine_set(tm
     results = json.loads((tmp_path / "affnist" / "results.json").read_text())
     assert [r["model"] for r in results] == ["capsnet-tiny", "baseline-cnn-tiny"]
     assert [r["epochs"] for r in results] == [1, 1]
+    assert "| 1 (stopped at <= 99.5%) |" in (tmp_path / "affnist" / "results.md").read_text()
     assert all(0 <= r["extra_errors"]["affnist-synthetic"] <= 1 for r in results)
     config = json.loads((tmp_path / "affnist" / "capsnet" / "config.json").read_text())
     assert config["model_kwargs"]["image_size"] == [40, 40] and config["max_shift"] == 6
@@ -83,7 +84,8 @@ def test_reproduce_affnist_trains_on_a_40px_canvas_and_reports_the_affine_set(tm
 
 def test_affnist_rows_stop_early_at_the_papers_accuracy_unless_told_otherwise(tmp_path):
     experiment = EXPERIMENTS["affnist"]
-    for settings, expected in (({}, 0.78), ({"stop_at_error": None}, 0.78), ({"stop_at_error": 1.5}, 1.5)):
+    for settings, expected in (({}, 0.78), ({"stop_at_error": None}, 0.78), ({"stop_at_error": 1.5}, 1.5),
+                               ({"stop_at_error": 0}, None)):
         configs = [_row_config(experiment, row, tmp_path, settings, tiny=True) for row in experiment.rows]
         assert [c.stop_at_error for c in configs] == [expected, expected]
     assert _row_config(EXPERIMENTS["table1"], EXPERIMENTS["table1"].rows[0], tmp_path, {}, tiny=True).stop_at_error is None

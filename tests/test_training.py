@@ -10,7 +10,7 @@ import torch
 import capsnet
 from capsnet import TrainConfig, Trainer, create_model
 from capsnet.cli import main
-from capsnet.training import TrainingError, load_checkpoint, read_metrics, save_checkpoint
+from capsnet.training import CheckpointError, TrainingError, load_checkpoint, read_metrics
 
 QUICK = dict(model="capsnet-tiny", limit_train=256, limit_test=100, batch_size=32, progress=False)
 
@@ -57,14 +57,15 @@ def test_resume_after_an_epoch_matches_an_uninterrupted_run(tmp_path, shared_dat
     assert_same_weights(resumed.model, straight.model)
 
 
-def test_checkpoint_with_one_random_state_from_older_versions_still_resumes_exactly(tmp_path, shared_data):
+def test_version_1_checkpoint_with_a_single_random_state_still_resumes_exactly(tmp_path, shared_data):
     cnn = dict(model="baseline-cnn-tiny", epochs=2)  # dropout: the random state matters
     straight = Trainer(config(tmp_path, shared_data, "straight", **cnn))
     straight.fit()
     Trainer(config(tmp_path, shared_data, "split", **{**cnn, "epochs": 1})).fit()
-    checkpoint = load_checkpoint(tmp_path / "split" / "last.pt")
-    checkpoint["rng"] = checkpoint["rng"][0]  # a single state, not one per rank
-    save_checkpoint(tmp_path / "split" / "last.pt", checkpoint)
+    last = tmp_path / "split" / "last.pt"
+    checkpoint = torch.load(last, weights_only=True)
+    assert checkpoint["version"] == 2 and len(checkpoint["rng"]) == 1
+    torch.save({**checkpoint, "version": 1, "rng": checkpoint["rng"][0]}, last)  # as capsnet wrote it before
     resumed = Trainer(config(tmp_path, shared_data, "split", **cnn, resume=True))
     resumed.fit()
     assert_same_weights(resumed.model, straight.model)
@@ -293,10 +294,17 @@ def test_stop_at_error_ends_the_run_at_the_first_epoch_that_reaches_it(tmp_path,
     assert [m["epoch"] for m in read_metrics(run)] == [1, 2, 3]
 
 
-@pytest.mark.parametrize("percent", [0, -1, 100])
+@pytest.mark.parametrize("percent", [-1, 100, float("nan")])
 def test_stop_at_error_must_be_a_percentage(tmp_path, percent):
-    with pytest.raises(ValueError, match="--stop-at-error must be a test error in percent, above 0 and below 100"):
+    with pytest.raises(ValueError, match=r"--stop-at-error must be a test error in percent, from 0 \(off\) to below 100"):
         TrainConfig(output_dir=str(tmp_path), stop_at_error=percent)
+    assert TrainConfig(output_dir=str(tmp_path), stop_at_error=0).stop_at_error is None
+
+
+def test_checkpoint_of_an_unknown_version_is_refused_by_name(tmp_path):
+    torch.save({"format": "capsnet-checkpoint", "version": 3}, tmp_path / "new.pt")
+    with pytest.raises(CheckpointError, match="has checkpoint version 3, this capsnet reads 1 to 2"):
+        load_checkpoint(tmp_path / "new.pt")
 
 
 @pytest.mark.parametrize("minutes", [0, -1, float("nan")])

@@ -85,10 +85,10 @@ def _run_training(config: TrainConfig) -> None:
     else:
         say(f"done: test error {history[-1]['test_error']:.2%} after {trainer.progress.epoch} epochs; "
               f"best {trainer.progress.best_error:.2%}; checkpoints in {trainer.run_dir}")
-        if trainer.reached_target:
-            say(f"stopped early: test error at or below --stop-at-error {config.stop_at_error}%")
-        elif trainer.progress.epoch < config.epochs:
-            say(f"stopped by --time-limit after epoch {trainer.progress.epoch} of {config.epochs}; continue with "
+        if trainer.progress.epoch < config.epochs:
+            say(f"stopped early: test error at or below --stop-at-error {config.stop_at_error}%"
+                if trainer.reached_target else
+                f"stopped by --time-limit after epoch {trainer.progress.epoch} of {config.epochs}; continue with "
                 f"--resume --output-dir {trainer.run_dir}")
 
 

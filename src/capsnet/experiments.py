@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ._checks import check_choice
-from .config import TrainConfig
+from .config import TrainConfig, reaches_error
 from .runtime import describe_machine
 from .training import Trainer, read_metrics
 
@@ -38,7 +38,8 @@ class ExperimentRow:
 
 @dataclass(frozen=True)
 class Experiment:
-    """A named set of rows; ``defaults`` are shared settings that the command line may change."""
+    """A named set of rows. ``defaults`` are shared settings that a caller's value replaces; they can only be
+    settings whose command-line default is unset (``None``), since every other flag always passes a value."""
 
     name: str
     title: str
@@ -157,6 +158,7 @@ def _row_result(row: ExperimentRow, run_dir: Path) -> dict[str, Any]:
                          if key.endswith("_error") and key != "test_error"},
         "train_seconds": round(sum(m["epoch_seconds"] for m in metrics), 1),
         "seed": config["seed"],
+        "stop_at_error": config.get("stop_at_error"),  # absent in runs started before early stopping existed
         "machines": machines,
         "command": _train_command(config),
     }
@@ -180,7 +182,10 @@ def results_markdown(experiment: Experiment, results: list[dict[str, Any]]) -> s
     lines = [
         f"## {experiment.title}", "",
         "Test error after the last epoch trained (the honest number), and the lowest error seen after any epoch "
-        "(chosen on the test set, so optimistic).", "",
+        "(chosen on the test set, so optimistic)."
+        + (" Rows with early stopping end at the first epoch at or below their target test error, as in the paper: "
+           "that stopping point is chosen on the test set too." if any(r.get("stop_at_error") for r in results) else ""),
+        "",
         "| row | paper | ours, last epoch | " + "".join(f"{name}, last epoch | " for name in extra_sets)
         + "lowest (epoch) | epochs | training time | model | seed | hardware |",
         "|---|---:|---:|" + "---:|" * len(extra_sets) + "---:|---:|---:|---|---:|---|",
@@ -193,12 +198,20 @@ def results_markdown(experiment: Experiment, results: list[dict[str, Any]]) -> s
                         for name in extra_sets)
         lines.append(
             f"| {r['row']} | {r['paper']} | **{r['test_error']:.2%}** | {extra}{r['best_test_error']:.2%} ({r['best_epoch']}) "
-            f"| {r['epochs']} | {_duration(r['train_seconds'])} | {_model_cell(r)} | {r['seed']} "
+            f"| {_epochs_cell(r)} | {_duration(r['train_seconds'])} | {_model_cell(r)} | {r['seed']} "
             f"| {'; '.join(r['machines']) or 'unknown'} |"
         )
     lines += ["", "Commands (each row alone):", ""]
     lines += [f"- {r['row']}: `{r['command']}`" for r in results if "command" in r]
     return "\n".join(lines) + "\n"
+
+
+def _epochs_cell(result: dict[str, Any]) -> str:
+    target = result.get("stop_at_error")
+    if target is None:
+        return str(result["epochs"])
+    reached = reaches_error(result["test_error"], target)  # the last epoch is the first at the target, if any
+    return f"{result['epochs']} ({'stopped at' if reached else 'not yet at'} <= {target}%)"
 
 
 def _model_cell(result: dict[str, Any]) -> str:

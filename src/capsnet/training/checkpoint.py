@@ -12,7 +12,7 @@ import torch
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint"]
 
 FORMAT = "capsnet-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: one random state per process ("rng" is a list); 1 held a single one
 
 
 class CheckpointError(RuntimeError):
@@ -46,6 +46,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"{path} is not a capsnet checkpoint ({type(exc).__name__}: {first_line})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a capsnet checkpoint (no '{FORMAT}' marker)")
-    if payload.get("version") != VERSION:
-        raise CheckpointError(f"{path} has checkpoint version {payload.get('version')}, this capsnet reads {VERSION}")
-    return payload
+    if payload.get("version") not in (1, VERSION):
+        raise CheckpointError(f"{path} has checkpoint version {payload.get('version')}, this capsnet reads 1 to {VERSION}")
+    if payload["version"] == 1 and "rng" in payload:
+        payload["rng"] = [payload["rng"]]  # the state of the only process, or of rank 0
+    return {**payload, "version": VERSION}

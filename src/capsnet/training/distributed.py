@@ -18,7 +18,7 @@ from torch import Tensor
 
 __all__ = ["DistributedContext", "init_distributed", "in_process_group", "shutdown_distributed"]
 
-T = TypeVar("T")
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ class DistributedContext:
         dist.all_reduce(value, op=dist.ReduceOp.MAX, group=self.control_group)
         return bool(value.item())
 
-    def gather(self, value: T) -> list[T]:
+    def gather(self, value: _T) -> list[_T]:
         """``value`` of every rank, in rank order, on every rank (any picklable object holding CPU tensors)."""
         if not self.enabled:
             return [value]

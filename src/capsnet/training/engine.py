@@ -24,7 +24,7 @@ from ..data import TensorLoader, get_dataset_class, overlay_pairs, place_on_canv
 from ..data.testsets import base_dataset, load_test_set
 from ..losses import CapsuleLoss
 from ..models import create_model, is_capsule_model
-from ..config import TrainConfig
+from ..config import TrainConfig, reaches_error
 from ..functional import hits
 from ..runtime import retain_freed_memory
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -225,8 +225,7 @@ class Trainer:
     @property
     def reached_target(self) -> bool:
         """Whether an epoch has ended at or below ``config.stop_at_error`` (the same answer on every rank)."""
-        target = self.config.stop_at_error
-        return target is not None and self.progress.best_error * 100 <= target + 1e-9  # errors are fractions: no float surprise at the boundary
+        return reaches_error(self.progress.best_error, self.config.stop_at_error)
 
     def _out_of_time(self, started: float) -> bool:
         """Whether ``--time-limit`` has passed (agreed by all ranks: their clocks differ slightly)."""
@@ -403,7 +402,7 @@ class Trainer:
 
     def _record(self, metrics: dict[str, Any]) -> None:
         """Append the epoch to ``metrics.jsonl``, refresh ``config.json`` and report the epoch (rank 0)."""
-        extra = f"{self.config.extra_test}_error"
+        extra_key = f"{self.config.extra_test}_error"
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(metrics) + "\n")
         self._write_config()  # a compile that failed at its first call has fallen back to eager by now
@@ -411,7 +410,7 @@ class Trainer:
             f"epoch {metrics['epoch']}/{self.config.epochs}: train loss {metrics['train_loss']:.4f}, "
             f"train acc {metrics['train_accuracy']:.2%}, test error {metrics['test_error']:.2%} "
             f"({metrics['test_examples']} images), "
-            + (f"{self.config.extra_test} error {metrics[extra]:.2%}, " if extra in metrics else "")
+            + (f"{self.config.extra_test} error {metrics[extra_key]:.2%}, " if self.config.extra_test else "")
             + f"{metrics['epoch_seconds']:.1f} s (+{metrics['test_seconds']:.1f} s testing), "
             f"{metrics['train_images_per_second']:.0f} img/s"
         )
@@ -469,10 +468,9 @@ class Trainer:
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
-        rng = checkpoint.get("rng", [])
-        rng = [rng] if isinstance(rng, dict) else rng  # files from before per-rank states hold rank 0's alone
-        if self.distributed.rank < len(rng):  # ranks new to the run keep their own seeds' streams
-            _set_global_rng_state(rng[self.distributed.rank], self.device)
+        rng_states = checkpoint.get("rng", [])
+        if self.distributed.rank < len(rng_states):  # ranks new to the run keep their own seeds' streams
+            _set_global_rng_state(rng_states[self.distributed.rank], self.device)
         if checkpoint.get("grad_scaler") and self.scaler.is_enabled():  # empty when saved without loss scaling
             self.scaler.load_state_dict(checkpoint["grad_scaler"])
         saved_progress = dict(checkpoint["progress"])
