@@ -39,13 +39,15 @@ def metrics(run_dir):
 def assert_same_parameters(run_a, run_b):
     a, b = load_checkpoint(run_a / "last.pt"), load_checkpoint(run_b / "last.pt")
     assert a["progress"]["step"] == b["progress"]["step"]
-    steps = a["progress"]["step"]
+    steps, differing, total = a["progress"]["step"], 0, 0
     for name, value in a["model"].items():
         # Adam's steps are ~lr * sign(gradient): where a gradient is ~0, differently ordered sums can flip its sign
-        # and move that weight by up to 2 * lr per step. Almost every weight must agree to float rounding.
+        # and move that weight by up to 2 * lr per step. Almost every weight must agree to float rounding; counted
+        # over the whole model, since one flipped element of a 32-element bias is already 3% of that tensor.
         difference = (b["model"][name] - value).abs()
         assert difference.max() <= 2 * 1e-3 * steps, f"{name} differs by {difference.max()}"
-        assert (difference > 2e-5).float().mean() <= 1e-3, f"{name}: {(difference > 2e-5).sum()} weights differ"
+        differing, total = differing + int((difference > 2e-5).sum()), total + difference.numel()
+    assert differing <= 1e-3 * total, f"{differing} of {total} weights differ"
 
 
 def assert_equal_parameters(run_a, run_b):
