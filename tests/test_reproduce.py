@@ -4,9 +4,9 @@ import json
 
 import pytest
 
+from capsnet import cli, create_model
 from capsnet.cli import main
-from capsnet import create_model
-from capsnet.experiments import EXPERIMENTS, _row_config
+from capsnet.experiments import EXPERIMENTS, Experiment, _row_config
 
 
 def reproduce(tmp_path, shared_data, *extra):
@@ -89,3 +89,13 @@ def test_affnist_rows_stop_early_at_the_papers_accuracy_unless_told_otherwise(tm
         configs = [_row_config(experiment, row, tmp_path, settings, tiny=True) for row in experiment.rows]
         assert [c.stop_at_error for c in configs] == [expected, expected]
     assert _row_config(EXPERIMENTS["table1"], EXPERIMENTS["table1"].rows[0], tmp_path, {}, tiny=True).stop_at_error is None
+
+
+def test_experiment_defaults_give_way_only_to_the_flags_given(tmp_path, monkeypatch):
+    given = {}
+    monkeypatch.setattr(cli, "run_experiment", lambda name, runs_dir, rows, tiny, **settings: given.update(settings))
+    assert main(["reproduce", "table1", "--epochs", "3", "--no-progress"]) == 0
+    assert {key: value for key, value in given.items() if value is not None} == {"epochs": 3, "progress": False}
+    experiment = Experiment("x", "x", EXPERIMENTS["table1"].rows, defaults={"batch_size": 64, "epochs": 9})
+    config = _row_config(experiment, experiment.rows[-1], tmp_path, given, tiny=True)
+    assert (config.batch_size, config.epochs, config.progress, config.seed) == (64, 3, False, 0)

@@ -250,7 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--tiny", action="store_true",
                            help="narrow models instead of the paper's: a quick check of the pipeline, not a reproduction")
     _add_config_flags(reproduce, only=_REPRODUCE_SETTINGS)
-    reproduce.set_defaults(func=_reproduce)
+    # Flags not given stay None, so that an experiment's own defaults (affnist's early stopping) can apply;
+    # parser-level defaults override the argument-level ones that the help text shows.
+    reproduce.set_defaults(func=_reproduce, **dict.fromkeys(_REPRODUCE_SETTINGS))
 
     figures_cmd = commands.add_parser(
         "figures", help="draw reconstructions (MultiMNIST: segmentation), pose perturbations, routing and the "

@@ -38,8 +38,8 @@ class ExperimentRow:
 
 @dataclass(frozen=True)
 class Experiment:
-    """A named set of rows. ``defaults`` are shared settings that a caller's value replaces; they can only be
-    settings whose command-line default is unset (``None``), since every other flag always passes a value."""
+    """A named set of rows. ``defaults`` are settings shared by the rows that a caller's value replaces (a
+    ``capsnet reproduce`` flag given on the command line, a keyword of :func:`run_experiment` that is not None)."""
 
     name: str
     title: str
