@@ -10,7 +10,7 @@ import torch
 import capsnet
 from capsnet import TrainConfig, Trainer, create_model
 from capsnet.cli import main
-from capsnet.training import CheckpointError, TrainingError, load_checkpoint, read_metrics
+from capsnet.training import CheckpointError, TrainingError, load_checkpoint, read_metrics, resume_config
 
 QUICK = dict(model="capsnet-tiny", limit_train=256, limit_test=100, batch_size=32, progress=False)
 
@@ -276,6 +276,8 @@ def test_capsnet_train_says_how_to_continue_a_run_stopped_by_the_time_limit(tmp_
             "--batch-size", "32", "--epochs", "3", "--time-limit", "1e-9", "--no-progress", "--output-dir", str(run)]
     assert main(argv) == 0
     assert f"stopped by --time-limit after epoch 1 of 3; continue with --resume --output-dir {run}" in capsys.readouterr().out
+    assert main(["train", "--resume", "--output-dir", str(run)]) == 0  # as it says: the run's settings are read back
+    assert [m["epoch"] for m in read_metrics(run)] == [1, 2, 3]  # and the time limit, one invocation's, is not
     # the affine test sets need a model trained on the 40x40 canvas
     assert main(["evaluate", str(run / "last.pt"), "--limit-test", "20", "--extra-test", "affnist-synthetic"]) == 2
     assert "--extra-test affnist-synthetic has 40x40 images: it needs --canvas 40" in capsys.readouterr().err
@@ -409,3 +411,14 @@ def test_train_leaves_a_process_group_the_caller_made(monkeypatch, caller_made_t
     monkeypatch.setattr(engine, "Trainer", lambda config: type("Done", (), {"fit": lambda self: []})())
     assert capsnet.train(epochs=1, output_dir="unused") == []
     assert ended == ([] if caller_made_the_group else [True])
+
+
+def test_resume_config_reads_the_runs_settings_back_but_not_those_of_one_invocation(tmp_path):
+    started = TrainConfig(model="capsnet-tiny", lr=0.01, limit_train=64, time_limit=5, progress=False,
+                          output_dir="elsewhere")
+    (tmp_path / "config.json").write_text(json.dumps({**started.to_dict(), "parameters": 1}))
+    config = resume_config(tmp_path, epochs=7)
+    assert (config.model, config.lr, config.limit_train, config.epochs) == ("capsnet-tiny", 0.01, 64, 7)
+    assert (config.time_limit, config.progress, config.resume, config.output_dir) == (None, True, True, str(tmp_path))
+    with pytest.raises(TrainingError, match="nothing to resume: .*config.json does not exist"):
+        resume_config(tmp_path / "empty")

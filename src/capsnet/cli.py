@@ -24,6 +24,7 @@ from . import figures
 from .models import CapsNet, create_model
 from .training import (
     CheckpointError, TrainingError, TrainingInterrupted, evaluate, load_checkpoint, read_metrics, resolve_device,
+    resume_config,
 )
 from .training.distributed import shutdown_distributed
 from .data.testsets import TestSet, check_extra_test, load_test_set
@@ -48,15 +49,17 @@ def _add_config_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] | N
         default = None if f.default is MISSING else f.default
         kinds = (hints[f.name], *typing.get_args(hints[f.name]))  # X | None -> (X | None, X, NoneType)
         help_text = f.metadata["help"] + ("" if default is None else f" (default: {default})")
+        # A flag not given stays None, so that a resumed run's own settings and an experiment's defaults apply.
         if bool in kinds:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
         else:
             base = next(t for t in (int, float, str) if t in kinds)
-            parser.add_argument(flag, type=base, default=default, choices=f.metadata.get("choices"), help=help_text)
+            parser.add_argument(flag, type=base, choices=f.metadata.get("choices"), help=help_text)
 
 
 def _train(args: argparse.Namespace) -> None:
-    config = TrainConfig.from_dict(vars(args))
+    given = {key: value for key, value in vars(args).items() if value is not None}
+    config = resume_config(args.output_dir, **given) if args.resume and args.output_dir else TrainConfig.from_dict(given)
     try:
         _run_training(config)
     finally:
@@ -250,9 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--tiny", action="store_true",
                            help="narrow models instead of the paper's: a quick check of the pipeline, not a reproduction")
     _add_config_flags(reproduce, only=_REPRODUCE_SETTINGS)
-    # Flags not given stay None, so that an experiment's own defaults (affnist's early stopping) can apply;
-    # parser-level defaults override the argument-level ones that the help text shows.
-    reproduce.set_defaults(func=_reproduce, **dict.fromkeys(_REPRODUCE_SETTINGS))
+    reproduce.set_defaults(func=_reproduce)
 
     figures_cmd = commands.add_parser(
         "figures", help="draw reconstructions (MultiMNIST: segmentation), pose perturbations, routing and the "

@@ -1,9 +1,12 @@
 """The training application: loop, evaluation and checkpoints on top of the core library."""
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .engine import Trainer, TrainingError, TrainingInterrupted, evaluate, read_metrics, resolve_device, train
+from .engine import (
+    Trainer, TrainingError, TrainingInterrupted, evaluate, read_metrics, resolve_device, resume_config, train,
+)
 
 __all__ = [
-    "Trainer", "TrainingError", "TrainingInterrupted", "train", "evaluate", "read_metrics", "resolve_device",
+    "Trainer", "TrainingError", "TrainingInterrupted", "train", "resume_config", "evaluate", "read_metrics",
+    "resolve_device",
     "CheckpointError", "load_checkpoint", "save_checkpoint",
 ]

@@ -42,6 +42,8 @@ _RESUME_MUST_MATCH = (
     "reconstruction", "reconstruction_weight", "halve_margin", "detach_intermediate", "digit_bias",
     "max_shift", "seed", "limit_train", "limit_test", "canvas", "extra_test",
 )
+# Settings of one invocation rather than of the run: a resumed run does not read them back from its folder.
+_INVOCATION_SETTINGS = ("output_dir", "resume", "time_limit", "progress")
 _POSTFIX_EVERY = 20  # progress-bar updates read the device's running sums (a sync on GPU): not every step
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; torchrun and cluster schedulers send SIGTERM
 
@@ -549,6 +551,20 @@ def train(config: TrainConfig | None = None, **overrides: Any) -> list[dict[str,
             shutdown_distributed()
 
 
+def resume_config(run_dir: str | Path, **changes: Any) -> TrainConfig:
+    """The settings of the run in ``run_dir``, read back from its ``config.json`` and updated by ``changes``,
+    to continue it: ``Trainer(resume_config("runs/x", epochs=20)).fit()``.
+
+    ``time_limit`` and ``progress`` belong to one invocation and are not read back. A change to a setting
+    that defines the run (dataset, model, learning rate, ...) is refused when the trainer loads the checkpoint.
+    """
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise TrainingError(f"nothing to resume: {path} does not exist")
+    saved = {key: value for key, value in json.loads(path.read_text()).items() if key not in _INVOCATION_SETTINGS}
+    return TrainConfig.from_dict({**saved, **changes, "output_dir": str(run_dir), "resume": True})
+
+
 def _setting_name(model_kwarg: str) -> str:
     """The flag that sets a model argument (``--weight-std``), or the argument itself (``the model's image_size``)."""
     is_flag = model_kwarg in {f.name for f in fields(TrainConfig)}
@@ -612,7 +628,10 @@ def _prepare_run_dir(path: Path, *, resume: bool) -> Path:
 
 
 def _write_json(path: Path, values: dict[str, Any]) -> None:
-    path.write_text(json.dumps(values, indent=2) + "\n")
+    """Whole or not at all: ``resume_config`` may read config.json while rank 0 rewrites it."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(values, indent=2) + "\n")
+    partial.replace(path)
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
