@@ -28,6 +28,7 @@ def test_official_code_options_are_off_by_default_and_counted_when_on():
     official = create_model("capsnet-mnist-official")
     assert count(official) == 8_215_568 + 10 * 16  # the digit-capsule biases
     assert official.digits.routing.detach_intermediate is False
+    assert official.digits.weight.std().item() == pytest.approx(0.1, rel=0.01)  # the official init's std parameter
 
 
 @pytest.mark.parametrize(
