@@ -59,7 +59,8 @@ def _add_config_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] | N
 
 def _train(args: argparse.Namespace) -> None:
     given = {key: value for key, value in vars(args).items() if value is not None}
-    config = resume_config(args.output_dir, **given) if args.resume and args.output_dir else TrainConfig.from_dict(given)
+    resuming = args.resume and args.output_dir  # else TrainConfig says what is missing
+    config = resume_config(args.output_dir, **given) if resuming else TrainConfig.from_dict(given)
     try:
         _run_training(config)
     finally:
@@ -278,7 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     download = commands.add_parser(
         "download", help="fetch a dataset ahead of training (checksums verified; affnist: recorded at the first download)")
     download.add_argument("dataset", choices=(*DATASETS, "affnist"), help="affnist: the real affNIST test set")
-    download.add_argument("--data-dir", help="where to put it (default: $CAPSNET_DATA, else ~/.cache/capsnet)")
+    download.add_argument("--data-dir", help="where to put it (default: $CAPSNET_DATA, else $XDG_CACHE_HOME/capsnet "
+                                             "or ~/.cache/capsnet)")
     download.set_defaults(func=_download)
     return parser
 

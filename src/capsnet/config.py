@@ -55,7 +55,9 @@ class TrainConfig:
     dataset: str = _option(
         "mnist", "dataset to train on (multimnist: pairs of MNIST digits on 36x36, paper section 6)", choices=DATASET_CHOICES
     )
-    data_dir: str | None = _option(None, "folder with the dataset files (default: $CAPSNET_DATA, else ~/.cache/capsnet)")
+    data_dir: str | None = _option(
+        None, "folder with the dataset files (default: $CAPSNET_DATA, else $XDG_CACHE_HOME/capsnet or ~/.cache/capsnet)"
+    )
     model: str = _option("capsnet-mnist", "model configuration (capsnet.list_models()); baseline-cnn is the paper's CNN")
     epochs: int = _option(10, "training epochs (the official code's 300k steps are ~640 epochs)")
     time_limit: float | None = _option(

@@ -126,7 +126,8 @@ def _pyplot() -> Any:
         matplotlib.use("Agg")  # files only: no display needed
         import matplotlib.pyplot as plt
     except ImportError:
-        raise ImportError('figures need matplotlib: pip install "capsnet[figures]"') from None
+        raise ImportError('figures need matplotlib: pip install "capsnet[figures]" (in a checkout: '
+                          'pip install -e ".[figures]")') from None
     return plt
 
 

@@ -94,7 +94,8 @@ def read_affnist_mat(path: str | Path) -> tuple[Tensor, Tensor]:
     try:
         from scipy.io import loadmat
     except ImportError:
-        raise ImportError('reading affNIST needs scipy: pip install "capsnet[affnist]"') from None
+        raise ImportError('reading affNIST needs scipy: pip install "capsnet[affnist]" (in a checkout: '
+                          'pip install -e ".[affnist]")') from None
     try:
         if path.suffix == ".zip":
             with zipfile.ZipFile(path) as archive:

@@ -23,7 +23,7 @@ def resolve_precision(name: str) -> str:
     returned as they are (docs/benchmarks.md has the numbers).
 
     CPU: without native bf16 instructions (AVX512-BF16 or AMX) PyTorch emulates bf16, and the MNIST CapsNet's
-    convolutions measured ~6x (forward) to ~15x (training) slower in bf16 than in fp32 on an AVX2 CPU.
+    convolutions measured ~38x (forward) and ~20x (forward + backward) slower in bf16 than in fp32 on an AVX2 CPU.
     CUDA: at the paper's batch of 128 an eager step is mostly kernel launches rather than arithmetic (on an
     H200 it took 5.4 ms in fp32, 2.8 ms once compiled with CUDA graphs), and autocast's casts made it
     slower: 6.1 ms in bf16 (cuDNN convolutions use TF32 in fp32). bf16 pays from larger batches (8.5 ms against
