@@ -15,6 +15,15 @@ from capsnet.training import CheckpointError, TrainingError, load_checkpoint, re
 QUICK = dict(model="capsnet-tiny", limit_train=256, limit_test=100, batch_size=32, progress=False)
 
 
+@pytest.fixture(autouse=True)
+def ctrl_c_as_in_a_terminal():
+    """A suite started in the background (``pytest &``) inherits an ignored SIGINT, which the trainer leaves
+    ignored, as it should; these tests press Ctrl-C, so they need it live."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def config(tmp_path, shared_data, name="run", **overrides) -> TrainConfig:
     values = {**QUICK, "data_dir": str(shared_data), "output_dir": str(tmp_path / name), **overrides}
     return TrainConfig(**values)
