@@ -111,6 +111,13 @@ def test_recompressed_archive_is_accepted_by_content(tiny, tmp_path):
     assert len(tiny(tmp_path, train=False, download=False)) == N_TINY
 
 
+def test_uncompressed_file_under_the_archive_name_is_accepted_by_content(tiny, tmp_path):
+    folder = _place(tiny, tmp_path / "tiny")
+    labels = folder / "t10k-labels-idx1-ubyte.gz"
+    labels.write_bytes(gzip.decompress(labels.read_bytes()))
+    assert len(tiny(tmp_path, train=False, download=False)) == N_TINY
+
+
 @pytest.mark.parametrize("gz", [True, False], ids=["archive", "uncompressed"])
 def test_corrupt_file_is_reported_and_kept(tiny, tmp_path, gz):
     folder = _place(tiny, tmp_path / "tiny", gz=gz)

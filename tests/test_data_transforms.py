@@ -81,8 +81,8 @@ def test_zero_shift_is_identity():
     ("images", "max_shift", "match"),
     [
         (torch.zeros(2, 28, 28), 2, r"\(b, c, h, w\)"),
-        (torch.zeros(2, 1, 28, 28), -1, "non-negative int"),
-        (torch.zeros(2, 1, 28, 28), 1.5, "non-negative int"),
+        (torch.zeros(2, 1, 28, 28), -1, "max_shift must be an integer >= 0, got -1"),
+        (torch.zeros(2, 1, 28, 28), 1.5, "max_shift must be an integer >= 0, got 1.5"),
     ],
 )
 def test_invalid_arguments(images, max_shift, match):
@@ -161,7 +161,7 @@ def test_batches_are_moved_to_device():
 
 @pytest.mark.parametrize(
     ("n_labels", "batch_size", "match"),
-    [(9, 4, "same first dim"), (10, 0, "batch_size must be positive"), (10, 2.0, "batch_size must be an int")],
+    [(9, 4, "same first dim"), (10, 0, "batch_size must be an integer >= 1, got 0"), (10, 2.0, "batch_size must be an integer >= 1, got 2.0")],
 )
 def test_invalid_arguments_loader(n_labels, batch_size, match):
     images, _ = _data(10)

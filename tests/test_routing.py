@@ -151,6 +151,13 @@ def test_bad_iterations_are_rejected(iterations):
         DynamicRouting(iterations)
 
 
+def test_iterations_may_be_any_integer_type_and_errors_name_the_argument_given():
+    routing = DynamicRouting(torch.tensor(2))
+    assert routing.iterations == 2 and type(routing.iterations) is int
+    with pytest.raises(ValueError, match="routing_iterations must be an integer >= 1, got 0"):
+        capsnet.CapsNet(routing_iterations=0)
+
+
 def test_bad_shapes_are_rejected():
     with pytest.raises(ValueError, match=r"expected u_hat of shape \(b, i, j, d_out\), got \(1152, 10, 16\)"):
         dynamic_routing(torch.rand(1152, 10, 16))

@@ -10,6 +10,7 @@ import torch
 import capsnet
 from capsnet import TrainConfig, Trainer, create_model
 from capsnet.cli import main
+from capsnet.data.testsets import load_test_set
 from capsnet.training import CheckpointError, TrainingError, load_checkpoint, read_metrics, resume_config
 
 QUICK = dict(model="capsnet-tiny", limit_train=256, limit_test=100, batch_size=32, progress=False)
@@ -259,6 +260,8 @@ def test_canvas_centres_train_and_test_digits_and_the_affine_set_is_40px(tmp_pat
 def test_the_affine_test_set_needs_the_40px_canvas(tmp_path):
     with pytest.raises(ValueError, match="--extra-test affnist-synthetic has 40x40 images: it needs --canvas 40"):
         TrainConfig(extra_test="affnist-synthetic", output_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="it needs --canvas 40"):  # before looking for any data
+        load_test_set("mnist", str(tmp_path), extra_test="affnist-synthetic")
 
 
 def test_sigterm_is_handled_even_when_ctrl_c_is_ignored(tmp_path, shared_data, monkeypatch):
@@ -431,3 +434,17 @@ def test_resume_config_reads_the_runs_settings_back_but_not_those_of_one_invocat
     assert (config.time_limit, config.progress, config.resume, config.output_dir) == (None, True, True, str(tmp_path))
     with pytest.raises(TrainingError, match="nothing to resume: .*config.json does not exist"):
         resume_config(tmp_path / "empty")
+
+
+def test_evaluate_counts_errors_of_a_known_model_and_refuses_what_it_would_miscount():
+    always_three = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 10))
+    with torch.no_grad():
+        always_three[1].weight.zero_()
+        always_three[1].bias.copy_(torch.arange(10.0) == 3)
+    images = torch.randint(0, 256, (5, 1, 2, 2), dtype=torch.uint8)
+    labels = torch.tensor([3, 3, 1, 3, 0])
+    assert capsnet.evaluate(always_three, images, labels, batch_size=2)["error"] == pytest.approx(2 / 5)
+    with pytest.raises(TypeError, match="evaluate takes uint8 images"):
+        capsnet.evaluate(always_three, images.float() / 255, labels)
+    with pytest.raises(ValueError, match=r"labels must be class indices in \[0, 10\), got 0 to 10"):
+        capsnet.evaluate(always_three, images, torch.tensor([3, 3, 1, 10, 0]))

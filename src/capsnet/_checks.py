@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -16,10 +17,24 @@ def check_choice(value: str, name: str, valid: Iterable[str]) -> str:
 
 
 def check_positive(value: int | float, name: str) -> int | float:
-    """Return ``value`` if it is > 0, else raise a ``ValueError`` naming ``name``."""
-    if value <= 0:
+    """Return ``value`` if it is > 0 (NaN is not), else raise a ``ValueError`` naming ``name``."""
+    if not value > 0:
         raise ValueError(f"{name} must be positive, got {value}")
     return value
+
+
+def check_int(value: int, name: str, minimum: int) -> int:
+    """Return ``value`` as an ``int`` if it is a whole number >= ``minimum``, else raise a ``ValueError``.
+
+    NumPy and torch integers pass (``operator.index``); bools and floats, even whole ones, do not.
+    """
+    try:
+        number = None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        number = None
+    if number is None or number < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return number
 
 
 def check_shape(tensor: torch.Tensor, name: str, pattern: str, ndim: int, sizes: Sequence[int | None] = ()) -> None:

@@ -27,7 +27,7 @@ from .training import (
     resume_config,
 )
 from .training.distributed import shutdown_distributed
-from .data.testsets import TestSet, check_extra_test, load_test_set
+from .data.testsets import TestSet, load_test_set
 from .training.engine import Trainer
 from .training.precision import resolve_precision
 
@@ -148,8 +148,7 @@ def _test_split(checkpoint: dict, data_dir: str | None, limit: int | None, devic
 
 
 def _test_set(checkpoint: dict, data_dir: str | None, limit: int | None, extra_test: str | None = None) -> TestSet:
-    config = checkpoint["config"]
-    check_extra_test(extra_test, config["dataset"], config.get("canvas"))  # what the checkpoint was trained with
+    config = checkpoint["config"]  # load_test_set checks that extra_test fits what the checkpoint was trained with
     return load_test_set(config["dataset"], data_dir or config["data_dir"], canvas=config.get("canvas"), limit=limit,
                          extra_test=extra_test)
 

@@ -7,6 +7,9 @@ Axis glossary used in every shape comment and docstring of capsnet:
     j      higher (output) capsules, e.g. the 10 digit capsules
     d_in   dimension of a lower capsule (8 in the paper)
     d_out  dimension of a higher capsule (16 in the paper)
+    d      capsule dimension where any (d_in or d_out) will do
+    k      classes (class scores, multi-hot targets)
+    r      routing iterations
     h, w   spatial grid of convolutional capsules
 """
 
@@ -17,8 +20,8 @@ from torch import Tensor
 
 __all__ = ["squash", "capsule_lengths", "mask_capsules", "hits"]
 
-# Below this squared norm the 1/|s| of squash is replaced by 1/sqrt(eps): the output there is ~|s|^2 * s,
-# i.e. below 1e-12 in length, so the change is invisible while value and gradient stay finite at s = 0.
+# Below this squared norm the 1/|s| of squash is replaced by 1/sqrt(eps): the output there is |s|^2 * s / sqrt(eps),
+# of length |s|^3 / sqrt(eps) <= 1e-12, so the change is invisible while value and gradient stay finite at s = 0.
 _SQUASH_EPS = 1e-12
 
 

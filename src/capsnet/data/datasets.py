@@ -308,7 +308,10 @@ def _remember(path: Path) -> None:
 
 
 def _verify(path: Path, resource: Resource) -> None:
-    """Raise ``DataError`` unless ``path`` has the published checksum for its form (archive or uncompressed)."""
+    """Raise ``DataError`` unless ``path`` holds the published content, archived or uncompressed.
+
+    The form is told from the content, not the name, as :func:`read_idx` reads it.
+    """
     if _key(path) in _VERIFIED:
         return
     expected = resource.sha256 if path.name == resource.filename else resource.raw_sha256
@@ -317,7 +320,7 @@ def _verify(path: Path, resource: Resource) -> None:
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
     # A re-compressed archive (other gzip header or level) is fine if its content is the published one.
-    if digest != expected and expected == resource.sha256 and _content_sha256(path) == resource.raw_sha256:
+    if digest in (resource.sha256, resource.raw_sha256) or _content_sha256(path) == resource.raw_sha256:
         digest = expected
     if digest != expected:
         other = _owner_of(digest)

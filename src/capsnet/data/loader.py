@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import torch
 
-from capsnet._checks import check_positive
+from capsnet._checks import check_int
 
 __all__ = ["TensorLoader"]
 
@@ -56,9 +56,7 @@ class TensorLoader:
             )
         if images.device != labels.device:
             raise ValueError(f"images and labels must be on one device, got {images.device} and {labels.device}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int):
-            raise ValueError(f"batch_size must be an int, got {batch_size!r}")
-        check_positive(batch_size, "batch_size")
+        batch_size = check_int(batch_size, "batch_size", 1)
         self.images, self.labels = images, labels
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.generator = generator

@@ -50,6 +50,7 @@ def load_test_set(dataset: str, data_dir: str | None, *, canvas: int | None = No
     ``extra_test``: ``"affnist-synthetic"`` (drawn from the MNIST test digits) or ``"affnist"`` (the real
     set, read from ``data_dir``); ``limit`` cuts it too.
     """
+    check_extra_test(extra_test, dataset, canvas)
     test = get_dataset_class(base_dataset(dataset))(data_dir, train=False, progress=progress)
     images, labels = test.images, test.labels
     # The fixed sets are drawn from the whole split, then cut: --limit-test takes a part of the same set.
@@ -60,8 +61,9 @@ def load_test_set(dataset: str, data_dir: str | None, *, canvas: int | None = No
         extra_images, extra_labels = affnist_synthetic(images, canvas=canvas), labels  # from the 28x28 digits
     if dataset == "multimnist":
         images, labels = multimnist_test_set(images, labels)
+    images, labels = images[:limit], labels[:limit]
     if canvas is not None:
-        images = place_on_canvas(images[:limit], canvas, 0)
+        images = place_on_canvas(images, canvas, 0)
     if extra_images is not None:
         extra_images, extra_labels = extra_images[:limit], extra_labels[:limit]
-    return TestSet(images[:limit], labels[:limit], list(test.classes), extra_images, extra_labels)
+    return TestSet(images, labels, list(test.classes), extra_images, extra_labels)

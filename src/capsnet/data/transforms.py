@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from capsnet._checks import check_shape
+from capsnet._checks import check_int, check_shape
 
 __all__ = ["random_shift", "shift_images"]
 
@@ -43,7 +42,7 @@ def random_shift(images: torch.Tensor, max_shift: int = 2, generator: torch.Gene
         (torch.Size([1, 1, 4, 4]), torch.float32)
     """
     check_shape(images, "images", "(b, c, h, w)", 4)
-    m = _non_negative_int(max_shift, "max_shift")
+    m = check_int(max_shift, "max_shift", 0)
     if m == 0:
         return images.clone()
     device = images.device
@@ -77,14 +76,3 @@ def shift_images(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, max_s
     # One gather over flat indices is several times faster on CPU than 4-tensor advanced indexing.
     source = source.view(b, 1, h * w).expand(b, c, h * w)  # (b, c, h * w)
     return padded.gather(2, source).view(b, c, h, w)
-
-
-def _non_negative_int(value: int, name: str) -> int:
-    """Return ``value`` as an int if it is a whole number >= 0 (bools excluded), else raise ``ValueError``."""
-    try:
-        number = operator.index(value)
-    except TypeError:
-        number = -1
-    if isinstance(value, bool) or number < 0:
-        raise ValueError(f"{name} must be a non-negative int, got {value!r}")
-    return number

@@ -32,7 +32,7 @@ class PrimaryCapsules(nn.Module):
         torch.Size([2, 1152, 8])
     """
 
-    def __init__(self, *, in_channels: int, types: int = 32, dim: int = 8, kernel_size: int = 9, stride: int = 2):
+    def __init__(self, *, in_channels: int, types: int = 32, dim: int = 8, kernel_size: int = 9, stride: int = 2) -> None:
         super().__init__()
         self.types, self.dim = types, dim
         self.conv = nn.Conv2d(in_channels, types * dim, kernel_size, stride)
@@ -45,6 +45,6 @@ class PrimaryCapsules(nn.Module):
     def forward(self, features: Tensor) -> Tensor:
         out = self.conv(features)  # (b, types * dim, h, w)
         batch, _, height, width = out.shape
-        capsules = out.view(batch, self.types, self.dim, height, width)
+        capsules = out.view(batch, self.types, self.dim, height, width)  # (b, types, dim, h, w)
         capsules = capsules.permute(0, 1, 3, 4, 2).reshape(batch, -1, self.dim)  # (b, types * h * w, dim)
         return squash(capsules)

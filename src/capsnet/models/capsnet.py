@@ -7,7 +7,7 @@ from typing import NamedTuple
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_shape
+from .._checks import check_int, check_shape
 from ..functional import capsule_lengths
 from ..layers import WEIGHT_INIT_STD, CapsuleDecoder, PrimaryCapsules, RoutedCapsules
 from ..routing import ROUTING_ITERATIONS, DynamicRouting, Routing
@@ -54,7 +54,8 @@ class CapsNet(nn.Module):
         out_dim: digit capsule dimension (16).
         routing_iterations: dynamic routing iterations (3); ignored when ``routing`` is given.
         detach_intermediate: stop-gradient through ``u_hat`` in all but the last routing iteration
-            (default ``True``; the official code: ``False``). See :func:`capsnet.dynamic_routing`.
+            (default ``True``; the official code: ``False``); ignored when ``routing`` is given. See
+            :func:`capsnet.dynamic_routing`.
         digit_bias: learned bias on each digit capsule's ``s[j]``, as in the official code (off: the
             paper has none; adds ``num_classes * out_dim`` parameters).
         weight_std: standard deviation of the normal initialization of the DigitCaps matrices ``W[i, j]``.
@@ -62,7 +63,7 @@ class CapsNet(nn.Module):
         routing: a :class:`~capsnet.routing.Routing` module to use instead of dynamic routing.
 
     Shape:
-        ``images``: ``(b, C, H, W)`` in [0, 1]; ``targets``: ``(b,)`` class indices or ``None``.
+        ``images``: ``(b, C, H, W)`` in [0, 1]; ``targets``: ``(b,)`` class indices, ``(b, n)`` (n objects) or ``None``.
 
     Example:
         >>> model = CapsNet()
@@ -101,7 +102,9 @@ class CapsNet(nn.Module):
             in_dim=primary_dim,
             out_caps=num_classes,
             out_dim=out_dim,
-            routing=routing if routing is not None else DynamicRouting(routing_iterations, detach_intermediate),
+            routing=routing if routing is not None else DynamicRouting(
+                check_int(routing_iterations, "routing_iterations", 1), detach_intermediate
+            ),
             bias=digit_bias,
             weight_std=weight_std,
         )

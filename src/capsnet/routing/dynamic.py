@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .._checks import check_int
 from ..functional import squash
 from .base import Routing, RoutingOutput, check_routing_input, register_routing
 
@@ -13,16 +14,10 @@ __all__ = ["DynamicRouting", "dynamic_routing", "ROUTING_ITERATIONS"]
 ROUTING_ITERATIONS = 3  # the paper's choice for MNIST (section 4)
 
 
-def _check_iterations(iterations: int) -> int:
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-        raise ValueError(f"iterations must be an integer >= 1, got {iterations!r}")
-    return iterations
-
-
 def _weighted_sum(coupling: Tensor | None, votes: Tensor, bias: Tensor | None) -> Tensor:
     """``s[b, j] = sum_i c[i, b, j] * u_hat[i, b, j] (+ bias[j])``; ``coupling=None`` means uniform."""
     if coupling is None:
-        # b = 0 gives c = 1/j exactly: skip the softmax and the multiply.
+        # Routing logits all 0 give c = 1/j exactly: skip the softmax and the multiply.
         s = votes.sum(dim=0) / votes.shape[2]  # (b, j, d_out)
     else:
         s = (coupling.unsqueeze(-1) * votes).sum(dim=0)  # (b, j, d_out)
@@ -65,7 +60,7 @@ def dynamic_routing(
         (torch.Size([2, 10, 16]), torch.Size([2, 1152, 10]))
     """
     check_routing_input(u_hat, bias)
-    return _route(u_hat, _check_iterations(iterations), detach_intermediate, bias)
+    return _route(u_hat, check_int(iterations, "iterations", 1), detach_intermediate, bias)
 
 
 def _route(u_hat: Tensor, iterations: int, detach_intermediate: bool, bias: Tensor | None) -> RoutingOutput:
@@ -101,7 +96,7 @@ class DynamicRouting(Routing):
 
     def __init__(self, iterations: int = ROUTING_ITERATIONS, detach_intermediate: bool = True) -> None:
         super().__init__()
-        self.iterations = _check_iterations(iterations)
+        self.iterations = check_int(iterations, "iterations", 1)
         self.detach_intermediate = detach_intermediate
 
     def route(self, u_hat: Tensor, bias: Tensor | None) -> RoutingOutput:

@@ -500,8 +500,13 @@ def evaluate(
     ``precision`` is one of ``"32"``, ``"bf16"``, ``"16-mixed"`` (autocast while predicting).
 
     Shape:
-        ``images``: ``(n, C, H, W)`` uint8; ``labels``: ``(n,)``.
+        ``images``: ``(n, C, H, W)`` uint8; ``labels``: ``(n,)``, or ``(n, objects)`` (MultiMNIST).
     """
+    if images.dtype != torch.uint8:
+        # Float images may already be in [0, 1]; dividing them by 255 again would give a wrong error silently.
+        raise TypeError(f"evaluate takes uint8 images (0-255), got {images.dtype}")
+    if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < num_classes:
+        raise ValueError(f"labels must be class indices in [0, {num_classes}), got {int(labels.min())} to {int(labels.max())}")
     tallies = _tallies(model, images, labels, batch_size=batch_size, num_classes=num_classes, precision=precision,
                        progress=progress)
     return _error_report(tallies)
