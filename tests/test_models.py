@@ -79,6 +79,21 @@ def test_every_parameter_gets_a_gradient_and_state_dict_round_trips():
     torch.testing.assert_close(clone(images).lengths, model(images).lengths)
 
 
+@pytest.mark.parametrize("name", list_models())
+def test_every_registered_model_is_built_on_the_device_and_dtype_asked_for(name):
+    model = create_model(name, device="meta", dtype=torch.float64)  # meta: no memory, no initialization
+    assert {(p.device.type, p.dtype) for p in model.parameters()} == {("meta", torch.float64)}
+
+
+def test_float64_capsnet_trains_in_float64():
+    model = tiny(dtype=torch.float64, digit_bias=True)
+    images, labels = torch.rand(2, 1, 28, 28, dtype=torch.float64), torch.tensor([0, 9])
+    out = model(images, labels)
+    assert out.lengths.dtype == out.reconstructions.dtype == torch.float64
+    capsnet.CapsuleLoss()(out, images, labels).backward()
+    assert all(p.grad.dtype == torch.float64 for p in model.parameters())
+
+
 def test_custom_routing_module_is_used():
     routing = capsnet.DynamicRouting(iterations=1)
     model = tiny(routing=routing)

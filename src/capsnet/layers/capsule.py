@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_positive, check_shape
+from .._checks import check_int, check_positive, check_shape
 from ..routing import DynamicRouting, Routing, RoutingOutput
 
 __all__ = ["RoutedCapsules", "WEIGHT_INIT_STD"]
@@ -32,6 +32,7 @@ class RoutedCapsules(nn.Module):
         bias: add a learned ``(out_caps, out_dim)`` bias to ``s[j]`` in every routing iteration, as the
             official code does. Off by default: the paper has none.
         weight_std: standard deviation (> 0) of the normal initialization of ``W``; the paper gives none.
+        device, dtype: where and in which floating point type to create the parameters (as for ``nn.Linear``).
 
     Shape:
         ``u``: ``(b, in_caps, in_dim)`` -> ``poses`` ``(b, out_caps, out_dim)``, ``coupling`` ``(b, in_caps, out_caps)``.
@@ -53,12 +54,16 @@ class RoutedCapsules(nn.Module):
         routing: Routing | None = None,
         bias: bool = False,
         weight_std: float = WEIGHT_INIT_STD,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.in_caps, self.in_dim, self.out_caps, self.out_dim = in_caps, in_dim, out_caps, out_dim
+        sizes = {"in_caps": in_caps, "in_dim": in_dim, "out_caps": out_caps, "out_dim": out_dim}
+        self.in_caps, self.in_dim, self.out_caps, self.out_dim = (check_int(v, k, 1) for k, v in sizes.items())
         check_positive(weight_std, "weight_std")  # W = 0 would leave squash without a gradient
-        self.weight = nn.Parameter(torch.randn(in_caps, out_caps, out_dim, in_dim) * weight_std)  # W[i, j]
-        self.bias = nn.Parameter(torch.zeros(out_caps, out_dim)) if bias else None
+        factory = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(torch.randn(in_caps, out_caps, out_dim, in_dim, **factory) * weight_std)  # W[i, j]
+        self.bias = nn.Parameter(torch.zeros(out_caps, out_dim, **factory)) if bias else None
         self.routing = routing if routing is not None else DynamicRouting()
 
     def predictions(self, u: Tensor) -> Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
 
 from ..functional import mask_capsules
@@ -23,6 +24,7 @@ class CapsuleDecoder(nn.Module):
         caps_dim: their dimension ``d_out``.
         out_features: pixels to reconstruct, ``C * H * W`` (784 for MNIST).
         hidden: sizes of the hidden layers; the paper's are (512, 1024).
+        device, dtype: where and in which floating point type to create the parameters.
 
     Shape:
         ``poses``: ``(b, num_caps, caps_dim)``, ``labels``: ``(b,)`` or ``None`` -> ``(b, out_features)``.
@@ -34,14 +36,21 @@ class CapsuleDecoder(nn.Module):
     """
 
     def __init__(
-        self, *, num_caps: int = 10, caps_dim: int = 16, out_features: int = 784, hidden: Sequence[int] = (512, 1024)
+        self,
+        *,
+        num_caps: int = 10,
+        caps_dim: int = 16,
+        out_features: int = 784,
+        hidden: Sequence[int] = (512, 1024),
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         sizes = [num_caps * caps_dim, *hidden]
         layers: list[nn.Module] = []
         for fan_in, fan_out in zip(sizes, sizes[1:]):
-            layers += [nn.Linear(fan_in, fan_out), nn.ReLU(inplace=True)]
-        self.net = nn.Sequential(*layers, nn.Linear(sizes[-1], out_features), nn.Sigmoid())
+            layers += [nn.Linear(fan_in, fan_out, device=device, dtype=dtype), nn.ReLU(inplace=True)]
+        self.net = nn.Sequential(*layers, nn.Linear(sizes[-1], out_features, device=device, dtype=dtype), nn.Sigmoid())
 
     def forward(self, poses: Tensor, labels: Tensor | None = None) -> Tensor:
         return self.net(mask_capsules(poses, labels))

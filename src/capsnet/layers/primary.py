@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from ..functional import squash
@@ -21,6 +22,7 @@ class PrimaryCapsules(nn.Module):
         types: capsule types (channels of capsules); 32 in the paper.
         dim: capsule dimension ``d_in``; 8 in the paper.
         kernel_size, stride: of the convolution; 9 and 2 in the paper.
+        device, dtype: where and in which floating point type to create the parameters.
 
     Shape:
         ``(b, in_channels, H, W)`` -> ``(b, types * h * w, dim)``, squashed, with
@@ -32,10 +34,20 @@ class PrimaryCapsules(nn.Module):
         torch.Size([2, 1152, 8])
     """
 
-    def __init__(self, *, in_channels: int, types: int = 32, dim: int = 8, kernel_size: int = 9, stride: int = 2) -> None:
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        types: int = 32,
+        dim: int = 8,
+        kernel_size: int = 9,
+        stride: int = 2,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__()
         self.types, self.dim = types, dim
-        self.conv = nn.Conv2d(in_channels, types * dim, kernel_size, stride)
+        self.conv = nn.Conv2d(in_channels, types * dim, kernel_size, stride, device=device, dtype=dtype)
 
     def output_grid(self, height: int, width: int) -> tuple[int, int]:
         """Spatial size ``(h, w)`` of the capsule grid for an input feature map of ``height x width``."""

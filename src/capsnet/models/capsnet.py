@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -61,6 +62,8 @@ class CapsNet(nn.Module):
         weight_std: standard deviation of the normal initialization of the DigitCaps matrices ``W[i, j]``.
         reconstruction: build the reconstruction decoder.
         routing: a :class:`~capsnet.routing.Routing` module to use instead of dynamic routing.
+        device, dtype: where and in which floating point type to create the parameters, e.g.
+            ``dtype=torch.float64`` for gradient checks.
 
     Shape:
         ``images``: ``(b, C, H, W)`` in [0, 1]; ``targets``: ``(b,)`` class indices, ``(b, n)`` (n objects) or ``None``.
@@ -88,14 +91,17 @@ class CapsNet(nn.Module):
         weight_std: float = WEIGHT_INIT_STD,
         reconstruction: bool = True,
         routing: Routing | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        factory = {"device": device, "dtype": dtype}
         self.in_channels, self.image_size = in_channels, _pair(image_size)
         height, width = self.image_size
         if min(height, width) < 17:
             raise ValueError(f"image_size must be at least 17 x 17 for the two 9x9 convolutions, got {height} x {width}")
-        self.conv1 = nn.Conv2d(in_channels, conv_channels, kernel_size=9)
-        self.primary = PrimaryCapsules(in_channels=conv_channels, types=primary_types, dim=primary_dim)
+        self.conv1 = nn.Conv2d(in_channels, conv_channels, kernel_size=9, **factory)
+        self.primary = PrimaryCapsules(in_channels=conv_channels, types=primary_types, dim=primary_dim, **factory)
         grid_h, grid_w = self.primary.output_grid(height - 8, width - 8)
         self.digits = RoutedCapsules(
             in_caps=primary_types * grid_h * grid_w,
@@ -107,9 +113,14 @@ class CapsNet(nn.Module):
             ),
             bias=digit_bias,
             weight_std=weight_std,
+            **factory,
         )
         out_features = in_channels * height * width
-        self.decoder = CapsuleDecoder(num_caps=num_classes, caps_dim=out_dim, out_features=out_features) if reconstruction else None
+        self.decoder = (
+            CapsuleDecoder(num_caps=num_classes, caps_dim=out_dim, out_features=out_features, **factory)
+            if reconstruction
+            else None
+        )
 
     def forward(self, images: Tensor, targets: Tensor | None = None) -> CapsNetOutput:
         """Classify ``images``; reconstruct from the ``targets`` capsule(s) if given, else the longest one.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
 
 from .._checks import check_shape
@@ -30,6 +31,7 @@ class BaselineCNN(nn.Module):
         dropout: drop probability before the classifier.
         pool_after: indices of the convolutions followed by 2x2 max pooling (the paper's MNIST baseline has
             none; its affine-robustness CNN "with MaxPooling" does not say where).
+        device, dtype: where and in which floating point type to create the parameters.
 
     Shape:
         ``images``: ``(b, C, H, W)`` -> class logits ``(b, num_classes)``.
@@ -51,6 +53,8 @@ class BaselineCNN(nn.Module):
         hidden: Sequence[int] = (328, 192),
         dropout: float = 0.5,
         pool_after: Sequence[int] = (),
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         if kernel_size % 2 != 1:
@@ -59,7 +63,7 @@ class BaselineCNN(nn.Module):
         self.in_channels = in_channels
         convs: list[nn.Module] = []
         for index, (before, after) in enumerate(zip((in_channels, *channels), channels)):
-            convs += [nn.Conv2d(before, after, kernel_size, padding=kernel_size // 2), nn.ReLU(inplace=True)]
+            convs += [nn.Conv2d(before, after, kernel_size, padding=kernel_size // 2, device=device, dtype=dtype), nn.ReLU(inplace=True)]
             if index in pool_after:
                 convs.append(nn.MaxPool2d(2))
                 height, width = height // 2, width // 2
@@ -67,8 +71,8 @@ class BaselineCNN(nn.Module):
         widths = (channels[-1] * height * width, *hidden)
         dense: list[nn.Module] = [nn.Flatten()]
         for before, after in zip(widths, hidden):
-            dense += [nn.Linear(before, after), nn.ReLU(inplace=True)]
-        self.classifier = nn.Sequential(*dense, nn.Dropout(dropout), nn.Linear(widths[-1], num_classes))
+            dense += [nn.Linear(before, after, device=device, dtype=dtype), nn.ReLU(inplace=True)]
+        self.classifier = nn.Sequential(*dense, nn.Dropout(dropout), nn.Linear(widths[-1], num_classes, device=device, dtype=dtype))
 
     def forward(self, images: Tensor) -> Tensor:
         check_shape(images, "images", "(b, C, H, W)", 4, (None, self.in_channels, *self.image_size))
