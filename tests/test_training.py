@@ -9,6 +9,7 @@ import torch
 
 import capsnet
 from capsnet import TrainConfig, Trainer, create_model
+from capsnet import cli
 from capsnet.cli import main
 from capsnet.data.testsets import load_test_set
 from capsnet.training import CheckpointError, TrainingError, load_checkpoint, read_metrics, resume_config
@@ -434,6 +435,38 @@ def test_resume_config_reads_the_runs_settings_back_but_not_those_of_one_invocat
     assert (config.time_limit, config.progress, config.resume, config.output_dir) == (None, True, True, str(tmp_path))
     with pytest.raises(TrainingError, match="nothing to resume: .*config.json does not exist"):
         resume_config(tmp_path / "empty")
+
+
+def test_config_file_starts_a_new_run_like_the_recorded_one_with_flags_on_top(tmp_path, monkeypatch):
+    recorded = TrainConfig(model="capsnet-tiny", lr=0.01, seed=3, time_limit=5, output_dir=str(tmp_path / "old"))
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "config.json").write_text(json.dumps({**recorded.to_dict(), "parameters": 1, "resolved": {}}))
+    config = capsnet.training.config_from_file(tmp_path / "old", seed=4)  # the folder will do
+    assert (config.model, config.lr, config.seed, config.time_limit, config.resume) == ("capsnet-tiny", 0.01, 4, None, False)
+    assert config.output_dir != str(tmp_path / "old")  # a new run never writes into the recorded one
+    started = []
+    monkeypatch.setattr(cli, "_run_training", started.append)
+    main(["train", "--config", str(tmp_path / "old" / "config.json"), "--epochs", "2", "--output-dir", str(tmp_path / "new")])
+    assert (started[0].model, started[0].lr, started[0].epochs, started[0].output_dir) == (
+        "capsnet-tiny", 0.01, 2, str(tmp_path / "new"))
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [(None, "config file .*missing.json does not exist"), ("[1]", "must hold a JSON object of settings"),
+     ("{", "is not valid JSON"), ('{"epoch": 5}', r"unknown settings \['epoch'\]; see capsnet train --help")],
+)
+def test_config_file_errors_say_what_is_wrong(tmp_path, content, message):
+    path = tmp_path / "missing.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(TrainingError, match=message):
+        capsnet.training.config_from_file(path)
+
+
+def test_config_file_and_resume_do_not_mix(tmp_path, capsys):
+    assert main(["train", "--config", "x.json", "--resume", "--output-dir", str(tmp_path)]) == 2
+    assert "--config starts a new run; --resume reads the settings of the run in --output-dir" in capsys.readouterr().err
 
 
 def test_evaluate_counts_errors_of_a_known_model_and_refuses_what_it_would_miscount():

@@ -23,8 +23,8 @@ from .data.affnist import download_affnist
 from . import figures
 from .models import CapsNet, create_model
 from .training import (
-    CheckpointError, TrainingError, TrainingInterrupted, evaluate, load_checkpoint, read_metrics, resolve_device,
-    resume_config,
+    CheckpointError, TrainingError, TrainingInterrupted, config_from_file, evaluate, load_checkpoint, read_metrics,
+    resolve_device, resume_config,
 )
 from .training.distributed import shutdown_distributed
 from .data.testsets import TestSet, load_test_set
@@ -58,9 +58,14 @@ def _add_config_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] | N
 
 
 def _train(args: argparse.Namespace) -> None:
-    given = {key: value for key, value in vars(args).items() if value is not None}
+    given = {key: value for key, value in vars(args).items() if value is not None and key != "config"}
     resuming = args.resume and args.output_dir  # else TrainConfig says what is missing
-    config = resume_config(args.output_dir, **given) if resuming else TrainConfig.from_dict(given)
+    if resuming and args.config:
+        raise ValueError("--config starts a new run; --resume reads the settings of the run in --output-dir")
+    if resuming:
+        config = resume_config(args.output_dir, **given)
+    else:
+        config = config_from_file(args.config, **given) if args.config else TrainConfig.from_dict(given)
     try:
         _run_training(config)
     finally:
@@ -226,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a model (defaults: the paper's MNIST CapsNet and recipe)")
+    train.add_argument("--config", metavar="FILE", help="start from the settings of a JSON file: a run's config.json "
+                       "(or its folder), to train again like it, or one written by hand; flags given override it")
     _add_config_flags(train)
     train.set_defaults(func=_train)
 

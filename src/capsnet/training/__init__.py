@@ -2,11 +2,12 @@
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .engine import (
-    Trainer, TrainingError, TrainingInterrupted, evaluate, read_metrics, resolve_device, resume_config, train,
+    Trainer, TrainingError, TrainingInterrupted, config_from_file, evaluate, read_metrics, resolve_device,
+    resume_config, train,
 )
 
 __all__ = [
-    "Trainer", "TrainingError", "TrainingInterrupted", "train", "resume_config", "evaluate", "read_metrics",
+    "Trainer", "TrainingError", "TrainingInterrupted", "train", "resume_config", "config_from_file", "evaluate", "read_metrics",
     "resolve_device",
     "CheckpointError", "load_checkpoint", "save_checkpoint",
 ]

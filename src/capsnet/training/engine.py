@@ -44,6 +44,7 @@ _RESUME_MUST_MATCH = (
 )
 # Settings of one invocation rather than of the run: a resumed run does not read them back from its folder.
 _INVOCATION_SETTINGS = ("output_dir", "resume", "time_limit", "progress")
+_RECORDED_BESIDE_SETTINGS = ("model_kwargs", "parameters", "resolved")  # in config.json, not TrainConfig fields
 _POSTFIX_EVERY = 20  # progress-bar updates read the device's running sums (a sync on GPU): not every step
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; torchrun and cluster schedulers send SIGTERM
 
@@ -566,8 +567,36 @@ def resume_config(run_dir: str | Path, **changes: Any) -> TrainConfig:
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise TrainingError(f"nothing to resume: {path} does not exist")
-    saved = {key: value for key, value in json.loads(path.read_text()).items() if key not in _INVOCATION_SETTINGS}
-    return TrainConfig.from_dict({**saved, **changes, "output_dir": str(run_dir), "resume": True})
+    return TrainConfig.from_dict({**_saved_settings(path), **changes, "output_dir": str(run_dir), "resume": True})
+
+
+def config_from_file(path: str | Path, **changes: Any) -> TrainConfig:
+    """A new run with the settings of the JSON file ``path``, updated by ``changes``: a run's ``config.json``
+    (train again as that run did, e.g. with another seed; the run folder will do) or a file of settings
+    written by hand, e.g. ``{"epochs": 5, "routing_iterations": 1}``.
+
+    As for :func:`resume_config`, the run folder, ``resume``, ``time_limit`` and ``progress`` are not read.
+    """
+    path = Path(path)
+    path = path / "config.json" if path.is_dir() else path
+    try:
+        return TrainConfig.from_dict({**_saved_settings(path), **changes})
+    except FileNotFoundError:
+        raise TrainingError(f"config file {path} does not exist") from None
+
+
+def _saved_settings(path: Path) -> dict[str, Any]:
+    """The settings in a ``config.json``, less those of one invocation and what a run records beside them."""
+    try:
+        saved = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise TrainingError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(saved, dict):
+        raise TrainingError(f"{path} must hold a JSON object of settings, e.g. {{\"epochs\": 5}}")
+    unknown = saved.keys() - {f.name for f in fields(TrainConfig)} - set(_RECORDED_BESIDE_SETTINGS)
+    if unknown:
+        raise TrainingError(f"{path} has unknown settings {sorted(unknown)}; see capsnet train --help")
+    return {key: value for key, value in saved.items() if key not in (*_INVOCATION_SETTINGS, *_RECORDED_BESIDE_SETTINGS)}
 
 
 def _setting_name(model_kwarg: str) -> str:
