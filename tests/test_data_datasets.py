@@ -118,6 +118,13 @@ def test_uncompressed_file_under_the_archive_name_is_accepted_by_content(tiny, t
     assert len(tiny(tmp_path, train=False, download=False)) == N_TINY
 
 
+def test_archive_under_the_uncompressed_name_is_accepted_by_content(tiny, tmp_path):
+    folder = _place(tiny, tmp_path / "tiny", gz=False)
+    labels = folder / "t10k-labels-idx1-ubyte"
+    labels.write_bytes(gzip.compress(labels.read_bytes()))
+    assert len(tiny(tmp_path, train=False, download=False)) == N_TINY
+
+
 @pytest.mark.parametrize("gz", [True, False], ids=["archive", "uncompressed"])
 def test_corrupt_file_is_reported_and_kept(tiny, tmp_path, gz):
     folder = _place(tiny, tmp_path / "tiny", gz=gz)

@@ -92,7 +92,8 @@ def test_routed_capsules_draw_their_matrices_with_the_given_std():
     assert default.weight.mean().abs() < 1e-3
     assert default.weight.std().item() == pytest.approx(WEIGHT_INIT_STD, rel=0.01)
     assert wide.weight.std().item() == pytest.approx(0.5, rel=0.01)
-    with pytest.raises(ValueError, match="weight_std must be positive, got 0"):
+    with pytest.raises(ValueError, match="weight_std must be positive and finite, got 0"):
         RoutedCapsules(in_caps=2, in_dim=8, out_caps=10, out_dim=16, weight_std=0)
-    with pytest.raises(ValueError, match="weight_std must be positive, got nan"):
-        RoutedCapsules(in_caps=2, in_dim=8, out_caps=10, out_dim=16, weight_std=float("nan"))
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=f"weight_std must be positive and finite, got {bad}"):
+            RoutedCapsules(in_caps=2, in_dim=8, out_caps=10, out_dim=16, weight_std=bad)

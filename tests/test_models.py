@@ -120,6 +120,10 @@ def test_register_model_warns_on_redefinition():
 def test_constructor_is_keyword_only_and_checks_inputs():
     with pytest.raises(TypeError):
         CapsNet(10)
+    with pytest.raises(ValueError, match="primary_types must be an integer >= 1, got 0"):
+        CapsNet(primary_types=0)
+    with pytest.raises(ValueError, match="num_classes must be an integer >= 1, got 2.5"):
+        CapsNet(num_classes=2.5)
     with pytest.raises(ValueError, match=r"image_size must be at least 17 x 17 .* got 16 x 28"):
         CapsNet(image_size=(16, 28))
     with pytest.raises(ValueError, match=r"expected images of shape \(b, C, H, W\) = \(\*, 1, 28, 28\), got \(2, 28, 28\)"):

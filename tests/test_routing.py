@@ -154,6 +154,9 @@ def test_bad_iterations_are_rejected(iterations):
 def test_iterations_may_be_any_integer_type_and_errors_name_the_argument_given():
     routing = DynamicRouting(torch.tensor(2))
     assert routing.iterations == 2 and type(routing.iterations) is int
+    for not_a_count in (torch.tensor(True), torch.tensor([3]), torch.tensor(3.0)):
+        with pytest.raises(ValueError, match="iterations must be an integer >= 1"):
+            DynamicRouting(not_a_count)
     with pytest.raises(ValueError, match="routing_iterations must be an integer >= 1, got 0"):
         capsnet.CapsNet(routing_iterations=0)
 

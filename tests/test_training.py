@@ -429,7 +429,8 @@ def test_train_leaves_a_process_group_the_caller_made(monkeypatch, caller_made_t
 def test_resume_config_reads_the_runs_settings_back_but_not_those_of_one_invocation(tmp_path):
     started = TrainConfig(model="capsnet-tiny", lr=0.01, limit_train=64, time_limit=5, progress=False,
                           output_dir="elsewhere")
-    (tmp_path / "config.json").write_text(json.dumps({**started.to_dict(), "parameters": 1}))
+    # a setting an older version saved and this one no longer has must not stop the run from resuming
+    (tmp_path / "config.json").write_text(json.dumps({**started.to_dict(), "parameters": 1, "setting_since_removed": 1}))
     config = resume_config(tmp_path, epochs=7)
     assert (config.model, config.lr, config.limit_train, config.epochs) == ("capsnet-tiny", 0.01, 64, 7)
     assert (config.time_limit, config.progress, config.resume, config.output_dir) == (None, True, True, str(tmp_path))
@@ -465,8 +466,12 @@ def test_config_file_errors_say_what_is_wrong(tmp_path, content, message):
 
 
 def test_config_file_and_resume_do_not_mix(tmp_path, capsys):
-    assert main(["train", "--config", "x.json", "--resume", "--output-dir", str(tmp_path)]) == 2
-    assert "--config starts a new run; --resume reads the settings of the run in --output-dir" in capsys.readouterr().err
+    for output_dir in (["--output-dir", str(tmp_path)], []):
+        assert main(["train", "--config", "x.json", "--resume", *output_dir]) == 2
+        assert "--config starts a new run; --resume reads the settings of the run in" in capsys.readouterr().err
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match="config_from_file starts a new run; resume_config continues one"):
+        capsnet.training.config_from_file(tmp_path, resume=True)
 
 
 def test_evaluate_counts_errors_of_a_known_model_and_refuses_what_it_would_miscount():
@@ -477,7 +482,12 @@ def test_evaluate_counts_errors_of_a_known_model_and_refuses_what_it_would_misco
     images = torch.randint(0, 256, (5, 1, 2, 2), dtype=torch.uint8)
     labels = torch.tensor([3, 3, 1, 3, 0])
     assert capsnet.evaluate(always_three, images, labels, batch_size=2)["error"] == pytest.approx(2 / 5)
+    assert capsnet.evaluate(always_three.double(), images, labels.to(torch.uint8))["error"] == pytest.approx(2 / 5)
     with pytest.raises(TypeError, match="evaluate takes uint8 images"):
         capsnet.evaluate(always_three, images.float() / 255, labels)
+    with pytest.raises(TypeError, match="labels must be integer class indices, got torch.float32"):
+        capsnet.evaluate(always_three, images, labels.float())
+    with pytest.raises(ValueError, match=r"expected labels \(n,\) or \(n, objects\) for n = 5 images, n > 0; got .* \(4,\)"):
+        capsnet.evaluate(always_three, images, labels[:4])
     with pytest.raises(ValueError, match=r"labels must be class indices in \[0, 10\), got 0 to 10"):
         capsnet.evaluate(always_three, images, torch.tensor([3, 3, 1, 10, 0]))

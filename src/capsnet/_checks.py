@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Iterable, Sequence
 
@@ -17,19 +18,20 @@ def check_choice(value: str, name: str, valid: Iterable[str]) -> str:
 
 
 def check_positive(value: int | float, name: str) -> int | float:
-    """Return ``value`` if it is > 0 (NaN is not), else raise a ``ValueError`` naming ``name``."""
-    if not value > 0:
-        raise ValueError(f"{name} must be positive, got {value}")
+    """Return ``value`` if it is > 0 and finite (NaN is neither), else raise a ``ValueError`` naming ``name``."""
+    if not 0 < value < math.inf:
+        raise ValueError(f"{name} must be positive and finite, got {value}")
     return value
 
 
 def check_int(value: int, name: str, minimum: int) -> int:
     """Return ``value`` as an ``int`` if it is a whole number >= ``minimum``, else raise a ``ValueError``.
 
-    NumPy and torch integers pass (``operator.index``); bools and floats, even whole ones, do not.
+    NumPy and torch integer scalars pass (``operator.index``); bools, floats (even whole ones) and arrays do not.
     """
+    is_bool = isinstance(value, bool) or getattr(value, "dtype", None) == torch.bool
     try:
-        number = None if isinstance(value, bool) else operator.index(value)
+        number = None if is_bool or getattr(value, "ndim", 0) != 0 else operator.index(value)
     except TypeError:
         number = None
     if number is None or number < minimum:

@@ -59,9 +59,9 @@ def _add_config_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] | N
 
 def _train(args: argparse.Namespace) -> None:
     given = {key: value for key, value in vars(args).items() if value is not None and key != "config"}
-    resuming = args.resume and args.output_dir  # else TrainConfig says what is missing
-    if resuming and args.config:
+    if args.resume and args.config:
         raise ValueError("--config starts a new run; --resume reads the settings of the run in --output-dir")
+    resuming = args.resume and args.output_dir  # else TrainConfig says what is missing
     if resuming:
         config = resume_config(args.output_dir, **given)
     else:

@@ -40,10 +40,10 @@ def pick_examples(model: CapsNet, images: Tensor, labels: Tensor, count: int, ba
     """Indices of the first ``count`` correctly classified and ``count`` misclassified examples (fewer if the
     data runs out); reads ``images`` in batches only until both are found.
 
-    With ``(n, k)`` labels (MultiMNIST) an example is right when its k longest capsules are its k labels.
+    With ``(n, objects)`` labels (MultiMNIST) an example is right when its longest capsules are its labels.
 
     Shape:
-        ``images``: ``(n, C, H, W)`` in [0, 1]; ``labels``: ``(n,)`` or ``(n, k)`` -> two index tensors.
+        ``images``: ``(n, C, H, W)`` in [0, 1]; ``labels``: ``(n,)`` or ``(n, objects)`` -> two index tensors.
     """
     right, wrong = [], []
     for start in range(0, len(labels), batch_size):

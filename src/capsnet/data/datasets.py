@@ -319,7 +319,8 @@ def _verify(path: Path, resource: Resource) -> None:
         digest = sha256_file(path)
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
-    # A re-compressed archive (other gzip header or level) is fine if its content is the published one.
+    # Either published form under either name, or a re-compressed archive (other gzip header or level) of the
+    # published content, is what read_idx will read correctly.
     if digest in (resource.sha256, resource.raw_sha256) or _content_sha256(path) == resource.raw_sha256:
         digest = expected
     if digest != expected:

@@ -96,6 +96,10 @@ class CapsNet(nn.Module):
     ) -> None:
         super().__init__()
         factory = {"device": device, "dtype": dtype}
+        sizes = {"num_classes": num_classes, "in_channels": in_channels, "conv_channels": conv_channels,
+                 "primary_types": primary_types, "primary_dim": primary_dim, "out_dim": out_dim}
+        for name, size in sizes.items():
+            check_int(size, name, 1)  # here, so that errors name this constructor's arguments, not a layer's
         self.in_channels, self.image_size = in_channels, _pair(image_size)
         height, width = self.image_size
         if min(height, width) < 17:

@@ -61,9 +61,10 @@ class BaselineCNN(nn.Module):
             raise ValueError(f"kernel_size must be odd for same padding, got {kernel_size}")
         height, width = self.image_size = _pair(image_size)
         self.in_channels = in_channels
+        factory = {"device": device, "dtype": dtype}
         convs: list[nn.Module] = []
         for index, (before, after) in enumerate(zip((in_channels, *channels), channels)):
-            convs += [nn.Conv2d(before, after, kernel_size, padding=kernel_size // 2, device=device, dtype=dtype), nn.ReLU(inplace=True)]
+            convs += [nn.Conv2d(before, after, kernel_size, padding=kernel_size // 2, **factory), nn.ReLU(inplace=True)]
             if index in pool_after:
                 convs.append(nn.MaxPool2d(2))
                 height, width = height // 2, width // 2
@@ -71,8 +72,8 @@ class BaselineCNN(nn.Module):
         widths = (channels[-1] * height * width, *hidden)
         dense: list[nn.Module] = [nn.Flatten()]
         for before, after in zip(widths, hidden):
-            dense += [nn.Linear(before, after, device=device, dtype=dtype), nn.ReLU(inplace=True)]
-        self.classifier = nn.Sequential(*dense, nn.Dropout(dropout), nn.Linear(widths[-1], num_classes, device=device, dtype=dtype))
+            dense += [nn.Linear(before, after, **factory), nn.ReLU(inplace=True)]
+        self.classifier = nn.Sequential(*dense, nn.Dropout(dropout), nn.Linear(widths[-1], num_classes, **factory))
 
     def forward(self, images: Tensor) -> Tensor:
         check_shape(images, "images", "(b, C, H, W)", 4, (None, self.in_channels, *self.image_size))

@@ -7,7 +7,7 @@ from .engine import (
 )
 
 __all__ = [
-    "Trainer", "TrainingError", "TrainingInterrupted", "train", "resume_config", "config_from_file", "evaluate", "read_metrics",
-    "resolve_device",
+    "Trainer", "TrainingError", "TrainingInterrupted", "train", "resume_config", "config_from_file", "evaluate",
+    "read_metrics", "resolve_device",
     "CheckpointError", "load_checkpoint", "save_checkpoint",
 ]

@@ -503,14 +503,24 @@ def evaluate(
     Shape:
         ``images``: ``(n, C, H, W)`` uint8; ``labels``: ``(n,)``, or ``(n, objects)`` (MultiMNIST).
     """
-    if images.dtype != torch.uint8:
-        # Float images may already be in [0, 1]; dividing them by 255 again would give a wrong error silently.
-        raise TypeError(f"evaluate takes uint8 images (0-255), got {images.dtype}")
-    if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < num_classes:
-        raise ValueError(f"labels must be class indices in [0, {num_classes}), got {int(labels.min())} to {int(labels.max())}")
+    _check_evaluation_set(images, labels, num_classes)
     tallies = _tallies(model, images, labels, batch_size=batch_size, num_classes=num_classes, precision=precision,
                        progress=progress)
     return _error_report(tallies)
+
+
+def _check_evaluation_set(images: Tensor, labels: Tensor, num_classes: int) -> None:
+    """Refuse what :func:`evaluate` would miscount or fail on deep inside, naming the argument."""
+    if images.dtype != torch.uint8:
+        # Float images may already be in [0, 1]; dividing them by 255 again would give a wrong error silently.
+        raise TypeError(f"evaluate takes uint8 images (0-255), got {images.dtype}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"labels must be integer class indices, got {labels.dtype}")
+    if labels.dim() not in (1, 2) or len(labels) != len(images) or len(labels) == 0:
+        raise ValueError(f"expected labels (n,) or (n, objects) for n = {len(images)} images, n > 0; "
+                         f"got labels of shape {tuple(labels.shape)}")
+    if not 0 <= int(labels.min()) <= int(labels.max()) < num_classes:
+        raise ValueError(f"labels must be class indices in [0, {num_classes}), got {int(labels.min())} to {int(labels.max())}")
 
 
 @torch.no_grad()
@@ -521,13 +531,15 @@ def _tallies(
     per example. With ``(n, objects)`` labels (MultiMNIST) an example counts under each of its classes."""
     was_training = model.training
     model.eval()
+    labels = labels.long()  # index_add_ and bincount take int64 indices
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)  # float64 models too
     correct = torch.zeros(num_classes + 1, dtype=torch.long, device=labels.device)
     counts = torch.bincount(labels.flatten(), minlength=num_classes)
     starts = range(0, len(labels), batch_size)
     for start in tqdm(starts, desc="evaluating", unit="batch", disable=not progress, leave=False, dynamic_ncols=True):
         batch_labels = labels[start : start + batch_size]
         with autocast(precision, labels.device):
-            scores = class_scores(model(images[start : start + batch_size].float().div_(255)))
+            scores = class_scores(model(images[start : start + batch_size].to(dtype).div_(255)))
         right = hits(scores, batch_labels)  # (b,)
         # index_add_ rather than bincount(labels[right]): a boolean mask would make the host wait for the GPU.
         right_per_label = right.view(-1, *[1] * (batch_labels.dim() - 1)).expand_as(batch_labels)
@@ -579,10 +591,17 @@ def config_from_file(path: str | Path, **changes: Any) -> TrainConfig:
     """
     path = Path(path)
     path = path / "config.json" if path.is_dir() else path
-    try:
-        return TrainConfig.from_dict({**_saved_settings(path), **changes})
-    except FileNotFoundError:
-        raise TrainingError(f"config file {path} does not exist") from None
+    if not path.is_file():
+        raise TrainingError(f"config file {path} does not exist")
+    if changes.get("resume"):
+        raise ValueError("config_from_file starts a new run; resume_config continues one")
+    saved = _saved_settings(path)
+    # Strict here, not when resuming: a typo in a hand-written file must not pass unseen, while a run saved by an
+    # older version, with a setting since removed, must still resume.
+    unknown = saved.keys() - {f.name for f in fields(TrainConfig)}
+    if unknown:
+        raise TrainingError(f"{path} has unknown settings {sorted(unknown)}; see capsnet train --help")
+    return TrainConfig.from_dict({**saved, **changes})
 
 
 def _saved_settings(path: Path) -> dict[str, Any]:
@@ -593,9 +612,6 @@ def _saved_settings(path: Path) -> dict[str, Any]:
         raise TrainingError(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(saved, dict):
         raise TrainingError(f"{path} must hold a JSON object of settings, e.g. {{\"epochs\": 5}}")
-    unknown = saved.keys() - {f.name for f in fields(TrainConfig)} - set(_RECORDED_BESIDE_SETTINGS)
-    if unknown:
-        raise TrainingError(f"{path} has unknown settings {sorted(unknown)}; see capsnet train --help")
     return {key: value for key, value in saved.items() if key not in (*_INVOCATION_SETTINGS, *_RECORDED_BESIDE_SETTINGS)}
 
 
