@@ -92,8 +92,9 @@ def _run_training(config: TrainConfig) -> None:
                 else f"has already trained {trainer.progress.epoch} epochs; raise --epochs")
         say(f"nothing to do: {trainer.run_dir} {done}")
     else:
-        say(f"done: test error {history[-1]['test_error']:.2%} after {trainer.progress.epoch} epochs; "
-              f"best {trainer.progress.best_error:.2%}; checkpoints in {trainer.run_dir}")
+        epochs = f"{trainer.progress.epoch} epoch{'' if trainer.progress.epoch == 1 else 's'}"
+        say(f"done: test error {history[-1]['test_error']:.2%} after {epochs}; "
+            f"best {trainer.progress.best_error:.2%}; checkpoints in {trainer.run_dir}")
         if trainer.progress.epoch < config.epochs:
             say(f"stopped early: test error at or below --stop-at-error {config.stop_at_error}%"
                 if trainer.reached_target else
