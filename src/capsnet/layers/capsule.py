@@ -62,8 +62,9 @@ class RoutedCapsules(nn.Module):
         self.in_caps, self.in_dim, self.out_caps, self.out_dim = (check_int(v, k, 1) for k, v in sizes.items())
         check_positive(weight_std, "weight_std")  # W = 0 would leave squash without a gradient
         factory = {"device": device, "dtype": dtype}
-        self.weight = nn.Parameter(torch.randn(in_caps, out_caps, out_dim, in_dim, **factory) * weight_std)  # W[i, j]
-        self.bias = nn.Parameter(torch.zeros(out_caps, out_dim, **factory)) if bias else None
+        shape = (self.in_caps, self.out_caps, self.out_dim, self.in_dim)  # the checked ints, whatever type was given
+        self.weight = nn.Parameter(torch.randn(shape, **factory) * weight_std)  # W[i, j]
+        self.bias = nn.Parameter(torch.zeros(self.out_caps, self.out_dim, **factory)) if bias else None
         self.routing = routing if routing is not None else DynamicRouting()
 
     def predictions(self, u: Tensor) -> Tensor:

@@ -46,11 +46,12 @@ class CapsuleDecoder(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        factory = {"device": device, "dtype": dtype}
         sizes = [num_caps * caps_dim, *hidden]
         layers: list[nn.Module] = []
         for fan_in, fan_out in zip(sizes, sizes[1:]):
-            layers += [nn.Linear(fan_in, fan_out, device=device, dtype=dtype), nn.ReLU(inplace=True)]
-        self.net = nn.Sequential(*layers, nn.Linear(sizes[-1], out_features, device=device, dtype=dtype), nn.Sigmoid())
+            layers += [nn.Linear(fan_in, fan_out, **factory), nn.ReLU(inplace=True)]
+        self.net = nn.Sequential(*layers, nn.Linear(sizes[-1], out_features, **factory), nn.Sigmoid())
 
     def forward(self, poses: Tensor, labels: Tensor | None = None) -> Tensor:
         return self.net(mask_capsules(poses, labels))

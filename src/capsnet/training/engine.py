@@ -519,8 +519,9 @@ def _check_evaluation_set(images: Tensor, labels: Tensor, num_classes: int) -> N
     if labels.dim() not in (1, 2) or len(labels) != len(images) or len(labels) == 0:
         raise ValueError(f"expected labels (n,) or (n, objects) for n = {len(images)} images, n > 0; "
                          f"got labels of shape {tuple(labels.shape)}")
-    if not 0 <= int(labels.min()) <= int(labels.max()) < num_classes:
-        raise ValueError(f"labels must be class indices in [0, {num_classes}), got {int(labels.min())} to {int(labels.max())}")
+    lowest, highest = int(labels.min()), int(labels.max())
+    if not 0 <= lowest <= highest < num_classes:
+        raise ValueError(f"labels must be class indices in [0, {num_classes}), got {lowest} to {highest}")
 
 
 @torch.no_grad()
