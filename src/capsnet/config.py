@@ -202,6 +202,12 @@ class TrainConfig:
         return type(self)(**{**kept, **changes})
 
     @classmethod
+    def setting_names(cls) -> frozenset[str]:
+        """The names of all settings (the fields; each is also a ``capsnet train`` flag)."""
+        return frozenset(f.name for f in fields(cls))
+
+    @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
+        """A config of the known settings in ``values``; other keys are ignored (a run saved by another version)."""
+        known = cls.setting_names()
         return cls(**{key: value for key, value in values.items() if key in known})

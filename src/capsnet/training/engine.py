@@ -599,7 +599,7 @@ def config_from_file(path: str | Path, **changes: Any) -> TrainConfig:
     saved = _saved_settings(path)
     # Strict here, not when resuming: a typo in a hand-written file must not pass unseen, while a run saved by an
     # older version, with a setting since removed, must still resume.
-    unknown = saved.keys() - {f.name for f in fields(TrainConfig)}
+    unknown = saved.keys() - TrainConfig.setting_names()
     if unknown:
         raise TrainingError(f"{path} has unknown settings {sorted(unknown)}; see capsnet train --help")
     return TrainConfig.from_dict({**saved, **changes})
@@ -618,7 +618,7 @@ def _saved_settings(path: Path) -> dict[str, Any]:
 
 def _setting_name(model_kwarg: str) -> str:
     """The flag that sets a model argument (``--weight-std``), or the argument itself (``the model's image_size``)."""
-    is_flag = model_kwarg in {f.name for f in fields(TrainConfig)}
+    is_flag = model_kwarg in TrainConfig.setting_names()
     return "--" + model_kwarg.replace("_", "-") if is_flag else f"the model's {model_kwarg}"
 
 
