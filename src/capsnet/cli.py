@@ -255,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "Running the same command again continues unfinished rows from their last checkpoint.",
     )
     reproduce.add_argument("experiment", choices=tuple(EXPERIMENTS))
-    reproduce.add_argument("--runs-dir", default="runs/reproduce", help="where the rows' run folders go")
+    reproduce.add_argument("--runs-dir", default="runs/reproduce",
+                           help="where the rows' run folders go (default: runs/reproduce)")
     reproduce.add_argument("--rows", nargs="+", metavar="ROW",
                            help="train only these rows, in this order (run folder names; default: all)")
     reproduce.add_argument("--tiny", action="store_true",
