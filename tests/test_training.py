@@ -107,6 +107,39 @@ def test_interrupt_mid_epoch_saves_and_resumes_exactly(tmp_path, shared_data, mo
     assert strip_times(read_metrics(tmp_path / "split")) == strip_times(read_metrics(tmp_path / "straight"))
 
 
+def test_save_every_saves_mid_epoch_so_a_run_killed_without_warning_resumes_exactly(tmp_path, shared_data, monkeypatch):
+    """A SIGKILL or a power cut gives no chance to save: --save-every leaves a recent last.pt behind anyway."""
+    straight = Trainer(config(tmp_path, shared_data, "straight", epochs=2))
+    straight.fit()
+
+    killed = Trainer(config(tmp_path, shared_data, "split", epochs=2, save_every=1e-9))  # due after every batch
+    original_step, calls = killed._train_step, []
+
+    def step_then_die(*args):
+        calls.append(1)
+        if len(calls) == 12:  # the 4th batch of the second epoch (8 batches per epoch): no save on the way out
+            raise RuntimeError("killed")
+        original_step(*args)
+
+    monkeypatch.setattr(killed, "_train_step", step_then_die)
+    with pytest.raises(RuntimeError, match="killed"):
+        killed.fit()
+    saved = load_checkpoint(tmp_path / "split" / "last.pt")["progress"]
+    assert (saved["epoch"], saved["batch"], saved["step"]) == (1, 3, 11)
+
+    resumed = Trainer(resume_config(tmp_path / "split"))
+    assert resumed.config.save_every == 1e-9  # a setting of the run, read back
+    resumed.fit()
+    assert_same_weights(resumed.model, straight.model)
+    assert strip_times(read_metrics(tmp_path / "split")) == strip_times(read_metrics(tmp_path / "straight"))
+
+
+@pytest.mark.parametrize("minutes", [0, -1, float("nan")])
+def test_save_every_must_be_positive(tmp_path, minutes):
+    with pytest.raises(ValueError, match="--save-every must be a positive number of minutes"):
+        TrainConfig(output_dir=str(tmp_path), save_every=minutes)
+
+
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, shared_data, monkeypatch):
     trainer = Trainer(config(tmp_path, shared_data, epochs=2))
     trainer.fit()  # epochs 1 and 2 are fine
@@ -263,6 +296,24 @@ def test_the_affine_test_set_needs_the_40px_canvas(tmp_path):
         TrainConfig(extra_test="affnist-synthetic", output_dir=str(tmp_path))
     with pytest.raises(ValueError, match="it needs --canvas 40"):  # before looking for any data
         load_test_set("mnist", str(tmp_path), extra_test="affnist-synthetic")
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
+def test_hangup_saves_like_ctrl_c(tmp_path, shared_data, monkeypatch):
+    """A terminal that closes (a dropped ssh connection) sends SIGHUP: the run saves instead of dying."""
+    def before(signum, frame):  # not the default (which would end pytest) nor ignored (as under nohup)
+        raise AssertionError("the trainer should have handled SIGHUP")
+
+    previous = signal.signal(signal.SIGHUP, before)
+    trainer = Trainer(config(tmp_path, shared_data, epochs=1))
+    signal_during_step(trainer, monkeypatch, signal.SIGHUP, 2)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            trainer.fit()
+        assert signal.getsignal(signal.SIGHUP) is before
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["progress"]["batch"] == 2
 
 
 def test_sigterm_is_handled_even_when_ctrl_c_is_ignored(tmp_path, shared_data, monkeypatch):

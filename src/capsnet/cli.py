@@ -32,9 +32,9 @@ from .training.engine import Trainer
 from .training.precision import resolve_precision
 
 # The settings of `capsnet reproduce` shared by all rows; the rows set model, routing and reconstruction.
-_REPRODUCE_SETTINGS = ("data_dir", "epochs", "time_limit", "stop_at_error", "batch_size", "lr_decay_steps",
-                       "lr_warmup_steps", "seed", "device", "precision", "compile", "channels_last", "limit_train",
-                       "limit_test", "progress")
+_REPRODUCE_SETTINGS = ("data_dir", "epochs", "time_limit", "save_every", "stop_at_error", "batch_size",
+                       "lr_decay_steps", "lr_warmup_steps", "seed", "device", "precision", "compile", "channels_last",
+                       "limit_train", "limit_test", "progress")
 
 # OSError: unreadable or unwritable files and full disks are the user's to fix, not a bug to trace back.
 _USER_ERRORS = (ValueError, DataError, CheckpointError, TrainingError, OSError, ImportError)

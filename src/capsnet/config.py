@@ -65,6 +65,11 @@ class TrainConfig:
               "counted; it may overrun by an epoch); continue with capsnet train --resume, or by rerunning capsnet "
               "reproduce"
     )
+    save_every: float | None = _option(
+        None, "also save last.pt every this many minutes within an epoch, so that a run killed without warning "
+              "(SIGKILL, a power cut) resumes from there; without it, last.pt is saved at epoch ends and on Ctrl-C, "
+              "SIGTERM or SIGHUP"
+    )
     stop_at_error: float | None = _option(
         None, "early stopping: stop at the first epoch end whose test error is at or below this many percent; 0: "
               "off (the paper's affine-robustness models stopped at 99.22-99.23 percent accuracy, so capsnet "
@@ -150,8 +155,10 @@ class TrainConfig:
             raise ValueError("--lr, --lr-decay and --reconstruction-weight must be finite numbers")
         if self.weight_std is not None and not self.weight_std > 0:
             raise ValueError(f"--weight-std must be a positive number, got {self.weight_std}")
-        if self.time_limit is not None and not self.time_limit > 0:
-            raise ValueError(f"--time-limit must be a positive number of minutes, got {self.time_limit}")
+        for name in ("time_limit", "save_every"):
+            minutes = getattr(self, name)
+            if minutes is not None and not minutes > 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be a positive number of minutes, got {minutes}")
         if self.stop_at_error is not None and not 0 <= self.stop_at_error < 100:
             raise ValueError(f"--stop-at-error must be a test error in percent, from 0 (off) to below 100, got "
                              f"{self.stop_at_error}")

@@ -46,7 +46,8 @@ _RESUME_MUST_MATCH = (
 _INVOCATION_SETTINGS = ("output_dir", "resume", "time_limit", "progress")
 _RECORDED_BESIDE_SETTINGS = ("model_kwargs", "parameters", "resolved")  # in config.json, not TrainConfig fields
 _POSTFIX_EVERY = 20  # progress-bar updates read the device's running sums (a sync on GPU): not every step
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; torchrun and cluster schedulers send SIGTERM
+# Ctrl-C; torchrun and cluster schedulers send SIGTERM; a closing terminal (a dropped ssh session) SIGHUP.
+_STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
 class TrainingError(RuntimeError):
@@ -200,13 +201,14 @@ class Trainer:
         whose test error is at most ``config.stop_at_error`` percent; returns the metrics of the epochs run by
         this call.
 
-        Ctrl-C (SIGINT) or SIGTERM is honoured at the next batch boundary: ``last.pt`` is saved there, so a
-        resumed run continues exactly, and ``KeyboardInterrupt`` is raised. A second Ctrl-C stops at once.
+        Ctrl-C (SIGINT), SIGTERM or SIGHUP is honoured at the next batch boundary: ``last.pt`` is saved there, so
+        a resumed run continues exactly, and ``KeyboardInterrupt`` is raised. ``config.save_every`` also saves it
+        every so many minutes, at a batch boundary, for kills that give no warning. A second Ctrl-C stops at once.
         Under ``torchrun`` all ranks stop at the same batch when any of them got the signal. Exactly means the
         same batches, augmentation, dropout masks and weights, with as many processes as before.
         """
         history, self._signalled, self._stopping = [], False, False
-        started = time.monotonic()
+        started = self._saved_at = time.monotonic()
         with self._deferred_interrupt():
             while self.progress.epoch < self.config.epochs and not self.reached_target:
                 self._train_epoch()
@@ -218,9 +220,7 @@ class Trainer:
                 if self._out_of_time(started):
                     break
         if self._stopping:
-            self._check_finite(self.progress.sums.get("loss", 0.0))  # empty right after an epoch's end
-            self._check_weights_finite()  # the last update may be the bad one
-            self._save("last.pt")
+            self._save_within_epoch()
             self.distributed.barrier()  # no rank exits (which makes torchrun stop the others) before the save
             raise TrainingInterrupted(self.run_dir / "last.pt")
         return history
@@ -237,17 +237,18 @@ class Trainer:
 
     @contextmanager
     def _deferred_interrupt(self) -> Iterator[None]:
-        """Turn SIGINT and SIGTERM into a flag read between batches (signal handlers live in the main thread only)."""
+        """Turn SIGINT, SIGTERM and SIGHUP into a flag read between batches (signal handlers live in the main thread
+        only)."""
         if threading.current_thread() is not threading.main_thread():
             yield  # no handler possible
             return
-        # An ignored SIGINT (e.g. a job started with `&` from a script) stays ignored; SIGTERM is handled anyway.
+        # An ignored signal stays ignored: a job started with `&` from a script ignores SIGINT, one under nohup SIGHUP.
         handled = [signum for signum in _STOP_SIGNALS if signal.getsignal(signum) is not signal.SIG_IGN]
-        previous = {signum: signal.getsignal(signum) for signum in handled}
-        if signal.SIGINT in previous:
-            previous[signal.SIGINT] = previous[signal.SIGINT] or signal.default_int_handler  # None: set outside Python
-        if signal.SIGTERM in previous:
-            previous[signal.SIGTERM] = previous[signal.SIGTERM] or signal.SIG_DFL
+        # None: a handler set outside Python, which cannot be put back; Python's own default stands in for it.
+        previous = {
+            signum: signal.getsignal(signum) or (signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+            for signum in handled
+        }
 
         def request_stop(signum, frame):
             self._signalled = True
@@ -289,14 +290,20 @@ class Trainer:
             self._epoch_batches(), total=total, initial=progress.batch, desc=f"epoch {progress.epoch + 1}/{config.epochs}",
             unit="batch", disable=not (config.progress and self.distributed.is_main), leave=False, dynamic_ncols=True,
         )
-        start = time.perf_counter()
+        seconds_before, start = progress.seconds, time.perf_counter()
         try:
             for indices, labels in bar:
                 self._train_step(indices, labels, sums)
                 progress.batch += 1
                 progress.step += 1
-                if self._stop_requested():
+                self._stopping, save_due = self.distributed.any_each(self._signalled, self._save_due())
+                if self._stopping:
                     break
+                if save_due and progress.batch < total:  # at the epoch's end it saves anyway
+                    saving = time.perf_counter()
+                    progress.sums, progress.seconds = self._total_sums(sums), seconds_before + saving - start
+                    self._save_within_epoch()
+                    start += time.perf_counter() - saving  # the epoch's seconds are training time
                 if progress.batch % _POSTFIX_EVERY == 0:
                     totals = self._total_sums(sums)
                     self._check_finite(totals["loss"])
@@ -305,8 +312,19 @@ class Trainer:
         finally:
             bar.close()
         progress.sums = self._total_sums(sums)  # waits for the device: the time includes the work still queued
-        progress.seconds += time.perf_counter() - start
+        progress.seconds = seconds_before + time.perf_counter() - start
         self._check_finite(progress.sums["loss"])
+
+    def _save_due(self) -> bool:
+        """Whether ``--save-every`` minutes have passed since the last save."""
+        every = self.config.save_every
+        return every is not None and time.monotonic() - self._saved_at > 60 * every
+
+    def _save_within_epoch(self) -> None:
+        """Save ``last.pt`` where the epoch stands (Ctrl-C, ``--save-every``), but never a non-finite state."""
+        self._check_finite(self.progress.sums.get("loss", 0.0))  # empty right after an epoch's end
+        self._check_weights_finite()  # the last update may be the bad one
+        self._save("last.pt")
 
     def _total_sums(self, sums: dict[str, Tensor]) -> dict[str, float]:
         """The running sums added over all ranks, read to the host (one sync)."""
@@ -431,6 +449,7 @@ class Trainer:
         """Write the checkpoint under each of ``names`` (rank 0). Every rank calls it: it gathers their random
         states, so that each rank's dropout masks continue after a resume where they were."""
         rng = self.distributed.gather(_global_rng_state(self.device))
+        self._saved_at = time.monotonic()
         if not self.distributed.is_main:
             return
         progress = self.progress
