@@ -5,7 +5,8 @@ import torch
 
 from capsnet.data import MNIST
 from capsnet.data.synthetic import (
-    AFFNIST_RANGES, overlay_pairs, place_on_canvas, random_affine, sample_affine_parameters,
+    AFFNIST_RANGES, _affine_matrices, _warp, multimnist_test_set, overlay_pairs, place_on_canvas, random_affine,
+    sample_affine_parameters,
 )
 
 
@@ -69,6 +70,16 @@ def test_multimnist_is_deterministic_for_a_seed(digits):
     assert not torch.equal(a.images, c.images)
 
 
+def test_multimnist_test_set_is_fixed_and_pairs_every_digit_with_one_of_another_class(digits):
+    images, labels = digits
+    test_images, test_labels = multimnist_test_set(images, labels)
+    assert test_images.shape == (500, 1, 36, 36) and test_images.dtype == torch.uint8
+    assert torch.equal(test_labels[:, 0], labels) and (test_labels[:, 0] != test_labels[:, 1]).all()
+    again_images, again_labels = multimnist_test_set(images, labels)
+    assert torch.equal(test_images, again_images) and torch.equal(test_labels, again_labels)
+    assert not torch.equal(multimnist_test_set(images, labels, seed=1)[1], test_labels)
+
+
 def test_affine_parameters_stay_inside_the_affnist_ranges():
     params = sample_affine_parameters(10_000, seeded())
     assert params["rotation_degrees"].abs().max() <= 20 and params["rotation_degrees"].abs().max() > 19.9
@@ -88,6 +99,10 @@ def test_affnist_synthetic_digits_are_inside_the_canvas_and_reproducible(digits)
     area = params["scale_x"] * params["scale_y"]
     ratio = out.flatten(1).sum(1) / (images[:100].float().div(255).flatten(1).sum(1) * area)
     assert ratio.min() > 0.9 and ratio.max() < 1.1
+    # The translation after the warp moves all of the ink and cuts none of it off.
+    warped = _warp(place_on_canvas(images[:100].float().div(255), 40, 0), _affine_matrices(params))
+    torch.testing.assert_close(out.flatten(1).sum(1), warped.flatten(1).sum(1))
+    assert not torch.equal(out, warped)
     # Translations differ between digits: the ink's centre moves around the canvas.
     rows = torch.arange(40.0).view(1, 40, 1)
     centre_y = (out[:, 0] * rows).flatten(1).sum(1) / out.flatten(1).sum(1)

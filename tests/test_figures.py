@@ -121,6 +121,19 @@ def test_colour_overlay_puts_the_first_object_in_red_the_second_in_green_and_cli
         figures.colour_overlay(torch.ones(1, 2, 3, 2, 2))
 
 
+def test_colour_overlay_over_the_input_shows_it_dimmed_and_grey_beneath_the_colours():
+    reconstructions = torch.zeros(1, 2, 1, 2, 2)
+    reconstructions[0, 0, 0, 0, 0] = 0.5  # red at the top left
+    background = torch.tensor([[[[1.0, 0.4], [0.0, 1.0]]]])
+    rgb = figures.colour_overlay(reconstructions, background)
+    dimmed = figures._BACKGROUND_WEIGHT * background[0, 0]
+    for channel in (1, 2):  # no colour but red anywhere: the grey input alone
+        torch.testing.assert_close(rgb[0, channel], dimmed)
+    torch.testing.assert_close(rgb[0, 0], dimmed + torch.tensor([[0.5, 0.0], [0.0, 0.0]]))
+    with pytest.raises(ValueError, match=r"expected background of shape \(b, 1, H, W\) = \(1, 1, 2, 2\)"):
+        figures.colour_overlay(reconstructions, torch.ones(1, 1, 3, 3))
+
+
 def test_capsnet_figures_of_a_multimnist_model_draw_the_segmentation(tmp_path, shared_data):
     run = tmp_path / "run"
     assert main(["train", "--model", "capsnet-tiny", "--dataset", "multimnist", "--data-dir", str(shared_data),
@@ -130,7 +143,8 @@ def test_capsnet_figures_of_a_multimnist_model_draw_the_segmentation(tmp_path, s
     names = sorted(p.name for p in (run / "figures").iterdir())
     assert names == ["fig4_perturbations.png", "fig5_segmentation.png", "learning_curve.png", "routing_coupling.png"]
     width, height = png_size(run / "figures" / "fig5_segmentation.png")
-    assert height == 290 and width % 110 == 0 and 110 <= width <= 660  # 110 px per example, up to 3 right and 3 wrong
+    # Rows: inputs, decoded, decoded over the inputs; 110 px per example, up to 3 right and 3 wrong.
+    assert height == 410 and width % 110 == 0 and 110 <= width <= 660
 
 
 def test_learning_curves_draw_every_run_and_the_target(tmp_path, monkeypatch):

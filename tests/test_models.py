@@ -174,9 +174,11 @@ def test_capsule_and_plain_models_are_told_apart():
         capsnet.is_capsule_model("nope")
 
 
-def test_baseline_cnn_pooling_shrinks_the_first_dense_layer():
+def test_affine_robustness_cnn_pools_and_matches_the_capsnet_without_its_decoder_in_size():
     model = create_model("baseline-cnn-affnist", image_size=40)
     assert sum(isinstance(m, torch.nn.MaxPool2d) for m in model.features) == 2
     assert model.classifier[1].in_features == 128 * 10 * 10
-    assert count(model) == 6_728_466
+    assert count(model) == 11_198_058
+    capsnet_40 = create_model("capsnet-mnist", image_size=40)
+    assert abs(count(model) / (count(capsnet_40) - count(capsnet_40.decoder)) - 1) < 0.01  # 11,227,904
     assert model(torch.rand(2, 1, 40, 40)).shape == (2, 10)

@@ -40,7 +40,9 @@ def test_reproduce_table1_end_to_end_and_resumable(tmp_path, shared_data, capsys
     assert "| Baseline CNN (35.4M parameters) | 0.39% |" in table
     assert f"| `baseline-cnn-tiny` ({counts[0]:,} parameters) | 0 |" in table
     assert "--model capsnet-tiny --epochs 1 --batch-size 32 --routing-iterations 1 --no-reconstruction" in table
-    assert "results.md" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"[table1] Baseline CNN (35.4M parameters): baseline-cnn-tiny ({counts[0]:,} parameters)" in out  # --no-progress
+    assert "results.md" in out
 
     # Running it again with more epochs continues every row from its checkpoint.
     reproduce(tmp_path, shared_data, "--epochs", "2")
@@ -82,6 +84,19 @@ def test_reproduce_affnist_trains_on_a_40px_canvas_and_reports_the_affine_set(tm
     assert "affnist-synthetic, last epoch" in (tmp_path / "affnist" / "results.md").read_text()
 
 
+def test_reproduce_multimnist_trains_on_pairs_and_counts_both_digits(tmp_path, shared_data):
+    argv = ["reproduce", "multimnist", "--tiny", "--data-dir", str(shared_data), "--runs-dir", str(tmp_path),
+            "--limit-train", "64", "--limit-test", "100", "--batch-size", "32", "--epochs", "1", "--no-progress"]
+    assert main(argv) == 0
+    [result] = json.loads((tmp_path / "multimnist" / "results.json").read_text())
+    assert (result["model"], result["epochs"], result["test_examples"]) == ("capsnet-tiny", 1, 100)
+    assert result["test_error"] > 0.5  # 64 training pairs: both digits right is rare
+    config = json.loads((tmp_path / "multimnist" / "capsnet" / "config.json").read_text())
+    assert config["dataset"] == "multimnist" and config["model_kwargs"]["image_size"] == [36, 36]
+    assert "| CapsNet, 3 routing iterations, reconstruction of each digit | 5.2% |" in (
+        tmp_path / "multimnist" / "results.md").read_text()
+
+
 def test_affnist_rows_stop_early_at_the_papers_accuracy_unless_told_otherwise(tmp_path):
     experiment = EXPERIMENTS["affnist"]
     for settings, expected in (({}, 0.78), ({"stop_at_error": None}, 0.78), ({"stop_at_error": 1.5}, 1.5),
@@ -89,6 +104,15 @@ def test_affnist_rows_stop_early_at_the_papers_accuracy_unless_told_otherwise(tm
         configs = [_row_config(experiment, row, tmp_path, settings, tiny=True) for row in experiment.rows]
         assert [c.stop_at_error for c in configs] == [expected, expected]
     assert _row_config(EXPERIMENTS["table1"], EXPERIMENTS["table1"].rows[0], tmp_path, {}, tiny=True).stop_at_error is None
+
+
+def test_affnist_rows_test_on_the_synthetic_set_unless_given_the_real_one(tmp_path, capsys):
+    experiment = EXPERIMENTS["affnist"]
+    for settings, expected in (({}, "affnist-synthetic"), ({"extra_test": "affnist"}, "affnist")):
+        configs = [_row_config(experiment, row, tmp_path, settings, tiny=True) for row in experiment.rows]
+        assert [c.extra_test for c in configs] == [expected, expected]
+    assert main(["reproduce", "table1", "--extra-test", "affnist", "--runs-dir", str(tmp_path)]) == 2
+    assert "--extra-test affnist has 40x40 images: it needs --canvas 40" in capsys.readouterr().err
 
 
 def test_experiment_defaults_give_way_only_to_the_flags_given(tmp_path, monkeypatch):

@@ -32,7 +32,7 @@ from .training.engine import Trainer
 from .training.precision import resolve_precision
 
 # The settings of `capsnet reproduce` shared by all rows; the rows set model, routing and reconstruction.
-_REPRODUCE_SETTINGS = ("data_dir", "epochs", "time_limit", "save_every", "stop_at_error", "batch_size",
+_REPRODUCE_SETTINGS = ("data_dir", "epochs", "time_limit", "save_every", "stop_at_error", "extra_test", "batch_size",
                        "lr_decay_steps", "lr_warmup_steps", "seed", "device", "precision", "compile", "channels_last",
                        "limit_train", "limit_test", "progress")
 

@@ -106,7 +106,8 @@ class TrainConfig:
     )
     extra_test: str | None = _option(
         None, "also report the error on this 40x40 test set after every epoch (needs --canvas 40): affnist-synthetic "
-              "(drawn from MNIST's test digits) or affnist (the real set; needs scipy)",
+              "(drawn from MNIST's test digits) or affnist (the real set; needs scipy); capsnet reproduce affnist "
+              "uses affnist-synthetic",
         choices=EXTRA_TEST_SETS,
     )
     seed: int = _option(0, "random seed: model init, data order and augmentation")

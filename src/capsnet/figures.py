@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._checks import check_shape
 from .functional import capsule_lengths, hits
 from .models import CapsNet
 
@@ -28,6 +29,7 @@ __all__ = [
 PERTURBATIONS = torch.arange(-5, 6) * 0.05  # exact 0 in the middle
 # Fig. 5: the reconstruction from the longest capsule in red, the second in green (yellow where they overlap).
 _OBJECT_COLOURS = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.4, 1.0]])
+_BACKGROUND_WEIGHT = 0.35
 
 
 def _require_decoder(model: CapsNet) -> None:
@@ -105,18 +107,23 @@ def segmentation(model: CapsNet, images: Tensor, objects: int = 2) -> tuple[Tens
     return chosen, decoded.view(*chosen.shape, model.in_channels, *model.image_size)
 
 
-def colour_overlay(reconstructions: Tensor) -> Tensor:
-    """One RGB picture of up to three grey reconstructions: red, green, blue-ish, added and clipped to 1.
+def colour_overlay(reconstructions: Tensor, background: Tensor | None = None) -> Tensor:
+    """One RGB picture of up to three grey reconstructions: red, green, blue-ish, added and clipped to 1, over a
+    dimmed grey ``background`` (the input) if one is given.
 
     Shape:
-        ``reconstructions``: ``(b, objects, 1, H, W)`` in [0, 1] -> ``(b, 3, H, W)``.
+        ``reconstructions``: ``(b, objects, 1, H, W)`` in [0, 1], ``background``: ``(b, 1, H, W)`` -> ``(b, 3, H, W)``.
     """
     objects = reconstructions.shape[1]
     if reconstructions.shape[2] != 1 or objects > len(_OBJECT_COLOURS):
         raise ValueError(f"colour_overlay takes up to {len(_OBJECT_COLOURS)} grey reconstructions per image, got "
                          f"shape {tuple(reconstructions.shape)}")
     colours = _OBJECT_COLOURS[:objects].to(reconstructions)  # (objects, 3)
-    return torch.einsum("bohw,oc->bchw", reconstructions[:, :, 0], colours).clamp_(max=1)
+    rgb = torch.einsum("bohw,oc->bchw", reconstructions[:, :, 0], colours)
+    if background is not None:
+        check_shape(background, "background", "(b, 1, H, W)", 4, (len(rgb), 1, *rgb.shape[2:]))
+        rgb = rgb + _BACKGROUND_WEIGHT * background  # dim, so that the colours stand out where they cover it
+    return rgb.clamp_(max=1)
 
 
 def _pyplot() -> Any:
@@ -222,7 +229,8 @@ def plot_coupling(model: CapsNet, image: Tensor, path: str | Path, *, classes: l
 @torch.no_grad()
 def plot_segmentation(model: CapsNet, images: Tensor, labels: Tensor, path: str | Path, *,
                       classes: list[str] | None = None, count: int = 8) -> Path:
-    """Fig. 5: MultiMNIST inputs above the two longest capsules decoded separately, red and green, overlaid.
+    """Fig. 5: MultiMNIST inputs above the two longest capsules decoded separately, red and green, overlaid,
+    and the same over the input in grey.
 
     Titles give the labels ``L:(a,b)`` and the decoded classes ``R:(c,d)``; wrong examples are marked in red.
 
@@ -233,21 +241,23 @@ def plot_segmentation(model: CapsNet, images: Tensor, labels: Tensor, path: str 
     right, wrong = pick_examples(model, images, labels, count)
     picked = torch.cat([right, wrong])
     chosen, reconstructions = segmentation(model, images[picked], objects=labels.shape[1])
-    overlays = colour_overlay(reconstructions)
+    rows = {"input": images[picked], "decoded": colour_overlay(reconstructions),
+            "on the input": colour_overlay(reconstructions, images[picked])}
     names = classes or [str(k) for k in range(model.digits.out_caps)]
 
     def pair(indices: list[int]) -> str:
         return "(" + ",".join(names[k] for k in indices) + ")"
 
     plt = _pyplot()
-    figure, axes = plt.subplots(2, len(picked), figsize=(1.1 * len(picked), 2.9), squeeze=False)
+    figure, axes = plt.subplots(len(rows), len(picked), figsize=(1.1 * len(picked), 4.1), squeeze=False)
     for column, index in enumerate(picked.tolist()):
-        _show(axes[0, column], images[index], f"L:{pair(labels[index].tolist())}")
-        _show(axes[1, column], overlays[column], f"R:{pair(chosen[column].tolist())}")
+        titles = (f"L:{pair(labels[index].tolist())}", f"R:{pair(chosen[column].tolist())}", "")
+        for row, (pictures, title) in enumerate(zip(rows.values(), titles)):
+            _show(axes[row, column], pictures[column], title)
         if column >= len(right):
             axes[1, column].title.set_color("red")
-    axes[0, 0].set_ylabel("input", fontsize=8)
-    axes[1, 0].set_ylabel("decoded", fontsize=8)
+    for row, label in enumerate(rows):
+        axes[row, 0].set_ylabel(label, fontsize=8)
     figure.suptitle(f"{len(right)} right, {len(wrong)} wrong (red); longest capsule red, second green", fontsize=9)
     figure.tight_layout()
     return _save(figure, path)
