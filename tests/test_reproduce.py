@@ -6,7 +6,7 @@ import pytest
 
 from capsnet import cli, create_model
 from capsnet.cli import main
-from capsnet.experiments import EXPERIMENTS, Experiment, _row_config
+from capsnet.experiments import EXPERIMENTS, Experiment, _row_config, experiment_results
 
 
 def reproduce(tmp_path, shared_data, *extra):
@@ -39,6 +39,7 @@ def test_reproduce_table1_end_to_end_and_resumable(tmp_path, shared_data, capsys
     table = (folder / "results.md").read_text()
     assert "| Baseline CNN (35.4M parameters) | 0.39% |" in table
     assert f"| `baseline-cnn-tiny` ({counts[0]:,} parameters) | 0 |" in table
+    assert "| epochs | time: training + testing |" in table and all(r["test_seconds"] > 0 for r in results)
     assert "--model capsnet-tiny --epochs 1 --batch-size 32 --routing-iterations 1 --no-reconstruction" in table
     out = capsys.readouterr().out
     assert f"[table1] Baseline CNN (35.4M parameters): baseline-cnn-tiny ({counts[0]:,} parameters)" in out  # --no-progress
@@ -123,3 +124,16 @@ def test_experiment_defaults_give_way_only_to_the_flags_given(tmp_path, monkeypa
     experiment = Experiment("x", "x", EXPERIMENTS["table1"].rows, defaults={"batch_size": 64, "epochs": 9})
     config = _row_config(experiment, experiment.rows[-1], tmp_path, given, tiny=True)
     assert (config.batch_size, config.epochs, config.progress, config.seed) == (64, 3, False, 0)
+
+
+def test_results_table_reads_run_folders_written_before_test_times_were_recorded(tmp_path):
+    run = tmp_path / "multimnist" / "capsnet"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps(
+        {"model": "capsnet-mnist", "seed": 0, "dataset": "multimnist", "output_dir": str(run)}))
+    epochs = [{"epoch": k, "test_error": error, "test_examples": 10_000, "epoch_seconds": 90.0}
+              for k, error in ((1, 0.3), (2, 0.2))]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in epochs))
+    [result] = experiment_results("multimnist", tmp_path)
+    assert (result["epochs"], result["best_test_error"], result["train_seconds"], result["test_seconds"]) == (2, 0.2, 180, None)
+    assert "| 2 | 3.0 min + not recorded | `capsnet-mnist` | 0 | unknown |" in (tmp_path / "multimnist" / "results.md").read_text()

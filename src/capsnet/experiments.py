@@ -158,6 +158,8 @@ def _row_result(row: ExperimentRow, run_dir: Path) -> dict[str, Any]:
         "extra_errors": {key.removesuffix("_error"): value for key, value in metrics[-1].items()
                          if key.endswith("_error") and key != "test_error"},
         "train_seconds": round(sum(m["epoch_seconds"] for m in metrics), 1),
+        "test_seconds": round(sum(m["test_seconds"] for m in metrics), 1)  # not recorded before 2026-11-26
+        if all("test_seconds" in m for m in metrics) else None,
         "seed": config["seed"],
         "stop_at_error": config.get("stop_at_error"),  # absent in runs started before early stopping existed
         "machines": machines,
@@ -188,7 +190,7 @@ def results_markdown(experiment: Experiment, results: list[dict[str, Any]]) -> s
            "that stopping point is chosen on the test set too." if any(r.get("stop_at_error") for r in results) else ""),
         "",
         "| row | paper | ours, last epoch | " + "".join(f"{name}, last epoch | " for name in extra_sets)
-        + "lowest (epoch) | epochs | training time | model | seed | hardware |",
+        + "lowest (epoch) | epochs | time: training + testing | model | seed | hardware |",
         "|---|---:|---:|" + "---:|" * len(extra_sets) + "---:|---:|---:|---|---:|---|",
     ]
     for r in results:
@@ -199,7 +201,7 @@ def results_markdown(experiment: Experiment, results: list[dict[str, Any]]) -> s
                         for name in extra_sets)
         lines.append(
             f"| {r['row']} | {r['paper']} | **{r['test_error']:.2%}** | {extra}{r['best_test_error']:.2%} ({r['best_epoch']}) "
-            f"| {_epochs_cell(r)} | {_duration(r['train_seconds'])} | {_model_cell(r)} | {r['seed']} "
+            f"| {_epochs_cell(r)} | {_time_cell(r)} | {_model_cell(r)} | {r['seed']} "
             f"| {'; '.join(r['machines']) or 'unknown'} |"
         )
     lines += ["", "Commands (each row alone):", ""]
@@ -213,6 +215,11 @@ def _epochs_cell(result: dict[str, Any]) -> str:
         return str(result["epochs"])
     reached = reaches_error(result["test_error"], target)  # the last epoch is the first at the target, if any
     return f"{result['epochs']} ({'stopped at' if reached else 'not yet at'} <= {target}%)"
+
+
+def _time_cell(result: dict[str, Any]) -> str:
+    tested = result["test_seconds"]
+    return f"{_duration(result['train_seconds'])} + {'not recorded' if tested is None else _duration(tested)}"
 
 
 def _model_cell(result: dict[str, Any]) -> str:
