@@ -175,10 +175,11 @@ def test_capsule_and_plain_models_are_told_apart():
 
 
 def test_affine_robustness_cnn_pools_and_matches_the_capsnet_without_its_decoder_in_size():
-    model = create_model("baseline-cnn-affnist", image_size=40)
+    model = create_model("baseline-cnn-affnist-11m", image_size=40)
     assert sum(isinstance(m, torch.nn.MaxPool2d) for m in model.features) == 2
     assert model.classifier[1].in_features == 128 * 10 * 10
     assert count(model) == 11_198_058
     capsnet_40 = create_model("capsnet-mnist", image_size=40)
     assert abs(count(model) / (count(capsnet_40) - count(capsnet_40.decoder)) - 1) < 0.01  # 11,227,904
+    assert count(create_model("baseline-cnn-affnist", image_size=40)) == 6_728_466  # its first version, 328 units
     assert model(torch.rand(2, 1, 40, 40)).shape == (2, 10)

@@ -113,7 +113,8 @@ def test_affnist_rows_test_on_the_synthetic_set_unless_given_the_real_one(tmp_pa
         configs = [_row_config(experiment, row, tmp_path, settings, tiny=True) for row in experiment.rows]
         assert [c.extra_test for c in configs] == [expected, expected]
     assert main(["reproduce", "table1", "--extra-test", "affnist", "--runs-dir", str(tmp_path)]) == 2
-    assert "--extra-test affnist has 40x40 images: it needs --canvas 40" in capsys.readouterr().err
+    assert "--extra-test applies to the 40x40 rows of an experiment that tests on an extra set (affnist), not to " \
+        "table1" in capsys.readouterr().err
 
 
 def test_experiment_defaults_give_way_only_to_the_flags_given(tmp_path, monkeypatch):

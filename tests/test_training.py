@@ -542,3 +542,18 @@ def test_evaluate_counts_errors_of_a_known_model_and_refuses_what_it_would_misco
         capsnet.evaluate(always_three, images, labels[:4])
     with pytest.raises(ValueError, match=r"labels must be class indices in \[0, 10\), got 0 to 10"):
         capsnet.evaluate(always_three, images, torch.tensor([3, 3, 1, 10, 0]))
+
+
+def test_weights_that_no_longer_fit_their_model_name_are_refused_with_the_layers_that_differ(tmp_path):
+    from capsnet import BaselineCNN, create_model
+    from capsnet.training import load_model_weights, save_checkpoint
+
+    wider = BaselineCNN(channels=(16, 16, 8), hidden=(40, 32))  # baseline-cnn-tiny has hidden (32, 32)
+    save_checkpoint(tmp_path / "old.pt", {"model_name": "baseline-cnn-tiny", "model": wider.state_dict()})
+    checkpoint = load_checkpoint(tmp_path / "old.pt")
+    with pytest.raises(CheckpointError, match=r"old.pt: its weights do not fit the model 'baseline-cnn-tiny' as this "
+                       r"version of capsnet builds it \(was it written by another version\?\): size mismatch for "
+                       r"classifier.1.weight: copying a param with shape torch.Size\(\[40, 6272\]\)"):
+        load_model_weights(create_model("baseline-cnn-tiny"), checkpoint, tmp_path / "old.pt")
+    load_model_weights(tiny := create_model("baseline-cnn-tiny", hidden=(40, 32)), checkpoint, tmp_path / "old.pt")
+    torch.testing.assert_close(tiny.classifier[1].weight, wider.classifier[1].weight)

@@ -23,8 +23,8 @@ from .data.affnist import download_affnist
 from . import figures
 from .models import CapsNet, create_model
 from .training import (
-    CheckpointError, TrainingError, TrainingInterrupted, config_from_file, evaluate, load_checkpoint, read_metrics,
-    resolve_device, resume_config,
+    CheckpointError, TrainingError, TrainingInterrupted, config_from_file, evaluate, load_checkpoint,
+    load_model_weights, read_metrics, resolve_device, resume_config,
 )
 from .training.distributed import shutdown_distributed
 from .data.testsets import TestSet, load_test_set
@@ -143,7 +143,7 @@ def _load_trained(path: Path, device_name: str) -> tuple[dict, torch.nn.Module, 
     checkpoint = load_checkpoint(path)
     device = resolve_device(device_name)
     model = create_model(checkpoint["model_name"], **checkpoint["model_kwargs"]).to(device)
-    model.load_state_dict(checkpoint["model"])
+    load_model_weights(model, checkpoint, path)
     return checkpoint, model.eval(), device
 
 

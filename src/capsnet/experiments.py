@@ -21,7 +21,7 @@ from .training import Trainer, read_metrics
 __all__ = ["Experiment", "ExperimentRow", "EXPERIMENTS", "run_experiment", "experiment_results"]
 
 # Quick versions of the paper's models: they check the whole pipeline on a CPU in seconds, nothing more.
-_TINY_MODELS = {"capsnet-mnist": "capsnet-tiny", "baseline-cnn": "baseline-cnn-tiny", "baseline-cnn-affnist": "baseline-cnn-tiny"}
+_TINY_MODELS = {"capsnet-mnist": "capsnet-tiny", "baseline-cnn": "baseline-cnn-tiny", "baseline-cnn-affnist-11m": "baseline-cnn-tiny"}
 # Section 5.2: MNIST placed at random on a 40x40 canvas for training, affine-transformed digits for testing.
 _AFFINE_ROBUSTNESS = {"canvas": 40, "max_shift": 6}
 
@@ -67,7 +67,7 @@ EXPERIMENTS = {
                       "0.77% on 40x40 MNIST (99.23% accuracy); 21% on affNIST (79% accuracy)", _AFFINE_ROBUSTNESS),
         ExperimentRow("cnn", "CNN with max pooling and dropout, trained the same way",
                       "0.78% on 40x40 MNIST (99.22% accuracy); 34% on affNIST (66% accuracy)",
-                      {"model": "baseline-cnn-affnist", **_AFFINE_ROBUSTNESS}),
+                      {"model": "baseline-cnn-affnist-11m", **_AFFINE_ROBUSTNESS}),
     # "An under-trained CapsNet with early stopping which achieved 99.23% accuracy on the expanded MNIST test
     # set": both models are compared at the same accuracy there, reached first. The real affNIST test set
     # (--extra-test affnist) cannot be downloaded everywhere; the synthetic one can always be drawn.
@@ -101,6 +101,9 @@ def run_experiment(
     known = [row.name for row in experiment.rows]
     for wanted in rows or []:
         check_choice(wanted, "row", known)
+    if settings.get("extra_test") is not None and "extra_test" not in experiment.defaults:
+        raise ValueError(f"--extra-test applies to the 40x40 rows of an experiment that tests on an extra set "
+                         f"(affnist), not to {name}")
     chosen = experiment.rows if rows is None else sorted(
         (r for r in experiment.rows if r.name in rows), key=lambda r: rows.index(r.name))
     is_main = True

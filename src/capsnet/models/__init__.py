@@ -16,7 +16,9 @@ register_model("baseline-cnn", BaselineCNN)
 # The CNN of the affine-robustness comparison (section 5.2, "with MaxPooling and DropOut" and "a similar number
 # of parameters"): pooling after the second and third convolutions, the first hidden layer widened from 328 to
 # 672 so that it has 11.2M parameters on 40x40 inputs, as many as the CapsNet without its decoder (13.5M with).
-register_model("baseline-cnn-affnist", BaselineCNN, pool_after=(1, 2), hidden=(672, 192))
+register_model("baseline-cnn-affnist-11m", BaselineCNN, pool_after=(1, 2), hidden=(672, 192))
+# Its first version, the Table 1 widths with pooling (6.7M parameters at 40x40): the GPU runs of 2026-11-26.
+register_model("baseline-cnn-affnist", BaselineCNN, pool_after=(1, 2))
 # The same layout, narrow: for tests and quick CPU runs of the Table 1 pipeline.
 register_model("baseline-cnn-tiny", BaselineCNN, channels=(16, 16, 8), hidden=(32, 32))
 

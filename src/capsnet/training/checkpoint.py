@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint"]
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_model_weights"]
 
 FORMAT = "capsnet-checkpoint"
 VERSION = 2  # 2: one random state per process ("rng" is a list); 1 held a single one
@@ -51,3 +52,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if payload["version"] == 1 and "rng" in payload:
         payload["rng"] = [payload["rng"]]  # the state of the only process, or of rank 0
     return {**payload, "version": VERSION}
+
+
+def load_model_weights(model: nn.Module, checkpoint: dict[str, Any], path: str | Path) -> None:
+    """Load ``checkpoint``'s weights into ``model``; raise :class:`CheckpointError` if their layers differ (a model
+    name whose layers have changed since the checkpoint was written)."""
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as exc:
+        # torch's first line only names the class; the next ones name the layers that differ.
+        details = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
+        raise CheckpointError(
+            f"{path}: its weights do not fit the model {checkpoint.get('model_name')!r} as this version of capsnet "
+            f"builds it (was it written by another version?): {'; '.join(details[:2]) or exc}"
+        ) from None

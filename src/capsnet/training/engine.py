@@ -27,7 +27,7 @@ from ..models import create_model, is_capsule_model
 from ..config import TrainConfig, reaches_error
 from ..functional import hits
 from ..runtime import retain_freed_memory
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, load_model_weights, save_checkpoint
 from .distributed import in_process_group, init_distributed, shutdown_distributed
 from .objectives import CapsuleObjective, CrossEntropyObjective, class_scores
 from .precision import (
@@ -487,7 +487,7 @@ class Trainer:
         ]
         if mismatched:
             raise CheckpointError(f"{self.run_dir / 'last.pt'} does not match this run: " + "; ".join(mismatched))
-        self.model.load_state_dict(checkpoint["model"])
+        load_model_weights(self.model, checkpoint, self.run_dir / "last.pt")
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         rng_states = checkpoint.get("rng", [])
