@@ -39,7 +39,7 @@ def test_reproduce_table1_end_to_end_and_resumable(tmp_path, shared_data, capsys
     table = (folder / "results.md").read_text()
     assert "| Baseline CNN (35.4M parameters) | 0.39% |" in table
     assert f"| `baseline-cnn-tiny` ({counts[0]:,} parameters) | 0 |" in table
-    assert "| epochs | time: training + testing |" in table and all(r["test_seconds"] > 0 for r in results)
+    assert "| epochs | time: training + testing |" in table and all(r["test_seconds"] >= 0 for r in results)
     assert "--model capsnet-tiny --epochs 1 --batch-size 32 --routing-iterations 1 --no-reconstruction" in table
     out = capsys.readouterr().out
     assert f"[table1] Baseline CNN (35.4M parameters): baseline-cnn-tiny ({counts[0]:,} parameters)" in out  # --no-progress
