@@ -21,7 +21,9 @@ from .training import Trainer, read_metrics
 __all__ = ["Experiment", "ExperimentRow", "EXPERIMENTS", "run_experiment", "experiment_results"]
 
 # Quick versions of the paper's models: they check the whole pipeline on a CPU in seconds, nothing more.
-_TINY_MODELS = {"capsnet-mnist": "capsnet-tiny", "baseline-cnn": "baseline-cnn-tiny", "baseline-cnn-affnist-11m": "baseline-cnn-tiny"}
+_TINY_MODELS = {
+    "capsnet-mnist": "capsnet-tiny", "baseline-cnn": "baseline-cnn-tiny", "baseline-cnn-affnist-11m": "baseline-cnn-tiny",
+}
 # Section 5.2: MNIST placed at random on a 40x40 canvas for training, affine-transformed digits for testing.
 _AFFINE_ROBUSTNESS = {"canvas": 40, "max_shift": 6}
 
