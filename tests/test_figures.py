@@ -157,6 +157,9 @@ def test_learning_curves_draw_every_run_and_the_target(tmp_path, monkeypatch):
     assert png_size(figures.plot_learning_curves(curves, tmp_path / "c.png", target=0.004)) == (700, 450)
     assert drawn == [("a: 0.80% after 3 epochs", [2.0, 1.0, 0.8]),  # in percent
                      ("b (affnist-synthetic): 25.00% after 2 epochs", [30.0, 25.0]), ("target 0.40%", [0.4, 0.4])]
+    drawn.clear()
+    figures.plot_learning_curves({"one": [0.5]}, tmp_path / "e.png")
+    assert drawn == [("one: 50.00% after 1 epoch", [50.0])]
     for bad, message in (({"a": []}, "'a' has no epochs to draw"), ({}, "no curves to draw")):
         with pytest.raises(ValueError, match=message):
             figures.plot_learning_curves(bad, tmp_path / "d.png")

@@ -280,7 +280,7 @@ def plot_learning_curves(
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for label, errors in curves.items():
         axis.plot(range(1, len(errors) + 1), [100 * e for e in errors], marker="." if len(errors) < 40 else None,
-                  label=f"{label}: {100 * errors[-1]:.2f}% after {len(errors)} epochs")
+                  label=f"{label}: {100 * errors[-1]:.2f}% after {len(errors)} epoch{'s' * (len(errors) > 1)}")
     if target is not None:
         axis.axhline(100 * target, color="black", linestyle="--", linewidth=1, label=f"target {100 * target:.2f}%")
     values = [e for errors in curves.values() for e in errors] + ([] if target is None else [target])
@@ -290,6 +290,8 @@ def plot_learning_curves(
         if max(values) < 10 * min(values):  # within a decade only minor ticks fall inside: label them
             axis.yaxis.set_minor_formatter(percent)
     axis.yaxis.set_major_formatter(percent)
+    axis.set_xlim(0.5, max(len(errors) for errors in curves.values()) + 0.5)
+    axis.xaxis.set_major_locator(plt.MaxNLocator(integer=True, min_n_ticks=1))  # whole epochs, even for a run of one
     axis.set_xlabel("epoch")
     axis.set_ylabel("test error")
     axis.grid(True, which="both", alpha=0.3)
