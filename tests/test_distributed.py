@@ -1,5 +1,6 @@
 """Data-parallel training for real: torchrun starts 2 CPU processes that talk over gloo."""
 
+import gc
 import json
 import os
 import signal
@@ -7,10 +8,14 @@ import subprocess
 import sys
 import time
 import types
+import weakref
 
 import pytest
 import torch
 import torch.distributed as dist
+
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from capsnet.training import load_checkpoint
 from capsnet.training.distributed import DistributedContext, init_distributed, shutdown_distributed
@@ -144,3 +149,20 @@ def test_runs_in_one_nccl_process_share_one_gloo_control_group(monkeypatch):
         assert created == ["gloo", "gloo"]
     finally:
         shutdown_distributed()  # forgets the fake groups
+
+
+def test_shutdown_frees_a_ddp_wrapper_left_in_a_reference_cycle(tmp_path):
+    # Left for the interpreter's last collection, the wrapper's gloo group aborted a torchrun worker at exit (CI).
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    finished_run = types.SimpleNamespace(model=DistributedDataParallel(nn.Linear(2, 2)))
+    finished_run.itself = finished_run
+    wrapper = weakref.ref(finished_run.model)
+    del finished_run
+    gc.disable()  # no collection by chance: only shutdown's may free it
+    try:
+        assert wrapper() is not None
+        shutdown_distributed()
+        assert wrapper() is None and not dist.is_initialized()
+    finally:
+        gc.enable()
+        shutdown_distributed()

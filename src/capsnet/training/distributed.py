@@ -8,6 +8,7 @@ run is a single process and every helper here is a no-op.
 from __future__ import annotations
 
 import functools
+import gc
 import os
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -121,4 +122,8 @@ def shutdown_distributed() -> None:
     """Leave the process group, if this process joined one."""
     if in_process_group():
         _control_group.cache_clear()
+        # A finished Trainer can sit in a reference cycle (DDP's constructor leaves frames behind in torch 2.13)
+        # that keeps its DDP wrapper, and with it the group, alive. Collected only as the interpreter shuts down,
+        # gloo's threads then abort the process ("terminate called without an active exception"): free it now.
+        gc.collect()
         dist.destroy_process_group()
