@@ -123,10 +123,11 @@ def test_compile_mode_uses_cuda_graphs_on_a_single_gpu_and_compiles_there_by_def
 
 @pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None,
                     reason="no C++ compiler for torch.compile's CPU backend (inductor)")
-@pytest.mark.filterwarnings("error::UserWarning")  # a fallback to eager would warn: it must not happen here
-def test_compiled_training_computes_the_eager_losses(tmp_path, shared_data):
+@pytest.mark.filterwarnings("error:torch.compile is not available here:UserWarning")  # no fallback to eager
+def test_compiled_training_computes_the_eager_losses(tmp_path, shared_data, monkeypatch):
     """The model and its losses compiled together (CPU: C++ kernels) give the eager run's losses over three
     steps, the last one a smaller batch (a second graph), up to float rounding."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # compiled afresh, as on CI
     def first_epoch(compile):
         config = TrainConfig(model="capsnet-tiny", limit_train=80, limit_test=64, batch_size=32, epochs=1,
                              progress=False, data_dir=str(shared_data), output_dir=str(tmp_path / str(compile)),

@@ -58,10 +58,12 @@ def read_idx(
 
     Example:
         >>> import tempfile, os
-        >>> path = os.path.join(tempfile.mkdtemp(), "labels-idx1-ubyte.gz")
+        >>> folder = tempfile.TemporaryDirectory()
+        >>> path = os.path.join(folder.name, "labels-idx1-ubyte.gz")
         >>> write_idx(path, torch.tensor([5, 0, 4], dtype=torch.uint8))
         >>> read_idx(path, dtype=torch.uint8, ndim=1)
         tensor([5, 0, 4], dtype=torch.uint8)
+        >>> folder.cleanup()
     """
     path = Path(path)
     data = _read_bytes(path)
