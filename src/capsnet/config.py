@@ -197,6 +197,7 @@ class TrainConfig:
         }
 
     def to_dict(self) -> dict[str, Any]:
+        """Every setting by field name, as ``config.json`` stores them."""
         return asdict(self)
 
     def replace(self, **changes: Any) -> TrainConfig:

@@ -42,6 +42,8 @@ class Routing(nn.Module):
         return self.route(u_hat, bias)
 
     def route(self, u_hat: Tensor, bias: Tensor | None) -> RoutingOutput:
+        """The algorithm itself, on inputs :meth:`forward` has checked: ``u_hat`` ``(b, i, j, d_out)``,
+        ``bias`` ``(j, d_out)`` or ``None``; returns ``poses`` ``(b, j, d_out)`` and ``coupling`` ``(b, i, j)``."""
         raise NotImplementedError
 
 
