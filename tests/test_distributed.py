@@ -12,7 +12,6 @@ import weakref
 import pytest
 import torch
 import torch.distributed as dist
-
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
