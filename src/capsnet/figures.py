@@ -280,7 +280,7 @@ def plot_learning_curves(
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for label, errors in curves.items():
         axis.plot(range(1, len(errors) + 1), [100 * e for e in errors], marker="." if len(errors) < 40 else None,
-                  label=f"{label}: {100 * errors[-1]:.2f}% after {len(errors)} epoch{'s' * (len(errors) > 1)}")
+                  label=f"{label}: {100 * errors[-1]:.2f}% after {len(errors)} epoch{'' if len(errors) == 1 else 's'}")
     if target is not None:
         axis.axhline(100 * target, color="black", linestyle="--", linewidth=1, label=f"target {100 * target:.2f}%")
     values = [e for errors in curves.values() for e in errors] + ([] if target is None else [target])
