@@ -557,3 +557,40 @@ def test_weights_that_no_longer_fit_their_model_name_are_refused_with_the_layers
         load_model_weights(create_model("baseline-cnn-tiny"), checkpoint, tmp_path / "old.pt")
     load_model_weights(tiny := create_model("baseline-cnn-tiny", hidden=(40, 32)), checkpoint, tmp_path / "old.pt")
     torch.testing.assert_close(tiny.classifier[1].weight, wider.classifier[1].weight)
+
+
+def test_init_from_starts_a_new_run_from_the_weights_of_another(tmp_path, shared_data, capsys):
+    pretrained = Trainer(config(tmp_path, shared_data, "pretrained", epochs=1))
+    pretrained.fit()
+    start = tmp_path / "pretrained" / "last.pt"
+    tuned = Trainer(config(tmp_path, shared_data, "tuned", epochs=1, lr=1e-4, init_from=str(start)))
+    assert_same_weights(tuned.model, pretrained.model)
+    assert (tuned.progress.epoch, tuned.progress.step, tuned.scheduler.last_epoch) == (0, 0, 0)
+    assert tuned.optimizer.state_dict()["state"] == {}  # Adam's moments start afresh
+    assert tuned.optimizer.param_groups[0]["lr"] == 1e-4
+    assert json.loads((tmp_path / "tuned" / "config.json").read_text())["init_from"] == str(start)
+    tuned.fit()
+    # A resumed run continues from its own last.pt, so the weights it started from may have moved since.
+    start.rename(tmp_path / "moved.pt")
+    resumed = Trainer(resume_config(tmp_path / "tuned", epochs=2))
+    assert resumed.progress.epoch == 1
+    assert_same_weights(resumed.model, tuned.model)
+
+
+def test_init_from_weights_of_another_model_names_both_and_the_layers_that_differ(tmp_path, shared_data):
+    Trainer(config(tmp_path, shared_data, "cnn", model="baseline-cnn-tiny", epochs=1, limit_train=32)).fit()
+    with pytest.raises(CheckpointError, match=r"cnn.last\.pt: its weights do not fit the model 'capsnet-tiny' of this "
+                       r"run \(they are from 'baseline-cnn-tiny'\): (Missing|Unexpected) key"):
+        Trainer(config(tmp_path, shared_data, "tuned", init_from=str(tmp_path / "cnn" / "last.pt")))
+    plain = create_model("capsnet-tiny", reconstruction=False)
+    capsnet.training.save_checkpoint(tmp_path / "plain.pt", {"model_name": "capsnet-tiny", "model": plain.state_dict()})
+    with pytest.raises(CheckpointError, match=r"not fit the model 'capsnet-tiny' of this run \(they are from "
+                       r"'capsnet-tiny' with other settings\): Missing key\(s\) in state_dict: \"decoder"):
+        Trainer(config(tmp_path, shared_data, "tuned", init_from=str(tmp_path / "plain.pt")))
+    with pytest.raises(CheckpointError, match=r"checkpoint .*nowhere\.pt does not exist"):
+        Trainer(config(tmp_path, shared_data, "tuned2", init_from=str(tmp_path / "nowhere.pt")))
+
+
+def test_init_from_and_resume_do_not_mix_on_the_command_line(tmp_path, capsys):
+    assert main(["train", "--init-from", "a.pt", "--resume", "--output-dir", str(tmp_path)]) == 2
+    assert "--init-from starts a new run from a checkpoint's weights; --resume continues" in capsys.readouterr().err

@@ -54,13 +54,17 @@ def _add_config_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] | N
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
         else:
             base = next(t for t in (int, float, str) if t in kinds)
-            parser.add_argument(flag, type=base, choices=f.metadata.get("choices"), help=help_text)
+            parser.add_argument(flag, type=base, choices=f.metadata.get("choices"), metavar=f.metadata.get("metavar"),
+                                help=help_text)
 
 
 def _train(args: argparse.Namespace) -> None:
     given = {key: value for key, value in vars(args).items() if value is not None and key != "config"}
     if args.resume and args.config:
         raise ValueError("--config starts a new run; --resume reads the settings of the run in --output-dir")
+    if args.resume and args.init_from:
+        raise ValueError("--init-from starts a new run from a checkpoint's weights; --resume continues the run in "
+                         "--output-dir from its last.pt")
     resuming = args.resume and args.output_dir  # else TrainConfig says what is missing
     if resuming:
         config = resume_config(args.output_dir, **given)

@@ -54,15 +54,21 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return {**payload, "version": VERSION}
 
 
-def load_model_weights(model: nn.Module, checkpoint: dict[str, Any], path: str | Path) -> None:
-    """Load ``checkpoint``'s weights into ``model``; raise :class:`CheckpointError` if their layers differ (a model
-    name whose layers have changed since the checkpoint was written)."""
+def load_model_weights(
+    model: nn.Module, checkpoint: dict[str, Any], path: str | Path, model_name: str | None = None
+) -> None:
+    """Load ``checkpoint``'s weights into ``model``; raise :class:`CheckpointError` if their layers differ.
+
+    ``model_name`` names ``model`` when it need not be the checkpoint's own model (``--init-from``); without it,
+    layers that differ mean the checkpoint's model name has changed its layers since it was written.
+    """
     try:
         model.load_state_dict(checkpoint["model"])
     except RuntimeError as exc:
         # torch's first line only names the class; the next ones name the layers that differ.
         details = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
-        raise CheckpointError(
-            f"{path}: its weights do not fit the model {checkpoint.get('model_name')!r} as this version of capsnet "
-            f"builds it (was it written by another version?): {'; '.join(details[:2]) or exc}"
-        ) from None
+        saved_name = checkpoint.get("model_name")
+        other = " with other settings" if saved_name == model_name else ""
+        target = (f"the model {model_name!r} of this run (they are from {saved_name!r}{other})" if model_name else
+                  f"the model {saved_name!r} as this version of capsnet builds it (was it written by another version?)")
+        raise CheckpointError(f"{path}: its weights do not fit {target}: {'; '.join(details[:2]) or exc}") from None

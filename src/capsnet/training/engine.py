@@ -133,6 +133,9 @@ class Trainer:
         config = self.config
         torch.manual_seed(config.seed)
         self.model = create_model(config.model, **self.model_kwargs).to(self.device)
+        if config.init_from is not None and not config.resume:  # a resumed run has its own weights in last.pt
+            checkpoint = load_checkpoint(config.init_from, map_location=self.device)
+            load_model_weights(self.model, checkpoint, config.init_from, model_name=config.model)
         self.parameter_count = sum(p.numel() for p in self.model.parameters())
         torch.manual_seed(config.seed + self.distributed.rank)  # dropout: independent masks on every rank
         if self.channels_last:
