@@ -559,7 +559,7 @@ def test_weights_that_no_longer_fit_their_model_name_are_refused_with_the_layers
     torch.testing.assert_close(tiny.classifier[1].weight, wider.classifier[1].weight)
 
 
-def test_init_from_starts_a_new_run_from_the_weights_of_another(tmp_path, shared_data, capsys):
+def test_init_from_starts_a_new_run_from_the_weights_of_another(tmp_path, shared_data):
     pretrained = Trainer(config(tmp_path, shared_data, "pretrained", epochs=1))
     pretrained.fit()
     start = tmp_path / "pretrained" / "last.pt"
@@ -568,8 +568,12 @@ def test_init_from_starts_a_new_run_from_the_weights_of_another(tmp_path, shared
     assert (tuned.progress.epoch, tuned.progress.step, tuned.scheduler.last_epoch) == (0, 0, 0)
     assert tuned.optimizer.state_dict()["state"] == {}  # Adam's moments start afresh
     assert tuned.optimizer.param_groups[0]["lr"] == 1e-4
-    assert json.loads((tmp_path / "tuned" / "config.json").read_text())["init_from"] == str(start)
+    recorded = json.loads((tmp_path / "tuned" / "config.json").read_text())
+    assert recorded["init_from"] == str(start)
+    assert recorded["initial_weights"] == {"model": "capsnet-tiny", "epoch": 1, "step": 8}  # 256 images / 32
     tuned.fit()
+    with pytest.raises(CheckpointError, match=r"--init-from is '.*other\.pt' but the checkpoint has '.*last\.pt'"):
+        Trainer(resume_config(tmp_path / "tuned", epochs=2, init_from=str(tmp_path / "other.pt")))
     # A resumed run continues from its own last.pt, so the weights it started from may have moved since.
     start.rename(tmp_path / "moved.pt")
     resumed = Trainer(resume_config(tmp_path / "tuned", epochs=2))
@@ -577,20 +581,31 @@ def test_init_from_starts_a_new_run_from_the_weights_of_another(tmp_path, shared
     assert_same_weights(resumed.model, tuned.model)
 
 
-def test_init_from_weights_of_another_model_names_both_and_the_layers_that_differ(tmp_path, shared_data):
+def test_init_from_is_recorded_absolute_and_config_carries_it_unless_cleared(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert TrainConfig(init_from="runs/x/best.pt").init_from == str(tmp_path / "runs" / "x" / "best.pt")
+    assert TrainConfig(init_from="").init_from is None
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "config.json").write_text(json.dumps(TrainConfig(init_from="w.pt").to_dict()))
+    assert capsnet.training.config_from_file(tmp_path / "old").init_from == str(tmp_path / "w.pt")
+    assert capsnet.training.config_from_file(tmp_path / "old", init_from="").init_from is None
+
+
+def test_init_from_weights_that_do_not_fit_names_the_settings_that_differ(tmp_path, shared_data):
     Trainer(config(tmp_path, shared_data, "cnn", model="baseline-cnn-tiny", epochs=1, limit_train=32)).fit()
     with pytest.raises(CheckpointError, match=r"cnn.last\.pt: its weights do not fit the model 'capsnet-tiny' of this "
-                       r"run \(they are from 'baseline-cnn-tiny'\): (Missing|Unexpected) key"):
+                       r"run \(they are from 'baseline-cnn-tiny'\): Missing key.*; Unexpected key\(s\) in state_dict: "
+                       r"\"features.0.weight\".*[^;]$"):
         Trainer(config(tmp_path, shared_data, "tuned", init_from=str(tmp_path / "cnn" / "last.pt")))
-    plain = create_model("capsnet-tiny", reconstruction=False)
-    capsnet.training.save_checkpoint(tmp_path / "plain.pt", {"model_name": "capsnet-tiny", "model": plain.state_dict()})
-    with pytest.raises(CheckpointError, match=r"not fit the model 'capsnet-tiny' of this run \(they are from "
-                       r"'capsnet-tiny' with other settings\): Missing key\(s\) in state_dict: \"decoder"):
-        Trainer(config(tmp_path, shared_data, "tuned", init_from=str(tmp_path / "plain.pt")))
+    Trainer(config(tmp_path, shared_data, "plain", epochs=1, limit_train=32, reconstruction=False)).fit()
+    with pytest.raises(CheckpointError, match=r"they are from 'capsnet-tiny'\): Missing key\(s\) in state_dict: "
+                       r"\"decoder.*; settings that differ: --reconstruction is True but the checkpoint has False$"):
+        Trainer(config(tmp_path, shared_data, "tuned", init_from=str(tmp_path / "plain" / "last.pt")))
     with pytest.raises(CheckpointError, match=r"checkpoint .*nowhere\.pt does not exist"):
-        Trainer(config(tmp_path, shared_data, "tuned2", init_from=str(tmp_path / "nowhere.pt")))
+        Trainer(config(tmp_path, shared_data, "tuned3", init_from=str(tmp_path / "nowhere.pt")))
+    assert not (tmp_path / "tuned3").exists()  # a wrong --init-from path leaves no empty run folder behind
 
 
-def test_init_from_and_resume_do_not_mix_on_the_command_line(tmp_path, capsys):
+def test_capsnet_train_init_from_and_resume_do_not_mix(tmp_path, capsys):
     assert main(["train", "--init-from", "a.pt", "--resume", "--output-dir", str(tmp_path)]) == 2
     assert "--init-from starts a new run from a checkpoint's weights; --resume continues" in capsys.readouterr().err

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 import math
+from pathlib import Path
 import time
 from typing import Any
 
@@ -145,6 +146,8 @@ class TrainConfig:
         check_choice(self.precision, "--precision", PRECISIONS)
         check_extra_test(self.extra_test, self.dataset, self.canvas)
         check_choice(self.model, "--model", list_models())
+        # recorded absolute, so that `--config` finds the weights from any folder; "" clears a recorded one
+        self.init_from = str(Path(self.init_from).expanduser().absolute()) if self.init_from else None
         if self.dataset == "multimnist":
             self._check_multimnist()
         if self.lr_decay_steps is None:  # what the run does, so config.json says it

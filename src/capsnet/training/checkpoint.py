@@ -68,7 +68,8 @@ def load_model_weights(
         # torch's first line only names the class; the next ones name the layers that differ.
         details = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
         saved_name = checkpoint.get("model_name")
-        other = " with other settings" if saved_name == model_name else ""
-        target = (f"the model {model_name!r} of this run (they are from {saved_name!r}{other})" if model_name else
-                  f"the model {saved_name!r} as this version of capsnet builds it (was it written by another version?)")
+        if model_name is None:
+            target = f"the model {saved_name!r} as this version of capsnet builds it (was it written by another version?)"
+        else:
+            target = f"the model {model_name!r} of this run (they are from {saved_name!r})"
         raise CheckpointError(f"{path}: its weights do not fit {target}: {'; '.join(details[:2]) or exc}") from None

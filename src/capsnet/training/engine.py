@@ -40,11 +40,12 @@ __all__ = ["Trainer", "TrainingError", "TrainingInterrupted", "train", "evaluate
 _RESUME_MUST_MATCH = (
     "dataset", "model", "batch_size", "lr", "lr_decay", "lr_decay_steps", "lr_warmup_steps", "routing_iterations",
     "reconstruction", "reconstruction_weight", "halve_margin", "detach_intermediate", "digit_bias",
-    "max_shift", "seed", "limit_train", "limit_test", "canvas", "extra_test",
+    "max_shift", "seed", "limit_train", "limit_test", "canvas", "extra_test", "init_from",
 )
 # Settings of one invocation rather than of the run: a resumed run does not read them back from its folder.
 _INVOCATION_SETTINGS = ("output_dir", "resume", "time_limit", "progress")
-_RECORDED_BESIDE_SETTINGS = ("model_kwargs", "parameters", "resolved")  # in config.json, not TrainConfig fields
+# In config.json beside the settings, but not TrainConfig fields.
+_RECORDED_BESIDE_SETTINGS = ("model_kwargs", "parameters", "resolved", "initial_weights")
 _POSTFIX_EVERY = 20  # progress-bar updates read the device's running sums (a sync on GPU): not every step
 # Ctrl-C; torchrun and cluster schedulers send SIGTERM; a closing terminal (a dropped ssh session) SIGHUP.
 _STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
@@ -106,11 +107,15 @@ class Trainer:
         self.channels_last = resolve_channels_last(config.channels_last, self.device)
         if self.device.type == "cpu" and config.retain_memory:
             retain_freed_memory()
+        # --init-from, read before anything is written so that a wrong path leaves no empty run folder behind; a
+        # resumed run has its own weights in last.pt.
+        initial = load_checkpoint(config.init_from) if config.init_from is not None and not config.resume else None
         self.run_dir = Path(config.output_dir)
         if self.distributed.is_main:
             _prepare_run_dir(self.run_dir, resume=config.resume)
         self._load_data()
         self._build_model()
+        self.initial_weights = None if initial is None else self._load_initial_weights(initial)
         self.progress = _Progress()
         self._signalled = self._stopping = False  # a signal reached this rank / all ranks agreed to stop
         self._augment_generator = torch.Generator(device=self.device)
@@ -125,7 +130,7 @@ class Trainer:
         if self.distributed.is_main:
             _write_json(self.run_dir / "config.json", {
                 **self.config.to_dict(), "model_kwargs": self.model_kwargs, "parameters": self.parameter_count,
-                "resolved": self.settings(),
+                "resolved": self.settings(), **({"initial_weights": self.initial_weights} if self.initial_weights else {}),
             })
 
     def _build_model(self) -> None:
@@ -133,9 +138,6 @@ class Trainer:
         config = self.config
         torch.manual_seed(config.seed)
         self.model = create_model(config.model, **self.model_kwargs).to(self.device)
-        if config.init_from is not None and not config.resume:  # a resumed run has its own weights in last.pt
-            checkpoint = load_checkpoint(config.init_from, map_location=self.device)
-            load_model_weights(self.model, checkpoint, config.init_from, model_name=config.model)
         self.parameter_count = sum(p.numel() for p in self.model.parameters())
         torch.manual_seed(config.seed + self.distributed.rank)  # dropout: independent masks on every rank
         if self.channels_last:
@@ -160,6 +162,20 @@ class Trainer:
         self._losses = losses if self.compile_mode is None else CompiledOrEager(losses, mode=self.compile_mode)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, **_fast_adam(self.device))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: _lr_factor(step, config))
+
+    def _load_initial_weights(self, checkpoint: dict[str, Any]) -> dict[str, Any] | None:
+        """``--init-from``: load the weights of another run's checkpoint; optimizer, schedule and progress start
+        afresh. Returns which model the weights come from and after how many epochs and steps they were saved."""
+        try:
+            load_model_weights(self.model, checkpoint, self.config.init_from, model_name=self.config.model)
+        except CheckpointError as exc:
+            if checkpoint.get("model_name") != self.config.model:
+                raise  # the message names both models
+            differences = [text for _, text in _model_kwargs_differences(checkpoint.get("model_kwargs", {}),
+                                                                         self.model_kwargs)]
+            raise CheckpointError(f"{exc}; settings that differ: {'; '.join(differences) or 'none'}") from None
+        progress = checkpoint.get("progress", {})
+        return {"model": checkpoint.get("model_name"), "epoch": progress.get("epoch"), "step": progress.get("step")}
 
     def settings(self) -> dict[str, Any]:
         """What ``auto`` and ``None`` options became on this machine, and the number of processes."""
@@ -481,12 +497,9 @@ class Trainer:
         saved_device = checkpoint.get("device_type", self.device.type)
         if saved_device != self.device.type:
             mismatched.append(f"the run is on {self.device.type} but the checkpoint was trained on {saved_device}")
-        saved_kwargs = checkpoint["model_kwargs"]
-        mismatched += [
-            f"{_setting_name(key)} is {_shown(self.model_kwargs.get(key))} but the checkpoint has "
-            f"{_shown(saved_kwargs.get(key))}"
-            for key in {**saved_kwargs, **self.model_kwargs}
-            if saved_kwargs.get(key) != self.model_kwargs.get(key) and key not in _RESUME_MUST_MATCH  # said above
+        mismatched += [  # without the settings said above
+            difference for key, difference in _model_kwargs_differences(checkpoint["model_kwargs"], self.model_kwargs)
+            if key not in _RESUME_MUST_MATCH
         ]
         if mismatched:
             raise CheckpointError(f"{self.run_dir / 'last.pt'} does not match this run: " + "; ".join(mismatched))
@@ -636,6 +649,14 @@ def _saved_settings(path: Path) -> dict[str, Any]:
     if not isinstance(saved, dict):
         raise TrainingError(f"{path} must hold a JSON object of settings, e.g. {{\"epochs\": 5}}")
     return {key: value for key, value in saved.items() if key not in (*_INVOCATION_SETTINGS, *_RECORDED_BESIDE_SETTINGS)}
+
+
+def _model_kwargs_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[tuple[str, str]]:
+    """``(argument, "--flag is X but the checkpoint has Y")`` for every model argument that differs."""
+    return [
+        (key, f"{_setting_name(key)} is {_shown(current.get(key))} but the checkpoint has {_shown(saved.get(key))}")
+        for key in {**saved, **current} if saved.get(key) != current.get(key)
+    ]
 
 
 def _setting_name(model_kwarg: str) -> str:
