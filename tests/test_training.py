@@ -579,6 +579,7 @@ def test_init_from_starts_a_new_run_from_the_weights_of_another(tmp_path, shared
     resumed = Trainer(resume_config(tmp_path / "tuned", epochs=2))
     assert resumed.progress.epoch == 1
     assert_same_weights(resumed.model, tuned.model)
+    assert json.loads((tmp_path / "tuned" / "config.json").read_text())["initial_weights"] == recorded["initial_weights"]
 
 
 def test_init_from_is_recorded_absolute_and_config_carries_it_unless_cleared(tmp_path, monkeypatch):

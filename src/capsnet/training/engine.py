@@ -163,7 +163,7 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, **_fast_adam(self.device))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: _lr_factor(step, config))
 
-    def _load_initial_weights(self, checkpoint: dict[str, Any]) -> dict[str, Any] | None:
+    def _load_initial_weights(self, checkpoint: dict[str, Any]) -> dict[str, Any]:
         """``--init-from``: load the weights of another run's checkpoint; optimizer, schedule and progress start
         afresh. Returns which model the weights come from and after how many epochs and steps they were saved."""
         try:
@@ -484,6 +484,7 @@ class Trainer:
             "grad_scaler": self.scaler.state_dict(),
             "rng": rng,  # one state per rank
             "progress": {**progress.__dict__, "augment_rng": self._augment_generator.get_state()},
+            "initial_weights": self.initial_weights,  # so that a resumed run's config.json still says it
         }
         for name in names:
             save_checkpoint(self.run_dir / name, checkpoint)
@@ -514,6 +515,7 @@ class Trainer:
         saved_progress = dict(checkpoint["progress"])
         self._augment_generator.set_state(saved_progress.pop("augment_rng").cpu())
         self.progress = _Progress(**saved_progress)
+        self.initial_weights = checkpoint.get("initial_weights")
         if self.distributed.is_main:
             _truncate_metrics(self.run_dir / "metrics.jsonl", self.progress.epoch)
 
