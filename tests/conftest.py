@@ -1,5 +1,6 @@
 """Shared fixtures: deterministic seeds and the location of the real datasets."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -20,3 +21,11 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "mnist").is_dir():
         pytest.skip(f"real MNIST not found at {SHARED_DATA} (the shared datasets folder beside the repository)")
     return SHARED_DATA
+
+
+@pytest.fixture
+def group_readable_umask():
+    """umask 027, as in a folder shared with a group: new files are 0640."""
+    previous = os.umask(0o027)
+    yield
+    os.umask(previous)

@@ -1,5 +1,7 @@
 """The command line: help text from the config, and one-line errors with exit status 2."""
 
+import fractions
+import stat
 import subprocess
 import sys
 
@@ -55,6 +57,13 @@ def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, argv, message):
     assert err.count("\n") == 1
 
 
+def test_reproduce_help_names_the_rows_of_every_experiment(capsys):
+    with pytest.raises(SystemExit):
+        main(["reproduce", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "table1: baseline-cnn, routing1-no-reconstruction," in out and "affnist: capsnet, cnn" in out
+
+
 def test_unknown_dataset_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--dataset", "cifar10"])
@@ -70,20 +79,32 @@ def test_checkpoint_must_match_the_model_flags(capsys, tmp_path, shared_data):
     assert code == 0 and out.startswith(f"training capsnet-tiny ({tiny:,} parameters) on mnist (64 images) on cpu")
     code, _, err = run(capsys, "train", "--epochs", "2", "--resume", "--routing-iterations", "1", *common)
     assert code == 2 and "--routing-iterations is 1 but the checkpoint has 3" in err and "routing_iterations" not in err
+    code, out, _ = run(capsys, "train", "--epochs", "1", "--init-from", str(tmp_path / "run" / "last.pt"),
+                       *common[:-1], str(tmp_path / "tuned"))
+    assert code == 0 and f"\nstarting from the weights of {tmp_path / 'run' / 'last.pt'} (after epoch 1)\n" in out
     code, out, _ = run(capsys, "evaluate", str(tmp_path / "run" / "best.pt"), "--limit-test", "50")
-    assert code == 0 and "test error" in out and out.count("%") == 11  # overall + 10 classes
+    assert code == 0 and "test error" in out
+    assert out.count("%") == 10 and out.count("no test images") == 1  # overall + 9 classes; no 8 in the first 50
     assert "accuracy per class (mnist test set):" in out
+    code, out, _ = run(capsys, "evaluate", str(tmp_path / "run"), "--limit-test", "5")  # the folder: its best.pt
+    assert code == 0 and out.startswith(f"{tmp_path / 'run' / 'best.pt'}: test error")
+    assert out.count("no test images") == 5  # the first 5 test images are a 7, 2, 1, 0 and 4
 
 
 def test_foreign_torch_file_is_rejected(capsys, tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "other.pt")
     code, _, err = run(capsys, "evaluate", str(tmp_path / "other.pt"))
     assert code == 2 and "is not a capsnet checkpoint" in err
+    torch.save({"ratio": fractions.Fraction(1, 3)}, tmp_path / "pickled.pt")  # loads only with weights_only=False
+    code, _, err = run(capsys, "evaluate", str(tmp_path / "pickled.pt"))
+    assert code == 2 and "holds Python objects that a capsnet checkpoint never has" in err
+    assert "weights_only" not in err  # torch's advice to unpickle anything is not ours to pass on
 
 
-def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
+def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch, group_readable_umask):
     save_checkpoint(tmp_path / "c.pt", {"x": 1})
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+    assert stat.S_IMODE((tmp_path / "c.pt").stat().st_mode) == 0o640  # as open() would make it, not mkstemp's 0600
     good = (tmp_path / "c.pt").read_bytes()
 
     def save_half_then_fail(obj, f):

@@ -11,6 +11,7 @@ import functools
 import hashlib
 import http.server
 import socket
+import stat
 import threading
 from pathlib import Path
 
@@ -92,12 +93,13 @@ def test_sha256_file_matches_hashlib(tmp_path):
     assert sha256_file(path, chunk_size=1000) == hashlib.sha256(data).hexdigest()
 
 
-def test_first_mirror_404_second_serves(server, tmp_path):
+def test_first_mirror_404_second_serves(server, tmp_path, group_readable_umask):
     dest = tmp_path / "sub" / LABELS
     urls = [_url(server, f"missing/{LABELS}"), _url(server, f"mnist/{LABELS}")]
     assert download_file(urls, dest, LABELS_SHA256, progress=False) == dest
     assert sha256_file(dest) == LABELS_SHA256
     assert sorted(p.name for p in dest.parent.iterdir()) == [LABELS]
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o640  # as open() would make it, not the temp file's 0600
 
 
 def test_short_read_leaves_nothing_and_names_the_url(server, tmp_path):
@@ -150,7 +152,7 @@ def test_interrupt_removes_the_temp_file(server, tmp_path, monkeypatch):
     def interrupt(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(download_module.os, "replace", interrupt)
+    monkeypatch.setattr(download_module, "publish", interrupt)
     with pytest.raises(KeyboardInterrupt):
         download_file([_url(server, f"mnist/{LABELS}")], tmp_path / LABELS, LABELS_SHA256, progress=False)
     assert list(tmp_path.iterdir()) == []

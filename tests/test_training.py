@@ -1,6 +1,7 @@
 """The training app on real MNIST: end-to-end accuracy, exact resume, interruption and divergence."""
 
 import json
+import math
 import os
 import signal
 
@@ -55,7 +56,8 @@ def test_capsnet_train_quick_run_reaches_stated_test_accuracy(tmp_path, shared_d
     out = capsys.readouterr().out
     assert "epoch 2/2: train loss" in out and f"done: test error {metrics[-1]['test_error']:.2%}" in out
     assert main(argv + ["--resume"]) == 0
-    assert "nothing to do" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "resuming after epoch 2\n" in out and "nothing to do" in out
 
 
 def test_resume_after_an_epoch_matches_an_uninterrupted_run(tmp_path, shared_data):
@@ -532,7 +534,9 @@ def test_evaluate_counts_errors_of_a_known_model_and_refuses_what_it_would_misco
         always_three[1].bias.copy_(torch.arange(10.0) == 3)
     images = torch.randint(0, 256, (5, 1, 2, 2), dtype=torch.uint8)
     labels = torch.tensor([3, 3, 1, 3, 0])
-    assert capsnet.evaluate(always_three, images, labels, batch_size=2)["error"] == pytest.approx(2 / 5)
+    result = capsnet.evaluate(always_three, images, labels, batch_size=2)
+    assert result["error"] == pytest.approx(2 / 5) and result["examples"] == 5
+    assert result["per_class_accuracy"][:4] == [0.0, 0.0, pytest.approx(math.nan, nan_ok=True), 1.0]
     assert capsnet.evaluate(always_three.double(), images, labels.to(torch.uint8))["error"] == pytest.approx(2 / 5)
     with pytest.raises(TypeError, match="evaluate takes uint8 images"):
         capsnet.evaluate(always_three, images.float() / 255, labels)
@@ -582,8 +586,9 @@ def test_init_from_starts_a_new_run_from_the_weights_of_another(tmp_path, shared
     assert json.loads((tmp_path / "tuned" / "config.json").read_text())["initial_weights"] == recorded["initial_weights"]
 
 
-def test_init_from_is_recorded_absolute_and_config_carries_it_unless_cleared(tmp_path, monkeypatch):
+def test_init_from_and_data_dir_are_recorded_absolute_and_config_carries_them(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    assert TrainConfig(data_dir="../data").data_dir == str(tmp_path.parent / "data")
     assert TrainConfig(init_from="runs/x/best.pt").init_from == str(tmp_path / "runs" / "x" / "best.pt")
     assert TrainConfig(init_from="").init_from is None
     (tmp_path / "old").mkdir()

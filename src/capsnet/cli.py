@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import math
 import sys
 import typing
 from dataclasses import MISSING, fields
@@ -85,6 +86,12 @@ def _run_training(config: TrainConfig) -> None:
     say(f"training {config.model} ({trainer.parameter_count:,} parameters) on {config.dataset} "
         f"({len(trainer.train_labels)} images) on {settings['device']}{processes}, precision {settings['precision']}"
         f"{compiled}; run folder {trainer.run_dir}")
+    if config.resume and trainer.progress.epoch + trainer.progress.batch:
+        say(f"resuming after epoch {trainer.progress.epoch}"
+            + (f" and {trainer.progress.batch} batches of the next" if trainer.progress.batch else ""))
+    elif trainer.initial_weights:
+        epoch = trainer.initial_weights["epoch"]
+        say(f"starting from the weights of {config.init_from}" + ("" if epoch is None else f" (after epoch {epoch})"))
     try:
         history = trainer.fit()
     except TrainingInterrupted as stop:
@@ -116,7 +123,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     labels = test.labels.to(device)
     options = dict(batch_size=args.batch_size, num_classes=len(checkpoint["classes"]),
                    precision=resolve_precision(args.precision))
-    result = evaluate(model, test.images.to(device), labels, progress=True, **options)
+    result = evaluate(model, test.images.to(device), labels, progress=sys.stderr.isatty(), **options)
     print(f"{args.checkpoint}: test error {result['error']:.2%} on {result['examples']} {config['dataset']} test images "
           f"(epoch {checkpoint['progress']['epoch']})")
     if test.extra_images is not None:
@@ -124,7 +131,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         print(f"  {extra_test}: error {extra['error']:.2%} on {extra['examples']} images")
     print(f"  accuracy per class ({config['dataset']} test set):")
     for name, accuracy in zip(checkpoint["classes"], result["per_class_accuracy"]):
-        print(f"    {name:>12}: {accuracy:.2%}")
+        print(f"    {name:>12}: {'no test images' if math.isnan(accuracy) else f'{accuracy:.2%}'}")
 
 
 def _reproduce(args: argparse.Namespace) -> None:
@@ -140,6 +147,12 @@ def _reproduce(args: argparse.Namespace) -> None:
     if results:  # rank 0 only under torchrun
         print(results_markdown(EXPERIMENTS[args.experiment], results))
         print(f"written to {Path(args.runs_dir) / args.experiment / 'results.md'}")
+
+
+def _checkpoint_file(argument: str) -> Path:
+    """A checkpoint named on the command line; a run folder stands for its best.pt."""
+    path = Path(argument)
+    return path / "best.pt" if path.is_dir() else path
 
 
 def _load_trained(path: Path, device_name: str) -> tuple[dict, torch.nn.Module, torch.device]:
@@ -242,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=_train)
 
     evaluate_cmd = commands.add_parser("evaluate", help="test error and per-class accuracy of a checkpoint")
-    evaluate_cmd.add_argument("checkpoint", type=Path, help="a last.pt or best.pt written by capsnet train")
+    evaluate_cmd.add_argument("checkpoint", type=_checkpoint_file,
+                              help="a last.pt or best.pt written by capsnet train, or its run folder (its best.pt)")
     evaluate_cmd.add_argument("--data-dir", help="folder with the dataset (default: the one used in training)")
     evaluate_cmd.add_argument("--device", default=TrainConfig.device, choices=DEVICES)
     evaluate_cmd.add_argument("--batch-size", type=int, default=TrainConfig.eval_batch_size)
@@ -257,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
         "reproduce", help="run one of the paper's experiments (resumable: run it again to continue)",
         description="Train every row of an experiment in RUNS_DIR/EXPERIMENT/ROW and write a results table. "
                     "Running the same command again continues unfinished rows from their last checkpoint.",
+        epilog="rows: " + "; ".join(f"{name}: {', '.join(row.name for row in experiment.rows)}"
+                                    for name, experiment in EXPERIMENTS.items()),
     )
     reproduce.add_argument("experiment", choices=tuple(EXPERIMENTS))
     reproduce.add_argument("--runs-dir", default="runs/reproduce",
@@ -271,7 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     figures_cmd = commands.add_parser(
         "figures", help="draw reconstructions (MultiMNIST: segmentation), pose perturbations, routing and the "
                         "learning curve (PNG)")
-    figures_cmd.add_argument("checkpoint", type=Path, help="a last.pt or best.pt of a CapsNet")
+    figures_cmd.add_argument("checkpoint", type=_checkpoint_file,
+                             help="a last.pt or best.pt of a CapsNet, or its run folder (its best.pt)")
     figures_cmd.add_argument("--out", help="folder for the PNG files (default: figures/ beside the checkpoint)")
     figures_cmd.add_argument("--data-dir", help="folder with the dataset (default: the one used in training)")
     figures_cmd.add_argument("--device", default=TrainConfig.device, choices=DEVICES)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 import math
-from pathlib import Path
+import os
 import time
 from typing import Any
 
@@ -43,6 +43,10 @@ def reaches_error(error: float, target_percent: float | None) -> bool:
     """Whether a test ``error`` (a fraction) is at or below ``target_percent`` (``--stop-at-error``; None: never)."""
     # 1e-9: 35 errors in 10,000 are 0.35000000000000003 percent in floating point
     return target_percent is not None and error * 100 <= target_percent + 1e-9
+
+
+def _absolute(path: str) -> str:
+    return os.path.abspath(os.path.expanduser(path))  # without resolving links, unlike Path.resolve
 
 
 def _option(default: Any, help: str, **extra: Any) -> Any:
@@ -146,8 +150,10 @@ class TrainConfig:
         check_choice(self.precision, "--precision", PRECISIONS)
         check_extra_test(self.extra_test, self.dataset, self.canvas)
         check_choice(self.model, "--model", list_models())
-        # recorded absolute, so that `--config` finds the weights from any folder; "" clears a recorded one
-        self.init_from = str(Path(self.init_from).expanduser().absolute()) if self.init_from else None
+        # Recorded absolute, so that --resume, --config, evaluate and figures find them from any folder; "" clears
+        # a recorded --init-from.
+        self.data_dir = _absolute(self.data_dir) if self.data_dir else None
+        self.init_from = _absolute(self.init_from) if self.init_from else None
         if self.dataset == "multimnist":
             self._check_multimnist()
         if self.lr_decay_steps is None:  # what the run does, so config.json says it

@@ -100,6 +100,7 @@ class CapsuleLoss(nn.Module):
             official code's factor 0.5; off by default).
 
     Example:
+        >>> from capsnet import CapsNet
         >>> model, loss_fn = CapsNet(), CapsuleLoss()
         >>> images, labels = torch.rand(2, 1, 28, 28), torch.tensor([3, 7])
         >>> loss = loss_fn(model(images, labels), images, labels)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import os
 import tempfile
 import urllib.error
 import urllib.request
@@ -19,6 +18,7 @@ from typing import BinaryIO
 
 from tqdm import tqdm
 
+from capsnet._files import publish
 from capsnet.data.idx import DataError
 
 __all__ = ["download_file", "sha256_file"]
@@ -93,7 +93,7 @@ def _fetch(url: str, dest: Path, sha256: str | None, *, progress: bool, timeout:
             raise _MirrorError(f"connection closed after {received} of {expected_size} bytes")
         if sha256 is not None and digest != sha256:
             raise _MirrorError(f"SHA-256 mismatch: got {digest}, expected {sha256}")
-        os.replace(tmp.name, dest)
+        publish(tmp.name, dest)
     finally:
         # Also runs on KeyboardInterrupt; after a successful replace the temp name no longer exists.
         Path(tmp.name).unlink(missing_ok=True)

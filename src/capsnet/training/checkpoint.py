@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._files import publish
+
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_model_weights"]
 
 FORMAT = "capsnet-checkpoint"
@@ -29,7 +31,7 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
             torch.save({"format": FORMAT, "version": VERSION, **payload}, f)
             f.flush()
             os.fsync(f.fileno())  # the rename must not outlive the data after a power loss
-        os.replace(tmp, path)
+        publish(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -44,7 +46,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # pickle, zip and torch errors all mean the same to the user
         first_line = (str(exc).strip().splitlines() or [""])[0]  # torch's messages run to several paragraphs
-        raise CheckpointError(f"{path} is not a capsnet checkpoint ({type(exc).__name__}: {first_line})") from None
+        if first_line.startswith("Weights only load failed"):
+            # torch goes on to suggest weights_only=False, which would run any code the file holds: not for us
+            first_line = "it holds Python objects that a capsnet checkpoint never has"
+        raise CheckpointError(f"{path} is not a capsnet checkpoint, a last.pt or best.pt written by capsnet train "
+                              f"({type(exc).__name__}: {first_line})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a capsnet checkpoint (no '{FORMAT}' marker)")
     if payload.get("version") not in (1, VERSION):

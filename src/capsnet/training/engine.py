@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -533,6 +533,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """Test error and per-class accuracy of ``model`` (eval mode) on uint8 ``images``.
 
+    Returns ``{"error", "examples", "per_class_accuracy"}``; a class without test images has accuracy ``nan``.
     The prediction is the longest capsule of a CapsNet, or the largest logit of a model returning logits.
 
     ``precision`` is one of ``"32"``, ``"bf16"``, ``"16-mixed"`` (autocast while predicting).
@@ -589,7 +590,7 @@ def _tallies(
 
 def _error_report(tallies: Tensor) -> dict[str, Any]:
     (*correct, right), (*counts, examples) = tallies.tolist()
-    per_class = [c / max(n, 1) for c, n in zip(correct, counts)]
+    per_class = [c / n if n else math.nan for c, n in zip(correct, counts)]  # nan: no test image of that class
     return {"error": 1 - right / max(examples, 1), "examples": examples, "per_class_accuracy": per_class}
 
 
