@@ -69,11 +69,11 @@ def test_pick_examples_finds_right_and_wrong_ones():
 
 def test_plots_write_pngs_of_the_expected_size(tmp_path):
     model, images, labels = tiny_model(), torch.rand(30, 1, 28, 28), torch.randint(0, 10, (30,))
-    assert png_size(figures.plot_perturbations(model, images[0], tmp_path / "p.png")) == (720, 1000)
+    assert png_size(figures.plot_perturbations(model, images[0], tmp_path / "p.png")) == (720, 1040)
     assert png_size(figures.plot_coupling(model, images[0], tmp_path / "c.png")) == (1430, 190)
     path = figures.plot_reconstructions(model, images, labels, tmp_path / "r.png", count=4)
     right, wrong = figures.pick_examples(model, images, labels, 4)
-    assert png_size(path) == (round(110 * (len(right) + len(wrong))), 260)
+    assert png_size(path) == (round(110 * (len(right) + len(wrong))), 290)
 
 
 def test_model_without_decoder_has_no_reconstructions_to_draw(tmp_path):

@@ -197,7 +197,7 @@ def _figures(args: argparse.Namespace) -> None:
             if labels.dim() == 2 else
             figures.plot_reconstructions(model, images, labels, out / "fig3_reconstructions.png", classes=classes,
                                          count=args.examples),
-            figures.plot_perturbations(model, example, out / "fig4_perturbations.png"),
+            figures.plot_perturbations(model, example, out / "fig4_perturbations.png", classes=classes),
         ]
     else:
         print("this model has no decoder (trained with --no-reconstruction): Figures 3, 4 and 5 need one",

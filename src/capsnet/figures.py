@@ -170,7 +170,7 @@ def plot_reconstructions(model: CapsNet, images: Tensor, labels: Tensor, path: s
     reconstructions = output.reconstructions.view(-1, model.in_channels, *model.image_size)
     names = classes or [str(k) for k in range(output.lengths.shape[1])]
     plt = _pyplot()
-    figure, axes = plt.subplots(2, len(picked), figsize=(1.1 * len(picked), 2.6), squeeze=False)
+    figure, axes = plt.subplots(2, len(picked), figsize=(1.1 * len(picked), 2.9), squeeze=False)
     for column, index in enumerate(picked.tolist()):
         predicted = int(output.lengths[column].argmax())
         _show(axes[0, column], images[index], f"l:{names[int(labels[index])]}\np:{names[predicted]}")
@@ -178,26 +178,32 @@ def plot_reconstructions(model: CapsNet, images: Tensor, labels: Tensor, path: s
             axes[0, column].title.set_color("red")
         _show(axes[1, column], reconstructions[column])
     axes[0, 0].set_ylabel("input", fontsize=8)
-    axes[1, 0].set_ylabel("reconstruction", fontsize=8)
-    figure.suptitle(f"{len(right)} right, {len(wrong)} wrong (red)", fontsize=9)
+    axes[1, 0].set_ylabel("reconstruction\n(predicted class)", fontsize=8)
+    figure.suptitle(f"{len(right)} right, {len(wrong)} wrong (red)\nl: label, p: prediction", fontsize=9)
     figure.tight_layout()
     return _save(figure, path)
 
 
 @torch.no_grad()
-def plot_perturbations(model: CapsNet, image: Tensor, path: str | Path) -> Path:
-    """Fig. 4: one row per dimension of the winning capsule, columns from -0.25 to +0.25 in steps of 0.05."""
+def plot_perturbations(model: CapsNet, image: Tensor, path: str | Path, *, classes: list[str] | None = None) -> Path:
+    """Fig. 4: one row per dimension of the winning capsule, columns from -0.25 to +0.25 in steps of 0.05; the
+    title names the winning class (from ``classes`` if given)."""
     model.eval()
     grid = perturbation_grid(model, image)  # (out_dim, deltas, C, H, W)
+    winner = int(model(image.unsqueeze(0)).lengths.argmax())
     rows, columns = grid.shape[:2]
     plt = _pyplot()
-    figure, axes = plt.subplots(rows, columns, figsize=(0.6 * columns + 0.6, 0.6 * rows + 0.4), squeeze=False)
+    height = 0.6 * rows + 0.8
+    figure, axes = plt.subplots(rows, columns, figsize=(0.6 * columns + 0.6, height), squeeze=False)
+    figure.suptitle(f"the longest capsule ({classes[winner] if classes else winner}) decoded with one of its {rows} "
+                    f"dimensions (row)\nmoved by the offset on top (column); +0.00: its plain reconstruction",
+                    fontsize=8)
     for row in range(rows):
         for column in range(columns):
             title = f"{PERTURBATIONS[column]:+.2f}" if row == 0 else ""
             _show(axes[row, column], grid[row, column], title)
         axes[row, 0].set_ylabel(str(row), fontsize=7, rotation=0, labelpad=8)
-    figure.tight_layout(pad=0.2)
+    figure.tight_layout(pad=0.2, rect=(0, 0, 1, 1 - 0.4 / height))  # room for the two lines of the title
     return _save(figure, path)
 
 
@@ -212,7 +218,7 @@ def plot_coupling(model: CapsNet, image: Tensor, path: str | Path, *, classes: l
     names = classes or [str(k) for k in range(maps.shape[0])]
     plt = _pyplot()
     figure, axes = plt.subplots(1, maps.shape[0] + 1, figsize=(1.3 * (maps.shape[0] + 1), 1.9), squeeze=False)
-    _show(axes[0, 0], image, "input")
+    _show(axes[0, 0], image, f"input\nprediction {names[int(lengths.argmax())]}")
     low, high = float(maps.min()), float(maps.max())  # trained couplings stay near uniform: stretch the colours
     for j in range(maps.shape[0]):
         axes[0, j + 1].imshow(maps[j].cpu().numpy(), cmap="viridis", vmin=low, vmax=high)
