@@ -37,6 +37,7 @@ _REPRODUCE_SETTINGS = ("data_dir", "epochs", "time_limit", "save_every", "stop_a
                        "lr_decay_steps", "lr_warmup_steps", "seed", "device", "precision", "compile", "channels_last",
                        "limit_train", "limit_test", "progress")
 
+_DEVICE_HELP = next(f"{f.metadata['help']} (default: {f.default})" for f in fields(TrainConfig) if f.name == "device")
 # OSError: unreadable or unwritable files and full disks are the user's to fix, not a bug to trace back.
 _USER_ERRORS = (ValueError, DataError, CheckpointError, TrainingError, OSError, ImportError)
 
@@ -258,8 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_cmd.add_argument("checkpoint", type=_checkpoint_file,
                               help="a last.pt or best.pt written by capsnet train, or its run folder (its best.pt)")
     evaluate_cmd.add_argument("--data-dir", help="folder with the dataset (default: the one used in training)")
-    evaluate_cmd.add_argument("--device", default=TrainConfig.device, choices=DEVICES)
-    evaluate_cmd.add_argument("--batch-size", type=int, default=TrainConfig.eval_batch_size)
+    evaluate_cmd.add_argument("--device", default=TrainConfig.device, choices=DEVICES,
+                              help=_DEVICE_HELP)
+    evaluate_cmd.add_argument("--batch-size", type=int, default=TrainConfig.eval_batch_size,
+                              help=f"images per forward pass (no effect on results) (default: {TrainConfig.eval_batch_size})")
     evaluate_cmd.add_argument("--precision", default=TrainConfig.precision, choices=PRECISIONS,
                               help="autocast precision (auto: 32; bf16 pays on GPUs from batch 512)")
     evaluate_cmd.add_argument("--limit-test", type=int, default=None, help="only the first N test images")
@@ -291,9 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
                              help="a last.pt or best.pt of a CapsNet, or its run folder (its best.pt)")
     figures_cmd.add_argument("--out", help="folder for the PNG files (default: figures/ beside the checkpoint)")
     figures_cmd.add_argument("--data-dir", help="folder with the dataset (default: the one used in training)")
-    figures_cmd.add_argument("--device", default=TrainConfig.device, choices=DEVICES)
-    figures_cmd.add_argument("--index", type=int, default=0, help="test image for the perturbation and routing figures")
-    figures_cmd.add_argument("--examples", type=int, default=8, help="right and wrong examples in Fig. 3 (or 5), each")
+    figures_cmd.add_argument("--device", default=TrainConfig.device, choices=DEVICES,
+                             help=_DEVICE_HELP)
+    figures_cmd.add_argument("--index", type=int, default=0,
+                             help="test image for the perturbation and routing figures (default: 0)")
+    figures_cmd.add_argument("--examples", type=int, default=8,
+                             help="right and wrong examples in Fig. 3 (or 5), each (default: 8)")
     figures_cmd.add_argument("--limit-test", type=int, default=None, help="look only at the first N test images")
     figures_cmd.set_defaults(func=_figures)
 
