@@ -603,13 +603,14 @@ def test_init_from_weights_that_do_not_fit_names_the_settings_that_differ(tmp_pa
                        r"run \(they are from 'baseline-cnn-tiny'\): Missing key.*; Unexpected key\(s\) in state_dict: "
                        r"\"features.0.weight\".*[^;]$"):
         Trainer(config(tmp_path, shared_data, "tuned", init_from=str(tmp_path / "cnn" / "last.pt")))
+    assert not (tmp_path / "tuned").exists()  # a run that cannot start leaves no empty folder behind
     Trainer(config(tmp_path, shared_data, "plain", epochs=1, limit_train=32, reconstruction=False)).fit()
     with pytest.raises(CheckpointError, match=r"they are from 'capsnet-tiny'\): Missing key\(s\) in state_dict: "
                        r"\"decoder.*; settings that differ: --reconstruction is True but the checkpoint has False$"):
         Trainer(config(tmp_path, shared_data, "tuned", init_from=str(tmp_path / "plain" / "last.pt")))
     with pytest.raises(CheckpointError, match=r"checkpoint .*nowhere\.pt does not exist"):
         Trainer(config(tmp_path, shared_data, "tuned3", init_from=str(tmp_path / "nowhere.pt")))
-    assert not (tmp_path / "tuned3").exists()  # a wrong --init-from path leaves no empty run folder behind
+    assert not (tmp_path / "tuned3").exists()
 
 
 def test_capsnet_train_init_from_and_resume_do_not_mix(tmp_path, capsys):

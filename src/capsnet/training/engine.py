@@ -107,15 +107,16 @@ class Trainer:
         self.channels_last = resolve_channels_last(config.channels_last, self.device)
         if self.device.type == "cpu" and config.retain_memory:
             retain_freed_memory()
-        # --init-from, read before anything is written so that a wrong path leaves no empty run folder behind; a
-        # resumed run has its own weights in last.pt.
+        # --init-from, read first so that a wrong path fails before the data loads; a resumed run has its own
+        # weights in last.pt.
         initial = load_checkpoint(config.init_from) if config.init_from is not None and not config.resume else None
         self.run_dir = Path(config.output_dir)
-        if self.distributed.is_main:
-            _prepare_run_dir(self.run_dir, resume=config.resume)
-        self._load_data()
-        self._build_model()
-        self.initial_weights = None if initial is None else self._load_initial_weights(initial)
+        with _removed_if_left_empty(self.run_dir, self.distributed.is_main):
+            if self.distributed.is_main:
+                _prepare_run_dir(self.run_dir, resume=config.resume)
+            self._load_data()
+            self._build_model()
+            self.initial_weights = None if initial is None else self._load_initial_weights(initial)
         self.progress = _Progress()
         self._signalled = self._stopping = False  # a signal reached this rank / all ranks agreed to stop
         self._augment_generator = torch.Generator(device=self.device)
@@ -708,6 +709,19 @@ def _set_global_rng_state(state: dict[str, Tensor], device: torch.device) -> Non
     torch.set_rng_state(state["cpu"].cpu())
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+
+
+@contextmanager
+def _removed_if_left_empty(path: Path, owner: bool) -> Iterator[None]:
+    """A run that cannot start (a wrong data folder, weights that do not fit) leaves no empty folder behind: remove
+    ``path`` if the block fails, ``path`` is empty and did not exist before (``owner``: the rank that made it)."""
+    existed = path.exists()
+    try:
+        yield
+    except BaseException:
+        if owner and not existed and path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+        raise
 
 
 def _prepare_run_dir(path: Path, *, resume: bool) -> Path:
