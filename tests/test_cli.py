@@ -79,9 +79,9 @@ def test_checkpoint_must_match_the_model_flags(capsys, tmp_path, shared_data):
     assert code == 0 and out.startswith(f"training capsnet-tiny ({tiny:,} parameters) on mnist (64 images) on cpu")
     code, _, err = run(capsys, "train", "--epochs", "2", "--resume", "--routing-iterations", "1", *common)
     assert code == 2 and "--routing-iterations is 1 but the checkpoint has 3" in err and "routing_iterations" not in err
-    code, out, _ = run(capsys, "train", "--epochs", "1", "--init-from", str(tmp_path / "run" / "last.pt"),
+    code, out, _ = run(capsys, "train", "--epochs", "1", "--init-from", str(tmp_path / "run"),  # the folder: its best.pt
                        *common[:-1], str(tmp_path / "tuned"))
-    assert code == 0 and f"\nstarting from the weights of {tmp_path / 'run' / 'last.pt'} (after epoch 1)\n" in out
+    assert code == 0 and f"\nstarting from the weights of {tmp_path / 'run'} (saved after epoch 1)\n" in out
     code, out, _ = run(capsys, "evaluate", str(tmp_path / "run" / "best.pt"), "--limit-test", "50")
     assert code == 0 and "test error" in out
     assert out.count("%") == 10 and out.count("no test images") == 1  # overall + 9 classes; no 8 in the first 50

@@ -152,7 +152,7 @@ def test_interrupt_removes_the_temp_file(server, tmp_path, monkeypatch):
     def interrupt(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(download_module, "publish", interrupt)
+    monkeypatch.setattr(download_module.os, "replace", interrupt)
     with pytest.raises(KeyboardInterrupt):
         download_file([_url(server, f"mnist/{LABELS}")], tmp_path / LABELS, LABELS_SHA256, progress=False)
     assert list(tmp_path.iterdir()) == []

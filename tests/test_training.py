@@ -574,7 +574,7 @@ def test_init_from_starts_a_new_run_from_the_weights_of_another(tmp_path, shared
     assert tuned.optimizer.param_groups[0]["lr"] == 1e-4
     recorded = json.loads((tmp_path / "tuned" / "config.json").read_text())
     assert recorded["init_from"] == str(start)
-    assert recorded["initial_weights"] == {"model": "capsnet-tiny", "epoch": 1, "step": 8}  # 256 images / 32
+    assert recorded["initial_weights"] == {"model": "capsnet-tiny", "epoch": 1, "batch": 0, "step": 8}  # 256 / 32
     tuned.fit()
     with pytest.raises(CheckpointError, match=r"--init-from is '.*other\.pt' but the checkpoint has '.*last\.pt'"):
         Trainer(resume_config(tmp_path / "tuned", epochs=2, init_from=str(tmp_path / "other.pt")))
@@ -591,9 +591,12 @@ def test_init_from_and_data_dir_are_recorded_absolute_and_config_carries_them(tm
     assert TrainConfig(data_dir="../data").data_dir == str(tmp_path.parent / "data")
     assert TrainConfig(init_from="runs/x/best.pt").init_from == str(tmp_path / "runs" / "x" / "best.pt")
     assert TrainConfig(init_from="").init_from is None
-    (tmp_path / "old").mkdir()
-    (tmp_path / "old" / "config.json").write_text(json.dumps(TrainConfig(init_from="w.pt").to_dict()))
-    assert capsnet.training.config_from_file(tmp_path / "old").init_from == str(tmp_path / "w.pt")
+    (tmp_path / "old").mkdir()  # as an older capsnet wrote it, with the paths as typed
+    (tmp_path / "old" / "config.json").write_text(json.dumps({"data_dir": "data", "init_from": "w.pt"}))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    config = capsnet.training.config_from_file(tmp_path / "old")
+    assert (config.data_dir, config.init_from) == (str(tmp_path / "elsewhere" / "data"), str(tmp_path / "elsewhere" / "w.pt"))
     assert capsnet.training.config_from_file(tmp_path / "old", init_from="").init_from is None
 
 
@@ -606,9 +609,11 @@ def test_init_from_weights_that_do_not_fit_names_the_settings_that_differ(tmp_pa
     assert not (tmp_path / "tuned").exists()  # a run that cannot start leaves no empty folder behind
     Trainer(config(tmp_path, shared_data, "plain", epochs=1, limit_train=32, reconstruction=False)).fit()
     with pytest.raises(CheckpointError, match=r"they are from 'capsnet-tiny'\): Missing key\(s\) in state_dict: "
-                       r"\"decoder.*; settings that differ: --reconstruction is True but the checkpoint has False$"):
+                       r"\"decoder.*; model settings that differ \(not all change the layers\): --reconstruction is "
+                       r"True but the checkpoint has False$"):
         Trainer(config(tmp_path, shared_data, "tuned", init_from=str(tmp_path / "plain" / "last.pt")))
-    with pytest.raises(CheckpointError, match=r"checkpoint .*nowhere\.pt does not exist"):
+    with pytest.raises(CheckpointError, match=r"--init-from: checkpoint .*nowhere\.pt does not exist \(--init-from "
+                       r"\"\" starts from the seed instead\)"):
         Trainer(config(tmp_path, shared_data, "tuned3", init_from=str(tmp_path / "nowhere.pt")))
     assert not (tmp_path / "tuned3").exists()
 

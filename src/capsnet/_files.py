@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
+import secrets
 from pathlib import Path
+from typing import BinaryIO
 
 
-def publish(tmp: str | Path, dest: str | Path) -> None:
-    """Rename the finished temporary file ``tmp`` to ``dest`` atomically, with the permissions ``open`` would have
-    given ``dest`` (``mkstemp`` and ``NamedTemporaryFile`` make files only their owner can read: a shared run or
-    data folder must stay readable by the group the umask allows)."""
-    umask = os.umask(0)  # reading the umask means setting it: put it straight back
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, dest)
+def open_temp_beside(dest: Path) -> BinaryIO:
+    """A new file in ``dest``'s folder to write ``dest`` into and then ``os.replace`` it (an atomic rename on one
+    filesystem). Created like any file ``open`` creates, so ``dest`` gets the permissions of the umask and the
+    folder's default ACL: ``tempfile``'s files are 0600, which would lock a group out of a shared folder."""
+    return open(dest.with_name(f"{dest.name}.{secrets.token_hex(8)}.partial"), "xb")

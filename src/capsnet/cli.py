@@ -24,7 +24,7 @@ from .data.affnist import download_affnist
 from . import figures
 from .models import CapsNet, create_model
 from .training import (
-    CheckpointError, TrainingError, TrainingInterrupted, config_from_file, evaluate, load_checkpoint,
+    CheckpointError, TrainingError, TrainingInterrupted, checkpoint_file, config_from_file, evaluate, load_checkpoint,
     load_model_weights, read_metrics, resolve_device, resume_config,
 )
 from .training.distributed import shutdown_distributed
@@ -32,14 +32,20 @@ from .data.testsets import TestSet, load_test_set
 from .training.engine import Trainer
 from .training.precision import resolve_precision
 
+_CONFIG_FIELDS = {f.name: f for f in fields(TrainConfig)}
 # The settings of `capsnet reproduce` shared by all rows; the rows set model, routing and reconstruction.
 _REPRODUCE_SETTINGS = ("data_dir", "epochs", "time_limit", "save_every", "stop_at_error", "extra_test", "batch_size",
                        "lr_decay_steps", "lr_warmup_steps", "seed", "device", "precision", "compile", "channels_last",
                        "limit_train", "limit_test", "progress")
 
-_DEVICE_HELP = next(f"{f.metadata['help']} (default: {f.default})" for f in fields(TrainConfig) if f.name == "device")
 # OSError: unreadable or unwritable files and full disks are the user's to fix, not a bug to trace back.
 _USER_ERRORS = (ValueError, DataError, CheckpointError, TrainingError, OSError, ImportError)
+
+
+def _config_help(name: str) -> str:
+    """The help text of a TrainConfig setting, with its default."""
+    f = _CONFIG_FIELDS[name]
+    return f.metadata["help"] + ("" if f.default in (None, MISSING) else f" (default: {f.default})")
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
@@ -48,9 +54,8 @@ def _add_config_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] | N
         if only is not None and f.name not in only:
             continue
         flag = "--" + f.name.replace("_", "-")
-        default = None if f.default is MISSING else f.default
         kinds = (hints[f.name], *typing.get_args(hints[f.name]))  # X | None -> (X | None, X, NoneType)
-        help_text = f.metadata["help"] + ("" if default is None else f" (default: {default})")
+        help_text = _config_help(f.name)
         # A flag not given stays None, so that a resumed run's own settings and an experiment's defaults apply.
         if bool in kinds:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
@@ -88,11 +93,11 @@ def _run_training(config: TrainConfig) -> None:
         f"({len(trainer.train_labels)} images) on {settings['device']}{processes}, precision {settings['precision']}"
         f"{compiled}; run folder {trainer.run_dir}")
     if config.resume and trainer.progress.epoch + trainer.progress.batch:
-        say(f"resuming after epoch {trainer.progress.epoch}"
-            + (f" and {trainer.progress.batch} batches of the next" if trainer.progress.batch else ""))
+        say(f"resuming after {_epochs_and_batches(trainer.progress.epoch, trainer.progress.batch)}")
     elif trainer.initial_weights:
-        epoch = trainer.initial_weights["epoch"]
-        say(f"starting from the weights of {config.init_from}" + ("" if epoch is None else f" (after epoch {epoch})"))
+        source = trainer.initial_weights
+        saved = "" if source["epoch"] is None else f" (saved after {_epochs_and_batches(source['epoch'], source['batch'])})"
+        say(f"starting from the weights of {config.init_from}{saved}")
     try:
         history = trainer.fit()
     except TrainingInterrupted as stop:
@@ -112,6 +117,10 @@ def _run_training(config: TrainConfig) -> None:
                 if trainer.reached_target else
                 f"stopped by --time-limit after epoch {trainer.progress.epoch} of {config.epochs}; continue with "
                 f"--resume --output-dir {trainer.run_dir}")
+
+
+def _epochs_and_batches(epochs: int, batches: int) -> str:
+    return f"epoch {epochs}" + (f" and {batches} batches of the next" if batches else "")
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -148,12 +157,6 @@ def _reproduce(args: argparse.Namespace) -> None:
     if results:  # rank 0 only under torchrun
         print(results_markdown(EXPERIMENTS[args.experiment], results))
         print(f"written to {Path(args.runs_dir) / args.experiment / 'results.md'}")
-
-
-def _checkpoint_file(argument: str) -> Path:
-    """A checkpoint named on the command line; a run folder stands for its best.pt."""
-    path = Path(argument)
-    return path / "best.pt" if path.is_dir() else path
 
 
 def _load_trained(path: Path, device_name: str) -> tuple[dict, torch.nn.Module, torch.device]:
@@ -256,13 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=_train)
 
     evaluate_cmd = commands.add_parser("evaluate", help="test error and per-class accuracy of a checkpoint")
-    evaluate_cmd.add_argument("checkpoint", type=_checkpoint_file,
+    evaluate_cmd.add_argument("checkpoint", type=checkpoint_file,
                               help="a last.pt or best.pt written by capsnet train, or its run folder (its best.pt)")
     evaluate_cmd.add_argument("--data-dir", help="folder with the dataset (default: the one used in training)")
-    evaluate_cmd.add_argument("--device", default=TrainConfig.device, choices=DEVICES,
-                              help=_DEVICE_HELP)
+    evaluate_cmd.add_argument("--device", default=TrainConfig.device, choices=DEVICES, help=_config_help("device"))
     evaluate_cmd.add_argument("--batch-size", type=int, default=TrainConfig.eval_batch_size,
-                              help=f"images per forward pass (no effect on results) (default: {TrainConfig.eval_batch_size})")
+                              help=_config_help("eval_batch_size"))
     evaluate_cmd.add_argument("--precision", default=TrainConfig.precision, choices=PRECISIONS,
                               help="autocast precision (auto: 32; bf16 pays on GPUs from batch 512)")
     evaluate_cmd.add_argument("--limit-test", type=int, default=None, help="only the first N test images")
@@ -290,12 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
     figures_cmd = commands.add_parser(
         "figures", help="draw reconstructions (MultiMNIST: segmentation), pose perturbations, routing and the "
                         "learning curve (PNG)")
-    figures_cmd.add_argument("checkpoint", type=_checkpoint_file,
+    figures_cmd.add_argument("checkpoint", type=checkpoint_file,
                              help="a last.pt or best.pt of a CapsNet, or its run folder (its best.pt)")
     figures_cmd.add_argument("--out", help="folder for the PNG files (default: figures/ beside the checkpoint)")
     figures_cmd.add_argument("--data-dir", help="folder with the dataset (default: the one used in training)")
-    figures_cmd.add_argument("--device", default=TrainConfig.device, choices=DEVICES,
-                             help=_DEVICE_HELP)
+    figures_cmd.add_argument("--device", default=TrainConfig.device, choices=DEVICES, help=_config_help("device"))
     figures_cmd.add_argument("--index", type=int, default=0,
                              help="test image for the perturbation and routing figures (default: 0)")
     figures_cmd.add_argument("--examples", type=int, default=8,

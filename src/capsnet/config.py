@@ -65,8 +65,9 @@ class TrainConfig:
     )
     model: str = _option("capsnet-mnist", "model configuration (capsnet.list_models()); baseline-cnn is the paper's CNN")
     init_from: str | None = _option(
-        None, "start from the weights of this checkpoint (another run's last.pt or best.pt, same model): fine-tuning "
-              "or a warm start; the optimizer, learning-rate schedule and epochs start afresh", metavar="CHECKPOINT"
+        None, "start from the weights of this checkpoint (another run's last.pt or best.pt, or its folder: its "
+              "best.pt; a model with the same layers): fine-tuning or a warm start; the optimizer, learning-rate "
+              "schedule and epochs start afresh", metavar="CHECKPOINT"
     )
     epochs: int = _option(10, "training epochs (the official code's 300k steps are ~640 epochs)")
     time_limit: float | None = _option(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import tempfile
+import os
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -18,7 +18,7 @@ from typing import BinaryIO
 
 from tqdm import tqdm
 
-from capsnet._files import publish
+from capsnet._files import open_temp_beside
 from capsnet.data.idx import DataError
 
 __all__ = ["download_file", "sha256_file"]
@@ -93,7 +93,7 @@ def _fetch(url: str, dest: Path, sha256: str | None, *, progress: bool, timeout:
             raise _MirrorError(f"connection closed after {received} of {expected_size} bytes")
         if sha256 is not None and digest != sha256:
             raise _MirrorError(f"SHA-256 mismatch: got {digest}, expected {sha256}")
-        publish(tmp.name, dest)
+        os.replace(tmp.name, dest)
     finally:
         # Also runs on KeyboardInterrupt; after a successful replace the temp name no longer exists.
         Path(tmp.name).unlink(missing_ok=True)
@@ -103,7 +103,7 @@ def _open_temp(dest: Path) -> BinaryIO:
     """Create the temp file in ``dest``'s folder so ``os.replace`` is an atomic rename on one filesystem."""
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        return tempfile.NamedTemporaryFile(dir=dest.parent, prefix=dest.name + ".", suffix=".partial", delete=False)
+        return open_temp_beside(dest)
     except OSError as exc:
         raise DataError(
             f"cannot write into {dest.parent} ({exc.strerror or exc}); choose a writable folder with --data-dir "

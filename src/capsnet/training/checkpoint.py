@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .._files import publish
+from .._files import open_temp_beside
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_model_weights"]
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_model_weights", "checkpoint_file"]
 
 FORMAT = "capsnet-checkpoint"
 VERSION = 2  # 2: one random state per process ("rng" is a list); 1 held a single one
@@ -25,21 +24,27 @@ class CheckpointError(RuntimeError):
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` to ``path`` via a temporary file and a rename, so a crash never leaves half a file."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".partial")
+    tmp = open_temp_beside(path)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, "version": VERSION, **payload}, f)
-            f.flush()
-            os.fsync(f.fileno())  # the rename must not outlive the data after a power loss
-        publish(tmp, path)
+        with tmp:
+            torch.save({"format": FORMAT, "version": VERSION, **payload}, tmp)
+            tmp.flush()
+            os.fsync(tmp.fileno())  # the rename must not outlive the data after a power loss
+        os.replace(tmp.name, path)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        Path(tmp.name).unlink(missing_ok=True)
+
+
+def checkpoint_file(path: str | Path) -> Path:
+    """``path``, or the ``best.pt`` in it when it is a run folder."""
+    path = Path(path)
+    return path / "best.pt" if path.is_dir() else path
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint`; raise :class:`CheckpointError` for anything else."""
-    path = Path(path)
+    """Read a checkpoint written by :func:`save_checkpoint` (a run folder: its ``best.pt``); raise
+    :class:`CheckpointError` for anything else."""
+    path = checkpoint_file(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:

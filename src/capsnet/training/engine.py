@@ -107,16 +107,13 @@ class Trainer:
         self.channels_last = resolve_channels_last(config.channels_last, self.device)
         if self.device.type == "cpu" and config.retain_memory:
             retain_freed_memory()
-        # --init-from, read first so that a wrong path fails before the data loads; a resumed run has its own
-        # weights in last.pt.
-        initial = load_checkpoint(config.init_from) if config.init_from is not None and not config.resume else None
+        initial = _read_initial_weights(config)  # first: a wrong path fails before the data loads
         self.run_dir = Path(config.output_dir)
         with _removed_if_left_empty(self.run_dir, self.distributed.is_main):
             if self.distributed.is_main:
                 _prepare_run_dir(self.run_dir, resume=config.resume)
             self._load_data()
-            self._build_model()
-            self.initial_weights = None if initial is None else self._load_initial_weights(initial)
+            self._build_model(initial)
         self.progress = _Progress()
         self._signalled = self._stopping = False  # a signal reached this rank / all ranks agreed to stop
         self._augment_generator = torch.Generator(device=self.device)
@@ -134,11 +131,14 @@ class Trainer:
                 "resolved": self.settings(), **({"initial_weights": self.initial_weights} if self.initial_weights else {}),
             })
 
-    def _build_model(self) -> None:
-        """Model (same initial weights on every rank), its DDP/compile wrappers, objective and optimizer."""
+    def _build_model(self, initial: dict[str, Any] | None) -> None:
+        """Model (same initial weights on every rank: from the seed, or the checkpoint ``initial``), its DDP/compile
+        wrappers, objective and optimizer."""
         config = self.config
         torch.manual_seed(config.seed)
         self.model = create_model(config.model, **self.model_kwargs).to(self.device)
+        # Before DDP wraps the model: it then copies rank 0's weights to every rank.
+        self.initial_weights = None if initial is None else self._load_initial_weights(initial)
         self.parameter_count = sum(p.numel() for p in self.model.parameters())
         torch.manual_seed(config.seed + self.distributed.rank)  # dropout: independent masks on every rank
         if self.channels_last:
@@ -174,9 +174,10 @@ class Trainer:
                 raise  # the message names both models
             differences = [text for _, text in _model_kwargs_differences(checkpoint.get("model_kwargs", {}),
                                                                          self.model_kwargs)]
-            raise CheckpointError(f"{exc}; settings that differ: {'; '.join(differences) or 'none'}") from None
-        progress = checkpoint.get("progress", {})
-        return {"model": checkpoint.get("model_name"), "epoch": progress.get("epoch"), "step": progress.get("step")}
+            said = "; ".join(differences) or "none (was it written by another version of capsnet?)"
+            raise CheckpointError(f"{exc}; model settings that differ (not all change the layers): {said}") from None
+        progress = checkpoint.get("progress") or {}
+        return {"model": checkpoint.get("model_name"), **{key: progress.get(key) for key in ("epoch", "batch", "step")}}
 
     def settings(self) -> dict[str, Any]:
         """What ``auto`` and ``None`` options became on this machine, and the number of processes."""
@@ -709,6 +710,16 @@ def _set_global_rng_state(state: dict[str, Tensor], device: torch.device) -> Non
     torch.set_rng_state(state["cpu"].cpu())
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+
+
+def _read_initial_weights(config: TrainConfig) -> dict[str, Any] | None:
+    """The checkpoint ``--init-from`` names, for a new run (a resumed one has its own weights in last.pt)."""
+    if config.init_from is None or config.resume:
+        return None
+    try:
+        return load_checkpoint(config.init_from)
+    except CheckpointError as exc:
+        raise CheckpointError(f"--init-from: {exc} (--init-from \"\" starts from the seed instead)") from None
 
 
 @contextmanager
