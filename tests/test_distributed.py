@@ -71,6 +71,16 @@ def test_two_ranks_of_batch_b_take_the_step_of_one_process_with_batch_2b(tmp_pat
     assert "x 2 processes" in two.stdout
 
 
+def test_two_ranks_start_from_init_from_weights_as_one_process_does(tmp_path, shared_data):
+    one_step = ("--limit-train", "32", "--batch-size", "32", "--epochs", "1")
+    capsnet_train(1, tmp_path / "source", shared_data, *one_step, "--seed", "1")  # weights unlike seed 0's
+    start_there = ("--init-from", str(tmp_path / "source"))
+    capsnet_train(1, tmp_path / "one", shared_data, *one_step, *start_there)
+    two = capsnet_train(2, tmp_path / "two", shared_data, *one_step, *start_there)
+    assert_same_parameters(tmp_path / "one", tmp_path / "two")
+    assert two.stdout.count(f"starting from the weights of {tmp_path / 'source'}") == 1
+
+
 def test_resumed_two_rank_run_matches_an_uninterrupted_single_process(tmp_path, shared_data):
     quick = ("--limit-train", "80", "--batch-size", "32")  # 3 steps an epoch, the last of 16 images
     capsnet_train(1, tmp_path / "one", shared_data, *quick, "--epochs", "2")
