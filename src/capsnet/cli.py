@@ -92,12 +92,9 @@ def _run_training(config: TrainConfig) -> None:
     say(f"training {config.model} ({trainer.parameter_count:,} parameters) on {config.dataset} "
         f"({len(trainer.train_labels)} images) on {settings['device']}{processes}, precision {settings['precision']}"
         f"{compiled}; run folder {trainer.run_dir}")
-    if config.resume and trainer.progress.epoch + trainer.progress.batch:
-        say(f"resuming after {_epochs_and_batches(trainer.progress.epoch, trainer.progress.batch)}")
-    elif trainer.initial_weights:
-        source = trainer.initial_weights
-        saved = "" if source["epoch"] is None else f" (saved after {_epochs_and_batches(source['epoch'], source['batch'])})"
-        say(f"starting from the weights of {config.init_from}{saved}")
+    start = _where_it_starts(trainer)
+    if start:
+        say(start)
     try:
         history = trainer.fit()
     except TrainingInterrupted as stop:
@@ -117,6 +114,18 @@ def _run_training(config: TrainConfig) -> None:
                 if trainer.reached_target else
                 f"stopped by --time-limit after epoch {trainer.progress.epoch} of {config.epochs}; continue with "
                 f"--resume --output-dir {trainer.run_dir}")
+
+
+def _where_it_starts(trainer: Trainer) -> str | None:
+    """What a run continues or starts from, when it is not from scratch."""
+    progress, source = trainer.progress, trainer.initial_weights
+    if progress.epoch + progress.batch:
+        return f"resuming after {_epochs_and_batches(progress.epoch, progress.batch)}"
+    if source:
+        saved = ("" if source["epoch"] is None
+                 else f" (saved after {_epochs_and_batches(source['epoch'], source['batch'])})")
+        return f"starting from the weights of {trainer.config.init_from}{saved}"
+    return None
 
 
 def _epochs_and_batches(epochs: int, batches: int) -> str:

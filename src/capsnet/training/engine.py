@@ -27,7 +27,7 @@ from ..models import create_model, is_capsule_model
 from ..config import TrainConfig, reaches_error
 from ..functional import hits
 from ..runtime import retain_freed_memory
-from .checkpoint import CheckpointError, load_checkpoint, load_model_weights, save_checkpoint
+from .checkpoint import CheckpointError, checkpoint_file, load_checkpoint, load_model_weights, save_checkpoint
 from .distributed import in_process_group, init_distributed, shutdown_distributed
 from .objectives import CapsuleObjective, CrossEntropyObjective, class_scores
 from .precision import (
@@ -168,7 +168,8 @@ class Trainer:
         """``--init-from``: load the weights of another run's checkpoint; optimizer, schedule and progress start
         afresh. Returns which model the weights come from and after how many epochs and steps they were saved."""
         try:
-            load_model_weights(self.model, checkpoint, self.config.init_from, model_name=self.config.model)
+            load_model_weights(self.model, checkpoint, checkpoint_file(self.config.init_from),
+                               model_name=self.config.model)
         except CheckpointError as exc:
             if checkpoint.get("model_name") != self.config.model:
                 raise  # the message names both models
