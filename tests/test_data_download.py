@@ -133,10 +133,12 @@ def test_all_mirrors_failing_gives_one_line_naming_each(server, tmp_path, refuse
     assert list(tmp_path.iterdir()) == []
 
 
-def test_unreachable_mirror_needs_no_server(tmp_path, refused_url):
+def test_unreachable_mirror_needs_no_server_and_leaves_no_empty_folders(tmp_path, refused_url):
+    (tmp_path / "data").mkdir()
     with pytest.raises(DataError, match=r"\(Connection refused\)"):
-        download_file([refused_url], tmp_path / LABELS, LABELS_SHA256, progress=False)
-    assert list(tmp_path.iterdir()) == []
+        download_file([refused_url], tmp_path / "data" / "new" / "mnist" / LABELS, LABELS_SHA256, progress=False)
+    assert list(tmp_path.iterdir()) == [tmp_path / "data"]  # the folders it made are gone, the one it found stays
+    assert list((tmp_path / "data").iterdir()) == []
 
 
 def test_failed_download_keeps_an_existing_file(server, tmp_path):

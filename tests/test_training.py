@@ -605,8 +605,8 @@ def test_init_from_weights_that_do_not_fit_names_the_settings_that_differ(tmp_pa
     with pytest.raises(CheckpointError, match=r"cnn.last\.pt: its weights do not fit the model 'capsnet-tiny' of this "
                        r"run \(they are from 'baseline-cnn-tiny'\): Missing key.*; Unexpected key\(s\) in state_dict: "
                        r"\"features.0.weight\".*[^;]$"):
-        Trainer(config(tmp_path, shared_data, "tuned", init_from=str(tmp_path / "cnn" / "last.pt")))
-    assert not (tmp_path / "tuned").exists()  # a run that cannot start leaves no empty folder behind
+        Trainer(config(tmp_path, shared_data, "new/tuned", init_from=str(tmp_path / "cnn" / "last.pt")))
+    assert not (tmp_path / "new").exists()  # a run that cannot start leaves no empty folders behind
     Trainer(config(tmp_path, shared_data, "plain", epochs=1, limit_train=32, reconstruction=False)).fit()
     with pytest.raises(CheckpointError, match=r"they are from 'capsnet-tiny'\): Missing key\(s\) in state_dict: "
                        r"\"decoder.*; model settings that differ \(not all change the layers\): --reconstruction is "

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -12,3 +14,24 @@ def open_temp_beside(dest: Path) -> BinaryIO:
     filesystem). Created like any file ``open`` creates, so ``dest`` gets the permissions of the umask and the
     folder's default ACL: ``tempfile``'s files are 0600, which would lock a group out of a shared folder."""
     return open(dest.with_name(f"{dest.name}.{secrets.token_hex(8)}.partial"), "xb")
+
+
+@contextmanager
+def removed_if_left_empty(folder: Path, owner: bool = True) -> Iterator[None]:
+    """If the block fails, remove the folders on the way to ``folder`` that did not exist before it and are empty
+    (``owner``: this process made them; the other ranks of a distributed run leave them alone), so that a download
+    or a run that cannot start leaves no empty folders behind."""
+    missing = []  # deepest first
+    for path in (folder := Path(folder).absolute(), *folder.parents):
+        if path.exists():
+            break
+        missing.append(path)
+    try:
+        yield
+    except BaseException:
+        for path in missing if owner else ():
+            try:
+                path.rmdir()  # refuses a folder that is not empty; the ones above it hold it, so stop there
+            except OSError:
+                break
+        raise

@@ -18,7 +18,7 @@ from typing import BinaryIO
 
 from tqdm import tqdm
 
-from capsnet._files import open_temp_beside
+from capsnet._files import open_temp_beside, removed_if_left_empty
 from capsnet.data.idx import DataError
 
 __all__ = ["download_file", "sha256_file"]
@@ -65,10 +65,15 @@ def download_file(
     if not urls:
         raise ValueError("download_file needs at least one URL")
     dest = Path(dest)
+    with removed_if_left_empty(dest.parent):
+        return _fetch_from_first(urls, dest, sha256 and sha256.lower(), progress=progress, timeout=timeout)
+
+
+def _fetch_from_first(urls: Sequence[str], dest: Path, sha256: str | None, *, progress: bool, timeout: float) -> Path:
     failures = []
     for url in urls:
         try:
-            _fetch(url, dest, sha256 and sha256.lower(), progress=progress, timeout=timeout)
+            _fetch(url, dest, sha256, progress=progress, timeout=timeout)
             return dest
         except (_MirrorError, urllib.error.URLError, http.client.HTTPException, OSError) as exc:
             failures.append(f"{url} ({_reason(exc)})")

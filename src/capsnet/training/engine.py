@@ -24,6 +24,7 @@ from ..data import TensorLoader, get_dataset_class, overlay_pairs, place_on_canv
 from ..data.testsets import base_dataset, load_test_set
 from ..losses import CapsuleLoss
 from ..models import create_model, is_capsule_model
+from .._files import removed_if_left_empty
 from ..config import TrainConfig, reaches_error
 from ..functional import hits
 from ..runtime import retain_freed_memory
@@ -109,7 +110,7 @@ class Trainer:
             retain_freed_memory()
         initial = _read_initial_weights(config)  # first: a wrong path fails before the data loads
         self.run_dir = Path(config.output_dir)
-        with _removed_if_left_empty(self.run_dir, self.distributed.is_main):
+        with removed_if_left_empty(self.run_dir, self.distributed.is_main):
             if self.distributed.is_main:
                 _prepare_run_dir(self.run_dir, resume=config.resume)
             self._load_data()
@@ -721,19 +722,6 @@ def _read_initial_weights(config: TrainConfig) -> dict[str, Any] | None:
         return load_checkpoint(config.init_from)
     except CheckpointError as exc:
         raise CheckpointError(f"--init-from: {exc} (--init-from \"\" starts from the seed instead)") from None
-
-
-@contextmanager
-def _removed_if_left_empty(path: Path, owner: bool) -> Iterator[None]:
-    """A run that cannot start (a wrong data folder, weights that do not fit) leaves no empty folder behind: remove
-    ``path`` if the block fails, ``path`` is empty and did not exist before (``owner``: the rank that made it)."""
-    existed = path.exists()
-    try:
-        yield
-    except BaseException:
-        if owner and not existed and path.is_dir() and not any(path.iterdir()):
-            path.rmdir()
-        raise
 
 
 def _prepare_run_dir(path: Path, *, resume: bool) -> Path:
