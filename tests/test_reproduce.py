@@ -37,7 +37,9 @@ def test_reproduce_table1_end_to_end_and_resumable(tmp_path, shared_data, capsys
     cnn_metrics = json.loads((folder / "baseline-cnn" / "metrics.jsonl").read_text().splitlines()[0])
     assert "train_margin_loss" not in cnn_metrics and cnn_metrics["train_loss"] > 0
     table = (folder / "results.md").read_text()
-    assert "| Baseline CNN (35.4M parameters) | 0.39% |" in table
+    subset = "(† the first 64 training images and the first 100 test images)"  # --limit-train, --limit-test
+    assert f"| Baseline CNN (35.4M parameters) {subset} | 0.39% |" in table
+    assert "Rows marked with a dagger (†) trained or tested on a part of the data only" in table
     assert f"| `baseline-cnn-tiny` ({counts[0]:,} parameters) | 0 |" in table
     assert "| epochs | time: training + testing |" in table and all(r["test_seconds"] >= 0 for r in results)
     assert "--model capsnet-tiny --epochs 1 --batch-size 32 --routing-iterations 1 --no-reconstruction" in table
@@ -94,8 +96,8 @@ def test_reproduce_multimnist_trains_on_pairs_and_counts_both_digits(tmp_path, s
     assert result["test_error"] > 0.5  # 64 training pairs: both digits right is rare
     config = json.loads((tmp_path / "multimnist" / "capsnet" / "config.json").read_text())
     assert config["dataset"] == "multimnist" and config["model_kwargs"]["image_size"] == [36, 36]
-    assert "| CapsNet, 3 routing iterations, reconstruction of each digit | 5.2% |" in (
-        tmp_path / "multimnist" / "results.md").read_text()
+    assert "| CapsNet, 3 routing iterations, reconstruction of each digit († the first 64 training images and the " \
+        "first 100 test images) | 5.2% |" in (tmp_path / "multimnist" / "results.md").read_text()
 
 
 def test_affnist_rows_stop_early_at_the_papers_accuracy_unless_told_otherwise(tmp_path):
@@ -137,4 +139,6 @@ def test_results_table_reads_run_folders_written_before_test_times_were_recorded
     (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in epochs))
     [result] = experiment_results("multimnist", tmp_path)
     assert (result["epochs"], result["best_test_error"], result["train_seconds"], result["test_seconds"]) == (2, 0.2, 180, None)
-    assert "| 2 | 3.0 min + not recorded | `capsnet-mnist` | 0 | unknown |" in (tmp_path / "multimnist" / "results.md").read_text()
+    table = (tmp_path / "multimnist" / "results.md").read_text()
+    assert "| 2 | 3.0 min + not recorded | `capsnet-mnist` | 0 | unknown |" in table
+    assert "| CapsNet, 3 routing iterations, reconstruction of each digit | 5.2% |" in table and "†" not in table

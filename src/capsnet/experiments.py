@@ -160,6 +160,8 @@ def _row_result(row: ExperimentRow, run_dir: Path) -> dict[str, Any]:
         "best_test_error": best["test_error"],
         "best_epoch": best["epoch"],
         "test_examples": metrics[-1]["test_examples"],
+        "limit_train": config.get("limit_train"),
+        "limit_test": config.get("limit_test"),
         "extra_errors": {key.removesuffix("_error"): value for key, value in metrics[-1].items()
                          if key.endswith("_error") and key != "test_error"},
         "train_seconds": round(sum(m["epoch_seconds"] for m in metrics), 1),
@@ -191,6 +193,9 @@ def results_markdown(experiment: Experiment, results: list[dict[str, Any]]) -> s
         f"## {experiment.title}", "",
         "Test error after the last epoch trained (the honest number), and the lowest error seen after any epoch "
         "(chosen on the test set, so optimistic)."
+        + (" Rows marked with a dagger (†) trained or tested on a part of the data only (`--limit-train`, "
+           "`--limit-test`): their numbers are not comparable with the paper's." if any(
+               r.get("limit_train") or r.get("limit_test") for r in results) else "")
         + (" Rows with early stopping end at the first epoch at or below their target test error, as in the paper: "
            "that stopping point is chosen on the test set too." if any(r.get("stop_at_error") for r in results) else ""),
         "",
@@ -205,13 +210,19 @@ def results_markdown(experiment: Experiment, results: list[dict[str, Any]]) -> s
         extra = "".join(f"**{r['extra_errors'][name]:.2%}** | " if name in r["extra_errors"] else "| "
                         for name in extra_sets)
         lines.append(
-            f"| {r['row']} | {r['paper']} | **{r['test_error']:.2%}** | {extra}{r['best_test_error']:.2%} ({r['best_epoch']}) "
+            f"| {r['row']}{_subset_note(r)} | {r['paper']} | **{r['test_error']:.2%}** | {extra}{r['best_test_error']:.2%} ({r['best_epoch']}) "
             f"| {_epochs_cell(r)} | {_time_cell(r)} | {_model_cell(r)} | {r['seed']} "
             f"| {'; '.join(r['machines']) or 'unknown'} |"
         )
     lines += ["", "Commands (each row alone):", ""]
     lines += [f"- {r['row']}: `{r['command']}`" for r in results if "command" in r]
     return "\n".join(lines) + "\n"
+
+
+def _subset_note(result: dict[str, Any]) -> str:
+    parts = [f"the first {result[key]:,} {split} images" for key, split in (("limit_train", "training"),
+                                                                         ("limit_test", "test")) if result.get(key)]
+    return f" († {' and '.join(parts)})" if parts else ""
 
 
 def _epochs_cell(result: dict[str, Any]) -> str:
