@@ -9,11 +9,12 @@ def squash_reference(s: torch.Tensor) -> torch.Tensor:
     return (norm**2 / (1 + norm**2)) * s / norm
 
 
-def routing_reference(u_hat: torch.Tensor, iterations: int, detach_intermediate: bool = False):
+def routing_reference(u_hat: torch.Tensor, iterations: int, detach_intermediate: bool = False, bias=None):
     """Procedure 1, one example and one pair (i, j) at a time, with explicit loops.
 
     ``u_hat``: (b, i, j, d). Returns ``v`` (b, j, d) and ``c`` (b, i, j) of the last iteration.
     With ``detach_intermediate`` the predictions are detached in every iteration but the last.
+    ``bias`` (j, d), as the official code: added to every ``s[j]`` in every iteration.
     """
     batch, n_in, n_out, dim = u_hat.shape
     vs, cs = [], []
@@ -25,7 +26,7 @@ def routing_reference(u_hat: torch.Tensor, iterations: int, detach_intermediate:
             c = [torch.softmax(torch.stack(logits[i]), dim=0) for i in range(n_in)]  # softmax over j, per i
             v = []
             for j in range(n_out):
-                s = sum(c[i][j] * votes[i, j] for i in range(n_in))
+                s = sum(c[i][j] * votes[i, j] for i in range(n_in)) + (0 if bias is None else bias[j])
                 v.append(squash_reference(s))
             if not last:
                 for i in range(n_in):

@@ -40,8 +40,9 @@ def test_squash_norm_stays_below_one(dtype, max_log10):
     assert (lengths < 1).all() and (lengths > 0).all()
 
 
-def test_squash_at_zero_has_finite_value_and_zero_gradient():
-    s = torch.zeros(2, 16, requires_grad=True)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_squash_at_zero_has_finite_value_and_zero_gradient(dtype):
+    s = torch.zeros(2, 16, dtype=dtype, requires_grad=True)
     with torch.autograd.detect_anomaly():
         v = squash(s)
         v.sum().backward()

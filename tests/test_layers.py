@@ -40,6 +40,8 @@ def test_routed_capsules_forward_is_routing_of_predictions():
     torch.testing.assert_close(v, v_ref)
     torch.testing.assert_close(c, c_ref)
     assert layer.routing is routing and sum(p.numel() for p in layer.parameters()) == 5 * 4 * 2 * 3 + 4 * 2
+    assert torch.equal(RoutedCapsules(in_caps=5, in_dim=3, out_caps=4, out_dim=2, bias=True).bias,
+                       torch.full((4, 2), 0.1))  # the official code's initial bias
 
 
 def test_routed_capsules_default_routing_and_gradients():
@@ -69,6 +71,8 @@ def test_decoder_architecture_and_shape():
     decoder = CapsuleDecoder()
     linears = [m for m in decoder.modules() if isinstance(m, torch.nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == [(160, 512), (512, 1024), (1024, 784)]
+    nn = torch.nn
+    assert [type(m) for m in decoder.net] == [nn.Linear, nn.ReLU, nn.Linear, nn.ReLU, nn.Linear, nn.Sigmoid]
     out = decoder(torch.randn(3, 10, 16))
     assert out.shape == (3, 784) and (out > 0).all() and (out < 1).all()
 
@@ -97,3 +101,20 @@ def test_routed_capsules_draw_their_matrices_with_the_given_std():
     for bad in (float("nan"), float("inf")):
         with pytest.raises(ValueError, match=f"weight_std must be positive and finite, got {bad}"):
             RoutedCapsules(in_caps=2, in_dim=8, out_caps=10, out_dim=16, weight_std=bad)
+
+
+@pytest.mark.parametrize("layer, arguments, message", [
+    (PrimaryCapsules, {"in_channels": 256, "types": 0}, "types must be an integer >= 1, got 0"),
+    (PrimaryCapsules, {"in_channels": 256, "dim": 8.0}, "dim must be an integer >= 1, got 8.0"),
+    (PrimaryCapsules, {"in_channels": 256, "stride": 0}, "stride must be an integer >= 1, got 0"),
+    (CapsuleDecoder, {"caps_dim": 0}, "caps_dim must be an integer >= 1, got 0"),
+    (CapsuleDecoder, {"hidden": (512, -1)}, "hidden must be an integer >= 1, got -1"),
+    (capsnet.BaselineCNN, {"channels": ()}, "channels must give at least one convolution's width, got none"),
+    (capsnet.BaselineCNN, {"hidden": (328, 0)}, "hidden must be an integer >= 1, got 0"),
+    (capsnet.BaselineCNN, {"image_size": (28, 28, 1)}, r"image_size must be an integer >= 1 or a pair of them "
+                                                       r"\(height, width\), got \(28, 28, 1\)"),
+    (capsnet.CapsNet, {"image_size": "28"}, "image_size must be an integer >= 1 or a pair of them"),
+])
+def test_constructors_name_the_argument_that_is_wrong(layer, arguments, message):
+    with pytest.raises(ValueError, match=message):
+        layer(**arguments)

@@ -39,9 +39,23 @@ def test_margin_loss_gradcheck_float64():
     assert torch.autograd.gradcheck(lambda x: margin_loss(x, targets), (lengths,))
 
 
-def test_margin_loss_rejects_bad_targets():
-    with pytest.raises(ValueError, match=r"class indices of shape \(b,\) = \(2,\) or multi-hot .* got \(3,\)"):
+def test_margin_loss_reads_n_class_indices_per_example_as_multi_hot():
+    # The (b, n) labels that CapsNet and hits take for n objects per image (MultiMNIST) give the same loss.
+    multi_hot = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 1.0]])
+    assert margin_loss(LENGTHS, torch.tensor([[1, 0], [0, 2]])) == margin_loss(LENGTHS, multi_hot)
+    assert margin_loss(LENGTHS, torch.tensor([[2], [0]])) == margin_loss(LENGTHS, torch.tensor([2, 0]))
+
+
+def test_margin_loss_rejects_bad_targets_and_lengths():
+    with pytest.raises(ValueError, match=r"class indices of shape \(b,\) = \(2,\) or \(b, n\), or multi-hot .* "
+                       r"got \(3,\)"):
         margin_loss(LENGTHS, torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match=r"got \(2, 2\) \(torch.float32\)"):  # floats are multi-hot: (b, k) only
+        margin_loss(LENGTHS, torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    with pytest.raises(ValueError, match=r"expected capsule lengths of shape \(b, k\), got \(3,\)"):
+        margin_loss(LENGTHS[0], torch.tensor([0]))
+    with pytest.raises(TypeError):  # m_pos and m_neg are easy to swap: keywords only
+        margin_loss(LENGTHS, torch.tensor([0, 2]), 0.9, 0.1)
 
 
 def test_reconstruction_loss_sum_per_example_mean_over_batch():
@@ -79,3 +93,19 @@ def test_capsule_loss_backpropagates_through_the_model():
     CapsuleLoss()(model(images, labels), images, labels).backward()
     missing = [name for name, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
     assert not missing, f"parameters without a finite gradient: {missing}"
+
+
+def test_capsule_loss_takes_the_labels_the_model_takes_for_two_digits_per_image():
+    model = capsnet.CapsNet(conv_channels=16, primary_types=4, image_size=(36, 36))
+    images, labels = torch.rand(3, 1, 36, 36), torch.tensor([[1, 2], [3, 0], [9, 4]])
+    originals = torch.rand(3, 2, 1, 36, 36)  # each digit alone, reconstructed from its own capsule
+    output = model(images, labels)
+    terms = CapsuleLoss().terms(output, originals, labels)
+    present = torch.zeros(3, 10).scatter_(1, labels, 1.0)
+    torch.testing.assert_close(terms.margin, margin_loss(output.lengths, present))
+    torch.testing.assert_close(terms.reconstruction, reconstruction_loss(output.reconstructions, originals))
+
+
+def test_capsule_loss_repr_names_every_setting():
+    assert repr(CapsuleLoss(m_neg=0.2)) == \
+        "CapsuleLoss(reconstruction_weight=0.0005, m_pos=0.9, m_neg=0.2, lambda_=0.5, halve_margin=False)"

@@ -85,6 +85,37 @@ def test_every_registered_model_is_built_on_the_device_and_dtype_asked_for(name)
     assert {(p.device.type, p.dtype) for p in model.parameters()} == {("meta", torch.float64)}
 
 
+@pytest.mark.parametrize("name", list_models())
+def test_every_registered_model_learns_through_every_parameter_and_reloads(name):
+    torch.manual_seed(0)
+    model = create_model(name)
+    images, labels = torch.rand(2, 1, 28, 28), torch.tensor([3, 7])
+    if capsnet.is_capsule_model(name):
+        output = model(images, labels)
+        assert output.lengths.shape == (2, 10) and output.poses.shape == (2, 10, 16)
+        loss, scores = capsnet.CapsuleLoss()(output, images, labels), output.lengths
+    else:
+        scores = model(images)
+        loss = torch.nn.functional.cross_entropy(scores, labels)
+    assert scores.shape == (2, 10) and torch.isfinite(scores).all()
+    loss.backward()
+    stuck = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not stuck, f"parameters without a finite gradient: {stuck}"
+    clone = create_model(name)
+    clone.load_state_dict(model.state_dict())
+    model.eval(), clone.eval()
+    first, second = model(images), clone(images)
+    torch.testing.assert_close(*(out.lengths if capsnet.is_capsule_model(name) else out for out in (first, second)))
+
+
+def test_conv1_is_followed_by_a_relu():
+    model = tiny()
+    seen = []
+    model.primary.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+    model(torch.rand(2, 1, 28, 28))
+    assert (seen[0] >= 0).all() and (seen[0] == 0).any()
+
+
 def test_float64_capsnet_trains_in_float64():
     model = tiny(dtype=torch.float64, digit_bias=True)
     images, labels = torch.rand(2, 1, 28, 28, dtype=torch.float64), torch.tensor([0, 9])
@@ -136,7 +167,8 @@ def test_public_api_is_exported():
     promised = {  # names later issues and users rely on (issue "Core", deliverable 2)
         "squash", "dynamic_routing", "routing", "PrimaryCapsules", "RoutedCapsules", "CapsuleDecoder", "CapsNet",
         "CapsNetOutput", "create_model", "margin_loss", "reconstruction_loss", "CapsuleLoss", "DynamicRouting",
-        "train", "Trainer", "TrainConfig",
+        "train", "Trainer", "TrainConfig", "create_routing", "list_routings", "register_routing", "list_models",
+        "register_model",
     }
     assert promised <= set(capsnet.__all__)
     for name in capsnet.__all__:

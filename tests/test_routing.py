@@ -10,18 +10,24 @@ def random_u_hat(batch=2, in_caps=6, out_caps=4, dim=3, dtype=torch.float64, req
     return (torch.randn(batch, in_caps, out_caps, dim, dtype=dtype) * 0.7).requires_grad_(requires_grad)
 
 
+TOLERANCES = {torch.float32: {"rtol": 1e-5, "atol": 1e-6}, torch.float64: {"rtol": 1e-12, "atol": 1e-12}}
+
+
+@pytest.mark.parametrize("dtype", TOLERANCES)
+@pytest.mark.parametrize("with_bias", [False, True])
 @pytest.mark.parametrize("iterations", [1, 3])
 @pytest.mark.parametrize("detach", [True, False])
-def test_routing_matches_loop_reference_values_and_gradients(iterations, detach):
-    u_hat = random_u_hat(requires_grad=True)
-    weights = torch.randn(2, 4, 3, dtype=torch.float64)
-    v, c = dynamic_routing(u_hat, iterations, detach_intermediate=detach)
-    (grad,) = torch.autograd.grad((v * weights).sum(), u_hat)
-    v_ref, c_ref = routing_reference(u_hat, iterations, detach_intermediate=detach)
-    (grad_ref,) = torch.autograd.grad((v_ref * weights).sum(), u_hat)
-    torch.testing.assert_close(v, v_ref)
-    torch.testing.assert_close(c, c_ref)
-    torch.testing.assert_close(grad, grad_ref)
+def test_routing_matches_loop_reference_values_and_gradients(iterations, detach, with_bias, dtype):
+    u_hat = random_u_hat(dtype=dtype, requires_grad=True)
+    bias = torch.randn(4, 3, dtype=dtype, requires_grad=True) if with_bias else None
+    weights = torch.randn(2, 4, 3, dtype=dtype)
+    inputs = (u_hat, bias) if with_bias else (u_hat,)
+    v, c = dynamic_routing(u_hat, iterations, detach_intermediate=detach, bias=bias)
+    grads = torch.autograd.grad((v * weights).sum(), inputs)
+    v_ref, c_ref = routing_reference(u_hat, iterations, detach_intermediate=detach, bias=bias)
+    grads_ref = torch.autograd.grad((v_ref * weights).sum(), inputs)
+    for value, expected in ((v, v_ref), (c, c_ref), *zip(grads, grads_ref)):
+        torch.testing.assert_close(value, expected, **TOLERANCES[dtype])
 
 
 def test_detach_changes_gradients_but_not_values():
@@ -49,11 +55,11 @@ def test_detached_coupling_is_a_constant_of_backprop():
 def test_routing_gradcheck_float64():
     u_hat = random_u_hat(batch=2, in_caps=5, out_caps=3, dim=2, requires_grad=True)
     bias = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda u, b: dynamic_routing(u, 3, False, b).poses, (u_hat, bias))
+    assert torch.autograd.gradcheck(lambda u, b: dynamic_routing(u, 3, detach_intermediate=False, bias=b).poses, (u_hat, bias))
     # detach_intermediate deliberately drops part of d v / d u_hat, so finite differences only agree
     # where nothing is detached: with one iteration, and for the bias (never detached).
-    assert torch.autograd.gradcheck(lambda u, b: dynamic_routing(u, 1, True, b).poses, (u_hat, bias))
-    assert torch.autograd.gradcheck(lambda b: dynamic_routing(u_hat.detach(), 3, True, b).poses, (bias,))
+    assert torch.autograd.gradcheck(lambda u, b: dynamic_routing(u, 1, bias=b).poses, (u_hat, bias))
+    assert torch.autograd.gradcheck(lambda b: dynamic_routing(u_hat.detach(), 3, bias=b).poses, (bias,))
 
 
 @pytest.mark.parametrize("iterations", [1, 2, 3, 5])

@@ -49,3 +49,13 @@ def check_shape(tensor: torch.Tensor, name: str, pattern: str, ndim: int, sizes:
     if not ok:
         wanted = f"{pattern} = ({', '.join('*' if s is None else str(s) for s in sizes)})" if sizes else pattern
         raise ValueError(f"expected {name} of shape {wanted}, got {shape}")
+
+
+def check_image_size(size: int | Sequence[int], name: str = "image_size") -> tuple[int, int]:
+    """``(height, width)`` from an int (a square) or a pair of ints >= 1, else a ``ValueError`` naming ``name``."""
+    pair = (size, size) if isinstance(size, int) and not isinstance(size, bool) else size
+    try:
+        height, width = pair
+        return check_int(height, name, 1), check_int(width, name, 1)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be an integer >= 1 or a pair of them (height, width), got {size!r}") from None

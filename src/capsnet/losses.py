@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .functional import _compute_dtype
+
 if TYPE_CHECKING:  # only for annotations: the loss works on any output with these fields
     from .models.capsnet import CapsNetOutput
 
@@ -20,14 +22,18 @@ RECONSTRUCTION_WEIGHT = 0.0005  # "so that it does not dominate the margin loss"
 
 
 def _multi_hot(targets: Tensor, lengths: Tensor) -> Tensor:
-    """Class indices ``(b,)`` or a multi-hot matrix ``(b, k)`` -> float multi-hot ``(b, k)``."""
+    """Targets in any of :func:`margin_loss`'s forms -> float multi-hot ``(b, k)``."""
+    if lengths.dim() != 2:
+        raise ValueError(f"expected capsule lengths of shape (b, k), got {tuple(lengths.shape)}")
     batch, classes = lengths.shape
-    if targets.shape == (batch,) and not targets.is_floating_point():
-        return F.one_hot(targets, classes).to(lengths.dtype)
     if targets.shape == (batch, classes):
         return targets.to(lengths.dtype)
+    if targets.dim() in (1, 2) and len(targets) == batch and not targets.is_floating_point() \
+            and targets.dtype != torch.bool:
+        indices = targets.view(batch, -1)  # (b, n): the n classes present in each example
+        return F.one_hot(indices, classes).amax(1).to(lengths.dtype)
     raise ValueError(
-        f"expected targets as class indices of shape (b,) = ({batch},) or multi-hot of shape "
+        f"expected targets as class indices of shape (b,) = ({batch},) or (b, n), or multi-hot of shape "
         f"(b, k) = ({batch}, {classes}), got {tuple(targets.shape)} ({targets.dtype})"
     )
 
@@ -35,6 +41,7 @@ def _multi_hot(targets: Tensor, lengths: Tensor) -> Tensor:
 def margin_loss(
     lengths: Tensor,
     targets: Tensor,
+    *,
     m_pos: float = M_POS,
     m_neg: float = M_NEG,
     lambda_: float = LAMBDA,
@@ -44,13 +51,15 @@ def margin_loss(
 
     Args:
         lengths: capsule lengths ``|v_k|``.
-        targets: class indices, or a multi-hot matrix when several classes are present (MultiMNIST).
+        targets: the class of each example, or the classes present when there are several (MultiMNIST):
+            as ``n`` class indices per example or as a multi-hot matrix. A ``(b, k)`` tensor is read as
+            multi-hot.
         m_pos, m_neg, lambda_: the paper's 0.9, 0.1 and 0.5.
         halve: multiply the loss by 0.5, as the official TensorFlow code does (which doubles the
             relative weight of the reconstruction term). Off by default: the paper's formula.
 
     Shape:
-        ``lengths``: ``(b, k)``; ``targets``: ``(b,)`` integer or ``(b, k)`` multi-hot -> scalar.
+        ``lengths``: ``(b, k)``; ``targets``: ``(b,)`` or ``(b, n)`` integer, or ``(b, k)`` multi-hot -> scalar.
 
     Example:
         >>> margin_loss(torch.tensor([[0.95, 0.05], [0.5, 0.3]]), torch.tensor([0, 0]))
@@ -77,7 +86,7 @@ def reconstruction_loss(reconstructions: Tensor, images: Tensor) -> Tensor:
             f"reconstructions of shape {tuple(reconstructions.shape)} do not match images of shape "
             f"{tuple(images.shape)} ({images[0].numel() if len(images) else 0} values per example)"
         )
-    wide = torch.promote_types(reconstructions.dtype, torch.float32)
+    wide = _compute_dtype(reconstructions.dtype)
     target = images.reshape(reconstructions.shape).to(wide)
     return (reconstructions.to(wide) - target).square().flatten(1).sum(dim=1).mean()
 
@@ -123,7 +132,8 @@ class CapsuleLoss(nn.Module):
 
     def terms(self, output: CapsNetOutput, images: Tensor, targets: Tensor) -> LossTerms:
         """The total loss with its unweighted margin and reconstruction parts, e.g. to log them separately."""
-        margin = margin_loss(output.lengths, targets, self.m_pos, self.m_neg, self.lambda_, self.halve_margin)
+        margin = margin_loss(output.lengths, targets, m_pos=self.m_pos, m_neg=self.m_neg, lambda_=self.lambda_,
+                             halve=self.halve_margin)
         if output.reconstructions is None:
             return LossTerms(margin, margin, torch.zeros_like(margin))
         reconstruction = reconstruction_loss(output.reconstructions, images)
@@ -134,9 +144,10 @@ class CapsuleLoss(nn.Module):
 
         Shape:
             ``output.lengths``: ``(b, k)``; ``output.reconstructions``: ``(b, C * H * W)`` or ``None``;
-            ``images``: ``(b, C, H, W)``; ``targets``: ``(b,)`` or ``(b, k)`` -> scalar.
+            ``images``: ``(b, C, H, W)``; ``targets``: as :func:`margin_loss`'s -> scalar.
         """
         return self.terms(output, images, targets).total
 
     def extra_repr(self) -> str:
-        return f"reconstruction_weight={self.reconstruction_weight}, halve_margin={self.halve_margin}"
+        return (f"reconstruction_weight={self.reconstruction_weight}, m_pos={self.m_pos}, m_neg={self.m_neg}, "
+                f"lambda_={self.lambda_}, halve_margin={self.halve_margin}")

@@ -14,6 +14,8 @@ __all__ = ["RoutedCapsules", "WEIGHT_INIT_STD"]
 # with std 0.01, 1.10% with 0.03, 1.11% with 0.05, 1.33% with 0.1, and did not learn at all with 0.2 (90%):
 # large predictions u_hat make every digit capsule long from the first steps.
 WEIGHT_INIT_STD = 0.03
+# The bias exists only in the official code, which starts every bias at 0.1 (its bias_variable).
+BIAS_INIT = 0.1
 
 
 class RoutedCapsules(nn.Module):
@@ -30,7 +32,7 @@ class RoutedCapsules(nn.Module):
         out_dim: their dimension ``d_out`` (16).
         routing: any :class:`capsnet.routing.Routing`; default ``DynamicRouting(iterations=3)``.
         bias: add a learned ``(out_caps, out_dim)`` bias to ``s[j]`` in every routing iteration, as the
-            official code does. Off by default: the paper has none.
+            official code does, starting at 0.1 as there. Off by default: the paper has none.
         weight_std: standard deviation (> 0) of the normal initialization of ``W``; the paper gives none.
         device, dtype: where and in which floating point type to create the parameters (as for ``nn.Linear``).
 
@@ -64,7 +66,7 @@ class RoutedCapsules(nn.Module):
         factory = {"device": device, "dtype": dtype}
         shape = (self.in_caps, self.out_caps, self.out_dim, self.in_dim)  # the checked ints, whatever type was given
         self.weight = nn.Parameter(torch.randn(shape, **factory) * weight_std)  # W[i, j]
-        self.bias = nn.Parameter(torch.zeros(self.out_caps, self.out_dim, **factory)) if bias else None
+        self.bias = nn.Parameter(torch.full((self.out_caps, self.out_dim), BIAS_INIT, **factory)) if bias else None
         self.routing = routing if routing is not None else DynamicRouting()
 
     def predictions(self, u: Tensor) -> Tensor:

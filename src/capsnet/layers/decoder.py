@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from .._checks import check_int
 from ..functional import mask_capsules
 
 __all__ = ["CapsuleDecoder"]
@@ -47,6 +48,10 @@ class CapsuleDecoder(nn.Module):
     ) -> None:
         super().__init__()
         factory = {"device": device, "dtype": dtype}
+        sizes = [("num_caps", num_caps), ("caps_dim", caps_dim), ("out_features", out_features),
+                 *(("hidden", h) for h in hidden)]
+        for name, size in sizes:
+            check_int(size, name, 1)
         sizes = [num_caps * caps_dim, *hidden]
         layers: list[nn.Module] = []
         for fan_in, fan_out in zip(sizes, sizes[1:]):

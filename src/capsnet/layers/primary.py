@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .._checks import check_int
 from ..functional import squash
 
 __all__ = ["PrimaryCapsules"]
@@ -46,8 +47,9 @@ class PrimaryCapsules(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.types, self.dim = types, dim
-        self.conv = nn.Conv2d(in_channels, types * dim, kernel_size, stride, device=device, dtype=dtype)
+        sizes = {"in_channels": in_channels, "types": types, "dim": dim, "kernel_size": kernel_size, "stride": stride}
+        in_channels, self.types, self.dim, kernel_size, stride = (check_int(v, k, 1) for k, v in sizes.items())
+        self.conv = nn.Conv2d(in_channels, self.types * self.dim, kernel_size, stride, device=device, dtype=dtype)
 
     def output_grid(self, height: int, width: int) -> tuple[int, int]:
         """Spatial size ``(h, w)`` of the capsule grid for an input feature map of ``height x width``."""

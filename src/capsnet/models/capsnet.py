@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_int, check_shape
+from .._checks import check_image_size, check_int, check_shape
 from ..functional import capsule_lengths
 from ..layers import WEIGHT_INIT_STD, CapsuleDecoder, PrimaryCapsules, RoutedCapsules
 from ..routing import ROUTING_ITERATIONS, DynamicRouting, Routing
@@ -31,10 +31,6 @@ class CapsNetOutput(NamedTuple):
     poses: Tensor
     reconstructions: Tensor | None
     coupling: Tensor
-
-
-def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
-    return (size, size) if isinstance(size, int) else tuple(size)
 
 
 class CapsNet(nn.Module):
@@ -100,7 +96,7 @@ class CapsNet(nn.Module):
                  "primary_types": primary_types, "primary_dim": primary_dim, "out_dim": out_dim}
         for name, size in sizes.items():
             check_int(size, name, 1)  # here, so that errors name this constructor's arguments, not a layer's
-        self.in_channels, self.image_size = in_channels, _pair(image_size)
+        self.in_channels, self.image_size = in_channels, check_image_size(image_size)
         height, width = self.image_size
         if min(height, width) < 17:
             raise ValueError(f"image_size must be at least 17 x 17 for the two 9x9 convolutions, got {height} x {width}")

@@ -7,8 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_shape
-from .capsnet import _pair
+from .._checks import check_image_size, check_int, check_shape
 
 __all__ = ["BaselineCNN"]
 
@@ -57,9 +56,15 @@ class BaselineCNN(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        if not channels:
+            raise ValueError("channels must give at least one convolution's width, got none")
+        sizes = [("num_classes", num_classes), ("in_channels", in_channels), ("kernel_size", kernel_size),
+                 *(("channels", c) for c in channels), *(("hidden", h) for h in hidden)]
+        for name, size in sizes:
+            check_int(size, name, 1)  # here, so that errors name this constructor's arguments, not a layer's
         if kernel_size % 2 != 1:
             raise ValueError(f"kernel_size must be odd for same padding, got {kernel_size}")
-        height, width = self.image_size = _pair(image_size)
+        height, width = self.image_size = check_image_size(image_size)
         self.in_channels = in_channels
         factory = {"device": device, "dtype": dtype}
         convs: list[nn.Module] = []

@@ -38,7 +38,7 @@ class Routing(nn.Module):
     """
 
     def forward(self, u_hat: Tensor, bias: Tensor | None = None) -> RoutingOutput:
-        check_routing_input(u_hat, bias)
+        _check_routing_input(u_hat, bias)
         return self.route(u_hat, bias)
 
     def route(self, u_hat: Tensor, bias: Tensor | None) -> RoutingOutput:
@@ -47,7 +47,7 @@ class Routing(nn.Module):
         raise NotImplementedError
 
 
-def check_routing_input(u_hat: Tensor, bias: Tensor | None) -> None:
+def _check_routing_input(u_hat: Tensor, bias: Tensor | None) -> None:
     """Raise a ``ValueError`` unless ``u_hat`` is ``(b, i, j, d_out)`` and ``bias`` is ``None`` or ``(j, d_out)``."""
     check_shape(u_hat, "u_hat", "(b, i, j, d_out)", 4)
     if bias is not None:

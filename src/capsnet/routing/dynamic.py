@@ -7,7 +7,7 @@ from torch import Tensor
 
 from .._checks import check_int
 from ..functional import squash
-from .base import Routing, RoutingOutput, check_routing_input, register_routing
+from .base import Routing, RoutingOutput, _check_routing_input, register_routing
 
 __all__ = ["DynamicRouting", "dynamic_routing", "ROUTING_ITERATIONS"]
 
@@ -15,7 +15,11 @@ ROUTING_ITERATIONS = 3  # the paper's choice for MNIST (section 4)
 
 
 def _weighted_sum(coupling: Tensor | None, votes: Tensor, bias: Tensor | None) -> Tensor:
-    """``s[b, j] = sum_i c[i, b, j] * u_hat[i, b, j] (+ bias[j])``; ``coupling=None`` means uniform."""
+    """``s[j] = sum_i c[i, j] * u_hat[j|i] (+ bias[j])`` for every example; ``coupling=None`` means uniform.
+
+    Shape:
+        ``coupling``: ``(i, b, j)``; ``votes``: ``(i, b, j, d_out)``; ``bias``: ``(j, d_out)`` -> ``(b, j, d_out)``.
+    """
     if coupling is None:
         # Routing logits all 0 give c = 1/j exactly: skip the softmax and the multiply.
         s = votes.sum(dim=0) / votes.shape[2]  # (b, j, d_out)
@@ -27,6 +31,7 @@ def _weighted_sum(coupling: Tensor | None, votes: Tensor, bias: Tensor | None) -
 def dynamic_routing(
     u_hat: Tensor,
     iterations: int = ROUTING_ITERATIONS,
+    *,
     detach_intermediate: bool = True,
     bias: Tensor | None = None,
 ) -> RoutingOutput:
@@ -59,7 +64,7 @@ def dynamic_routing(
         >>> v.shape, c.shape
         (torch.Size([2, 10, 16]), torch.Size([2, 1152, 10]))
     """
-    check_routing_input(u_hat, bias)
+    _check_routing_input(u_hat, bias)
     return _route(u_hat, check_int(iterations, "iterations", 1), detach_intermediate, bias)
 
 

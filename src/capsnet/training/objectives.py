@@ -46,8 +46,7 @@ class CapsuleObjective(Objective):
         self, model: Model, inputs: Tensor, targets: Tensor, originals: Tensor
     ) -> tuple[dict[str, Tensor], Tensor]:
         output = model(inputs, targets)
-        present = targets if targets.dim() == 1 else F.one_hot(targets, output.lengths.shape[1]).amax(1).float()
-        total, margin, reconstruction = self.loss.terms(output, originals, present)
+        total, margin, reconstruction = self.loss.terms(output, originals, targets)
         return {"loss": total, "margin": margin, "reconstruction": reconstruction}, output.lengths
 
 
