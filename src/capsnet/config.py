@@ -104,7 +104,7 @@ class TrainConfig:
     digit_bias: bool | None = _option(None, "learned digit-capsule biases, as the official code (default: the model's, off)")
     weight_std: float | None = _option(
         None, f"std of the normal initialization of the digit capsules' W[i, j] (default: the model's, "
-              f"{WEIGHT_INIT_STD}; 0.1 before 2026-11-26)"
+              f"{WEIGHT_INIT_STD}; 0.1 until the change of 2026-11-26)"
     )
     reconstruction: bool = _option(True, "train the reconstruction decoder (paper: yes)")
     reconstruction_weight: float = _option(RECONSTRUCTION_WEIGHT, "weight of the reconstruction loss (paper: 0.0005)")
