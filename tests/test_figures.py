@@ -34,14 +34,15 @@ def test_perturbation_grid_varies_one_dimension_per_row_and_keeps_the_reconstruc
     assert not torch.allclose(grid[0, 0], grid[0, 10])  # moving a dimension changes the picture
 
 
-def test_perturbation_changes_only_the_winning_capsules_dimension():
+@pytest.mark.parametrize("capsule", [None, 3])
+def test_perturbation_changes_only_one_dimension_of_the_chosen_capsule(capsule):
     model, image = tiny_model(), torch.rand(1, 28, 28)
     decoded = []
     model.decoder.register_forward_hook(lambda module, args, output: decoded.append(args[0].clone()))
-    figures.perturbation_grid(model, image)
+    figures.perturbation_grid(model, image, capsule=capsule)
     poses = decoded[-1].view(16, 11, 10, 16)
     base = model(image.unsqueeze(0)).poses[0]
-    winner = int(base.norm(dim=-1).argmax())
+    winner = int(base.norm(dim=-1).argmax()) if capsule is None else capsule
     change = poses - base
     for d in range(16):
         torch.testing.assert_close(change[d, :, winner, d], figures.PERTURBATIONS)
@@ -70,6 +71,7 @@ def test_pick_examples_finds_right_and_wrong_ones():
 def test_plots_write_pngs_of_the_expected_size(tmp_path):
     model, images, labels = tiny_model(), torch.rand(30, 1, 28, 28), torch.randint(0, 10, (30,))
     assert png_size(figures.plot_perturbations(model, images[0], tmp_path / "p.png")) == (720, 1040)
+    assert png_size(figures.plot_perturbations(model, images[0], tmp_path / "p3.png", capsule=3)) == (720, 1040)
     assert png_size(figures.plot_coupling(model, images[0], tmp_path / "c.png")) == (1430, 190)
     path = figures.plot_reconstructions(model, images, labels, tmp_path / "r.png", count=4)
     right, wrong = figures.pick_examples(model, images, labels, 4)
@@ -81,6 +83,13 @@ def test_model_without_decoder_has_no_reconstructions_to_draw(tmp_path):
         figures.perturbation_grid(tiny_model(reconstruction=False), torch.rand(1, 28, 28))
 
 
+def test_perturbation_of_a_capsule_that_does_not_exist_is_refused():
+    with pytest.raises(ValueError, match="capsule must be a class index below 10, got 10"):
+        figures.perturbation_grid(tiny_model(), torch.rand(1, 28, 28), capsule=10)
+    with pytest.raises(ValueError, match="capsule must be an integer >= 0, got -1"):
+        figures.perturbation_grid(tiny_model(), torch.rand(1, 28, 28), capsule=-1)
+
+
 def test_capsnet_figures_command_writes_the_three_pictures(tmp_path, shared_data, capsys):
     run = tmp_path / "run"
     assert main(["train", "--model", "capsnet-tiny", "--data-dir", str(shared_data), "--limit-train", "64",
@@ -90,6 +99,9 @@ def test_capsnet_figures_command_writes_the_three_pictures(tmp_path, shared_data
     assert names == ["fig3_reconstructions.png", "fig4_perturbations.png", "learning_curve.png", "routing_coupling.png"]
     assert main(["figures", str(run / "last.pt"), "--index", "999", "--limit-test", "200"]) == 2
     assert "--index must be in [0, 200), got 999" in capsys.readouterr().err
+    assert main(["figures", str(run), "--capsule", "10", "--limit-test", "200"]) == 2  # a run folder: its best.pt
+    assert "--capsule must be a class index in [0, 10), got 10" in capsys.readouterr().err
+    assert main(["figures", str(run), "--capsule", "7", "--limit-test", "200", "--examples", "4"]) == 0
     (run / "metrics.jsonl").write_text("")  # as after a Ctrl-C in the first epoch: a checkpoint, no finished epoch
     (run / "figures" / "learning_curve.png").unlink()
     assert main(["figures", str(run / "last.pt"), "--limit-test", "200", "--examples", "4"]) == 0

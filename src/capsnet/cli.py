@@ -209,6 +209,8 @@ def _figures(args: argparse.Namespace) -> None:
     images = images.float() / 255
     if not 0 <= args.index < len(labels):
         raise ValueError(f"--index must be in [0, {len(labels)}), got {args.index}")
+    if args.capsule is not None and not 0 <= args.capsule < len(checkpoint["classes"]):
+        raise ValueError(f"--capsule must be a class index in [0, {len(checkpoint['classes'])}), got {args.capsule}")
     out = Path(args.out or Path(args.checkpoint).parent / "figures")
     out.mkdir(parents=True, exist_ok=True)
     classes, example = checkpoint["classes"], images[args.index]
@@ -220,7 +222,8 @@ def _figures(args: argparse.Namespace) -> None:
             if labels.dim() == 2 else
             figures.plot_reconstructions(model, images, labels, out / "fig3_reconstructions.png", classes=classes,
                                          count=args.examples),
-            figures.plot_perturbations(model, example, out / "fig4_perturbations.png", classes=classes),
+            figures.plot_perturbations(model, example, out / "fig4_perturbations.png", classes=classes,
+                                       capsule=args.capsule),
         ]
     else:
         print("this model has no decoder (trained with --no-reconstruction): Figures 3, 4 and 5 need one",
@@ -318,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     figures_cmd.add_argument("--device", default=TrainConfig.device, choices=DEVICES, help=_config_help("device"))
     figures_cmd.add_argument("--index", type=int, default=0,
                              help="test image for the perturbation and routing figures (default: 0)")
+    figures_cmd.add_argument("--capsule", type=int, metavar="CLASS",
+                             help="perturb the capsule of this class index in Fig. 4 (default: the longest)")
     figures_cmd.add_argument("--examples", type=int, default=8,
                              help="right and wrong examples in Fig. 3 (or 5), each (default: 8)")
     figures_cmd.add_argument("--limit-test", type=int, default=None, help="look only at the first N test images")

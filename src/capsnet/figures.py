@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._checks import check_shape
+from ._checks import check_int, check_shape
 from .functional import capsule_lengths, hits
 from .models import CapsNet
 
@@ -58,22 +58,33 @@ def pick_examples(model: CapsNet, images: Tensor, labels: Tensor, count: int, ba
 
 
 @torch.no_grad()
-def perturbation_grid(model: CapsNet, image: Tensor, deltas: Tensor = PERTURBATIONS) -> Tensor:
-    """Decode the winning capsule of ``image`` with each of its dimensions moved by each of ``deltas``.
+def perturbation_grid(model: CapsNet, image: Tensor, deltas: Tensor = PERTURBATIONS, *,
+                      capsule: int | None = None) -> Tensor:
+    """Decode one capsule of ``image``, the longest unless ``capsule`` names a class, with each of its dimensions
+    moved by each of ``deltas``.
 
     Returns ``(out_dim, len(deltas), C, H, W)``: row ``d`` varies dimension ``d`` only; the column of delta
-    0 is the plain reconstruction.
+    0 is the plain reconstruction from that capsule.
     """
     _require_decoder(model)
     poses = model(image.unsqueeze(0)).poses[0]  # (j, out_dim)
-    winner = int(capsule_lengths(poses).argmax())
+    chosen = _chosen_capsule(poses, capsule)
     dims = poses.shape[-1]
-    # (out_dim, deltas, j, out_dim): every copy of the poses with one entry of the winner changed
+    # (out_dim, deltas, j, out_dim): every copy of the poses with one entry of the chosen capsule changed
     varied = poses.expand(dims, len(deltas), *poses.shape).clone()
-    varied[torch.arange(dims), :, winner, torch.arange(dims)] += deltas.to(poses)
-    targets = torch.full((dims * len(deltas),), winner, device=poses.device)
+    varied[torch.arange(dims), :, chosen, torch.arange(dims)] += deltas.to(poses)
+    targets = torch.full((dims * len(deltas),), chosen, device=poses.device)
     decoded = model.decoder(varied.flatten(0, 1), targets)  # (out_dim * deltas, C * H * W)
     return decoded.view(dims, len(deltas), model.in_channels, *model.image_size)
+
+
+def _chosen_capsule(poses: Tensor, capsule: int | None) -> int:
+    """``capsule``, checked against the ``(j, d)`` poses, or the longest capsule when it is ``None``."""
+    if capsule is None:
+        return int(capsule_lengths(poses).argmax())
+    if check_int(capsule, "capsule", 0) >= len(poses):
+        raise ValueError(f"capsule must be a class index below {len(poses)}, got {capsule}")
+    return int(capsule)
 
 
 @torch.no_grad()
@@ -185,19 +196,22 @@ def plot_reconstructions(model: CapsNet, images: Tensor, labels: Tensor, path: s
 
 
 @torch.no_grad()
-def plot_perturbations(model: CapsNet, image: Tensor, path: str | Path, *, classes: list[str] | None = None) -> Path:
-    """Fig. 4: one row per dimension of the winning capsule, columns from -0.25 to +0.25 in steps of 0.05; the
-    title names the winning class (from ``classes`` if given)."""
+def plot_perturbations(model: CapsNet, image: Tensor, path: str | Path, *, classes: list[str] | None = None,
+                       capsule: int | None = None) -> Path:
+    """Fig. 4: one row per dimension of the longest capsule (or of the class ``capsule``), columns from -0.25 to
+    +0.25 in steps of 0.05; the title names the capsule's class (from ``classes`` if given) and its length."""
     model.eval()
-    grid = perturbation_grid(model, image)  # (out_dim, deltas, C, H, W)
-    winner = int(model(image.unsqueeze(0)).lengths.argmax())
+    poses = model(image.unsqueeze(0)).poses[0]  # (j, out_dim)
+    chosen = _chosen_capsule(poses, capsule)
+    grid = perturbation_grid(model, image, capsule=chosen)  # (out_dim, deltas, C, H, W)
     rows, columns = grid.shape[:2]
     plt = _pyplot()
     height = 0.6 * rows + 0.8
     figure, axes = plt.subplots(rows, columns, figsize=(0.6 * columns + 0.6, height), squeeze=False)
-    figure.suptitle(f"the longest capsule ({classes[winner] if classes else winner}) decoded with one of its {rows} "
-                    f"dimensions (row)\nmoved by the offset on top (column); +0.00: its plain reconstruction",
-                    fontsize=8)
+    which = "the longest capsule" if capsule is None else "the capsule"
+    figure.suptitle(f"{which} ({classes[chosen] if classes else chosen}, length "
+                    f"{float(capsule_lengths(poses)[chosen]):.2f}) decoded with one of its {rows} dimensions (row)\n"
+                    f"moved by the offset on top (column); +0.00: its plain reconstruction", fontsize=8)
     for row in range(rows):
         for column in range(columns):
             title = f"{PERTURBATIONS[column]:+.2f}" if row == 0 else ""
