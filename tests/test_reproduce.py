@@ -142,3 +142,21 @@ def test_results_table_reads_run_folders_written_before_test_times_were_recorded
     table = (tmp_path / "multimnist" / "results.md").read_text()
     assert "| 2 | 3.0 min + not recorded | `capsnet-mnist` | 0 | unknown |" in table
     assert "| CapsNet, 3 routing iterations, reconstruction of each digit | 5.2% |" in table and "†" not in table
+
+
+def test_results_table_shows_a_row_stopped_in_its_first_epoch_and_quotes_paths(tmp_path):
+    started = tmp_path / "table1" / "baseline-cnn"
+    started.mkdir(parents=True)
+    (started / "config.json").write_text(json.dumps({"model": "baseline-cnn", "seed": 0, "dataset": "mnist"}))
+    (started / "metrics.jsonl").write_text('{"epoch": 1, "test_err')  # torn by a kill: no finished epoch
+    spaced = tmp_path / "table1" / "routing1-no-reconstruction"
+    spaced.mkdir()
+    (spaced / "config.json").write_text(json.dumps({"model": "capsnet-mnist", "seed": 0, "dataset": "mnist",
+                                                    "data_dir": "/my data", "output_dir": "/my runs/r1"}))
+    (spaced / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "test_error": 0.01, "test_examples": 10_000,
+                                                      "epoch_seconds": 60.0}) + "\n")
+    results = experiment_results("table1", tmp_path)
+    assert results[0]["started"] and "epochs" not in results[0]
+    table = (tmp_path / "table1" / "results.md").read_text()
+    assert "| Baseline CNN (35.4M parameters) | 0.39% | no epoch finished yet |" in table
+    assert "capsnet train --data-dir '/my data' --output-dir '/my runs/r1'" in table

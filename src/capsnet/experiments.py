@@ -9,6 +9,7 @@ session that ends mid-run loses at most the current epoch) and skips finished on
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,6 +147,8 @@ def _row_result(row: ExperimentRow, run_dir: Path) -> dict[str, Any]:
     if not (run_dir / "metrics.jsonl").exists():
         return result
     metrics = read_metrics(run_dir)
+    if not metrics:  # stopped inside its first epoch: it goes on from there when run again
+        return {**result, "started": True}
     config = json.loads((run_dir / "config.json").read_text())
     machines_file = run_dir / "machines.jsonl"
     machines = sorted({json.loads(line)["machine"] for line in machines_file.read_text().splitlines()}) \
@@ -183,29 +186,22 @@ def _train_command(config: dict[str, Any]) -> str:
         if key in ("output_dir", "resume", "progress", "model_kwargs", "resolved") or value == defaults.get(key, value):
             continue
         flag = "--" + key.replace("_", "-")
-        flags.append(flag if value is True else f"--no-{flag[2:]}" if value is False else f"{flag} {value}")
-    return " ".join(["capsnet train", *flags, "--output-dir", config["output_dir"]])
+        flags.append(flag if value is True else f"--no-{flag[2:]}" if value is False else f"{flag} {shlex.quote(str(value))}")
+    return " ".join(["capsnet train", *flags, "--output-dir", shlex.quote(config["output_dir"])])
 
 
 def results_markdown(experiment: Experiment, results: list[dict[str, Any]]) -> str:
     extra_sets = sorted({name for r in results for name in r.get("extra_errors", {})})
     lines = [
-        f"## {experiment.title}", "",
-        "Test error after the last epoch trained (the honest number), and the lowest error seen after any epoch "
-        "(chosen on the test set, so optimistic)."
-        + (" Rows marked with a dagger (†) trained or tested on a part of the data only (`--limit-train`, "
-           "`--limit-test`): their numbers are not comparable with the paper's." if any(
-               r.get("limit_train") or r.get("limit_test") for r in results) else "")
-        + (" Rows with early stopping end at the first epoch at or below their target test error, as in the paper: "
-           "that stopping point is chosen on the test set too." if any(r.get("stop_at_error") for r in results) else ""),
-        "",
+        f"## {experiment.title}", "", _table_notes(experiment, results, extra_sets), "",
         "| row | paper | ours, last epoch | " + "".join(f"{name}, last epoch | " for name in extra_sets)
         + "lowest (epoch) | epochs | time: training + testing | model | seed | hardware |",
         "|---|---:|---:|" + "---:|" * len(extra_sets) + "---:|---:|---:|---|---:|---|",
     ]
     for r in results:
         if "epochs" not in r:
-            lines.append(f"| {r['row']} | {r['paper']} | not run yet |" + " |" * (len(extra_sets) + 6))
+            status = "no epoch finished yet" if r.get("started") else "not run yet"
+            lines.append(f"| {r['row']} | {r['paper']} | {status} |" + " |" * (len(extra_sets) + 6))
             continue
         extra = "".join(f"**{r['extra_errors'][name]:.2%}** | " if name in r["extra_errors"] else "| "
                         for name in extra_sets)
@@ -217,6 +213,24 @@ def results_markdown(experiment: Experiment, results: list[dict[str, Any]]) -> s
     lines += ["", "Commands (each row alone):", ""]
     lines += [f"- {r['row']}: `{r['command']}`" for r in results if "command" in r]
     return "\n".join(lines) + "\n"
+
+
+def _table_notes(experiment: Experiment, results: list[dict[str, Any]], extra_sets: list[str]) -> str:
+    """What the reader must know to compare the table with the paper."""
+    notes = {
+        "Test error after the last epoch trained (the honest number), and the lowest error seen after any epoch "
+        "(chosen on the test set, so optimistic).": True,
+        "Rows marked with a dagger (†) trained or tested on a part of the data only (`--limit-train`, "
+        "`--limit-test`): their numbers are not comparable with the paper's.":
+            any(r.get("limit_train") or r.get("limit_test") for r in results),
+        "Rows with early stopping end at the first epoch at or below their target test error, as in the paper: "
+        "that stopping point is chosen on the test set too.": any(r.get("stop_at_error") for r in results),
+        "The paper's affNIST numbers are on the real affNIST test set; `affnist-synthetic` is our stand-in, drawn "
+        "from MNIST's test digits under maps of the same ranges: not the same images.": "affnist-synthetic" in extra_sets,
+        "The paper's MultiMNIST test set pairs each test digit with 1,000 others (10M images); ours pairs it with "
+        "one, drawn from a fixed seed (10,000 images).": experiment.name == "multimnist",
+    }
+    return " ".join(note for note, applies in notes.items() if applies)
 
 
 def _subset_note(result: dict[str, Any]) -> str:

@@ -58,12 +58,12 @@ def load_affnist_test(root: str | Path | None = None, *, download: bool = True,
 
 
 def download_affnist(root: str | Path | None = None, *, progress: bool = True) -> Path:
-    """Fetch ``test.mat.zip`` into ``root/affnist`` unless it is there; record its SHA-256 (see the module doc)."""
+    """Fetch ``test.mat.zip`` into ``root/affnist`` unless it is there; record its SHA-256 (see the module doc),
+    also for an archive that a download killed before the record left behind."""
     dest = resolve_data_root(root) / FOLDER / ARCHIVE
-    if dest.is_file():
-        return dest
-    download_file(AFFNIST_URLS, dest, PINNED_SHA256, progress=progress)
-    if PINNED_SHA256 is None:
+    if not dest.is_file():
+        download_file(AFFNIST_URLS, dest, PINNED_SHA256, progress=progress)
+    if PINNED_SHA256 is None and not _record_path(dest).is_file():
         _check_archive_complete(dest)  # nothing else vouches for it: a cut transfer must not become the record
         digest = sha256_file(dest)
         _record_path(dest).write_text(digest + "\n")

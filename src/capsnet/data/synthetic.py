@@ -71,7 +71,8 @@ def overlay_pairs(
 
     Args:
         images: the split, uint8 ``(n, C, 28, 28)``.
-        labels: its labels ``(n,)``, every class present.
+        labels: its labels ``(n,)``, every class present (checked for labels on the CPU; on a GPU the check
+            would stall the training step, so the trainer checks once when it loads the split).
         first: indices of the first digit of every pair ``(b,)``.
         generator: random source of partners and shifts, on the images' device or the CPU.
 
@@ -81,6 +82,9 @@ def overlay_pairs(
     """
     by_class = labels.argsort(stable=True)  # the indices of class 0, then of class 1, ...
     counts = torch.zeros(num_classes, dtype=torch.long, device=labels.device).scatter_add_(0, labels, torch.ones_like(labels))
+    if labels.device.type == "cpu" and not counts.all():
+        missing = (counts == 0).nonzero().flatten().tolist()
+        raise ValueError(f"each digit is paired with one of another class, but classes {missing} have no images")
     starts = counts.cumsum(0) - counts
     step = draw_on(torch.randint, generator, labels.device, 1, num_classes, first.shape)  # never 0: another class
     other = (labels[first] + step) % num_classes
@@ -98,7 +102,7 @@ def multimnist_test_set(images: Tensor, labels: Tensor, *, seed: int = MULTIMNIS
     Returns uint8 images ``(n, C, 36, 36)`` (the clipped sum is exact in uint8) and labels ``(n, 2)``.
     """
     batch = overlay_pairs(images, labels, torch.arange(len(labels), device=labels.device),
-                          torch.Generator(device=images.device).manual_seed(seed))
+                          torch.Generator().manual_seed(seed))  # on the CPU: the same set from any device
     return batch.images.mul(255).round_().to(torch.uint8), batch.labels
 
 

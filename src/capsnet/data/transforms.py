@@ -61,13 +61,18 @@ def draw_on(sample: Callable[..., torch.Tensor], generator: torch.Generator | No
 def shift_images(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, max_shift: int) -> torch.Tensor:
     """Move image ``k`` down by ``dy[k]`` and right by ``dx[k]`` whole pixels, filling with zeros.
 
-    ``max_shift`` bounds ``|dy|`` and ``|dx|`` (it sizes the zero border, so no shift needs a host sync).
+    ``max_shift`` bounds ``|dy|`` and ``|dx|`` (it sizes the zero border, so no shift needs a host sync). The
+    bound is checked for offsets on the CPU; on a GPU that check would stall the training step, so it is the
+    caller's there (a larger shift would bring in pixels of the neighbouring row).
 
     Shape:
         ``images``: ``(b, c, h, w)``; ``dy``, ``dx``: ``(b,)`` integers -> ``(b, c, h, w)``.
     """
     b, c, h, w = images.shape
     m, device = max_shift, images.device
+    if dy.device.type == "cpu" and len(dy) and max(int(dy.abs().max()), int(dx.abs().max())) > m:
+        raise ValueError(f"shifts must be within max_shift={m} pixels, got up to {int(dy.abs().max())} down and "
+                         f"{int(dx.abs().max())} right")
     padded = F.pad(images, (m, m, m, m)).flatten(2)  # (b, c, (h + 2m) * (w + 2m))
     # Output pixel (y, x) comes from input (y - dy, x - dx), i.e. padded (y - dy + m, x - dx + m).
     rows = torch.arange(h, device=device) + m - dy[:, None]  # (b, h)
