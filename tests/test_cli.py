@@ -86,7 +86,7 @@ def test_checkpoint_must_match_the_model_flags(capsys, tmp_path, shared_data):
                        *common[:-1], str(tmp_path / "tuned"))
     assert code == 0 and f"\nstarting from the weights of {tmp_path / 'run'} (saved after epoch 1)\n" in out
     code, out, _ = run(capsys, "evaluate", str(tmp_path / "run" / "best.pt"), "--limit-test", "50")
-    assert code == 0 and "test error" in out
+    assert code == 0 and "test images (saved after epoch 1)\n" in out
     assert out.count("%") == 10 and out.count("no test images") == 1  # overall + 9 classes; no 8 in the first 50
     assert "accuracy per class (mnist test set):" in out
     code, out, _ = run(capsys, "evaluate", str(tmp_path / "run"), "--limit-test", "5")  # the folder: its best.pt

@@ -621,3 +621,52 @@ def test_init_from_weights_that_do_not_fit_names_the_settings_that_differ(tmp_pa
 def test_capsnet_train_init_from_and_resume_do_not_mix(tmp_path, capsys):
     assert main(["train", "--init-from", "a.pt", "--resume", "--output-dir", str(tmp_path)]) == 2
     assert "--init-from starts a new run from a checkpoint's weights; --resume continues" in capsys.readouterr().err
+
+
+def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path, shared_data, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(capsnet.config.time, "strftime", lambda fmt: "20261127-120000")
+    first, second = (Trainer(TrainConfig(**QUICK, data_dir=str(shared_data))) for _ in range(2))
+    assert first.run_dir.resolve() == tmp_path / "runs" / "capsnet-tiny-mnist-20261127-120000"
+    assert second.run_dir.resolve() == tmp_path / "runs" / "capsnet-tiny-mnist-20261127-120000-2"
+    assert second.config.output_dir == str(second.run_dir)  # and so config.json and the checkpoints say
+    assert json.loads((second.run_dir / "config.json").read_text())["output_dir"] == str(second.run_dir)
+
+
+def test_best_pt_is_written_before_last_pt(tmp_path, shared_data, monkeypatch):
+    written = []
+    monkeypatch.setattr(capsnet.training.engine, "save_checkpoint", lambda path, payload: written.append(path.name))
+    Trainer(config(tmp_path, shared_data, epochs=1, limit_train=32)).fit()
+    assert written == ["best.pt", "last.pt"]  # killed in between, the run repeats the epoch and finds the same best
+
+
+def test_dropping_metric_lines_rewrites_the_file_whole_or_not_at_all(tmp_path, monkeypatch):
+    path = tmp_path / "metrics.jsonl"
+    text = '{"epoch": 1, "test_error": 0.5}\n{"epoch": 2, "test_error": 0.4}\n'
+    path.write_text(text)
+    engine = capsnet.training.engine
+    engine._truncate_metrics(path, 2)  # nothing to drop: not rewritten
+    monkeypatch.setattr(capsnet._files.os, "replace", lambda *args: (_ for _ in ()).throw(OSError(28, "No space left")))
+    with pytest.raises(OSError):
+        engine._truncate_metrics(path, 1)
+    assert path.read_text() == text and [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]
+    monkeypatch.undo()
+    engine._truncate_metrics(path, 1)
+    assert path.read_text() == '{"epoch": 1, "test_error": 0.5}\n'
+
+
+def test_a_settings_file_written_by_hand_may_set_the_run_folder_and_time_limit_but_not_resume(tmp_path):
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps({"epochs": 50, "time_limit": 600, "progress": False, "output_dir": str(tmp_path / "e1")}))
+    config = capsnet.training.config_from_file(path)
+    assert (config.epochs, config.time_limit, config.progress, config.output_dir) == (50, 600, False, str(tmp_path / "e1"))
+    path.write_text(json.dumps({"epochs": 50, "resume": True}))
+    with pytest.raises(TrainingError, match="sets resume: a file of settings starts a new run; continue one with"):
+        capsnet.training.config_from_file(path)
+
+
+def test_a_run_folder_without_best_pt_points_at_its_last_pt(tmp_path):
+    (tmp_path / "last.pt").write_bytes(b"")  # a run stopped in its first epoch
+    with pytest.raises(CheckpointError, match=r"best\.pt does not exist: the run has not finished an epoch yet; its "
+                                              r".*last\.pt holds where it stopped"):
+        load_checkpoint(tmp_path)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
@@ -14,6 +15,20 @@ def open_temp_beside(dest: Path) -> BinaryIO:
     filesystem). Created like any file ``open`` creates, so ``dest`` gets the permissions of the umask and the
     folder's default ACL: ``tempfile``'s files are 0600, which would lock a group out of a shared folder."""
     return open(dest.with_name(f"{dest.name}.{secrets.token_hex(8)}.partial"), "xb")
+
+
+def write_atomically(dest: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write ``dest`` whole or not at all: ``write`` fills a new file beside it, which is flushed to disk and renamed
+    over ``dest``; on any error, Ctrl-C included, that file is removed and ``dest`` keeps what it held."""
+    tmp = open_temp_beside(dest)
+    try:
+        with tmp:
+            write(tmp)
+            tmp.flush()
+            os.fsync(tmp.fileno())  # the rename must not outlive the data after a power loss
+        os.replace(tmp.name, dest)
+    finally:
+        Path(tmp.name).unlink(missing_ok=True)  # after the rename the name no longer exists
 
 
 @contextmanager

@@ -154,7 +154,7 @@ def _evaluate(args: argparse.Namespace) -> None:
                    precision=resolve_precision(args.precision))
     result = evaluate(model, test.images.to(device), labels, progress=sys.stderr.isatty(), **options)
     print(f"{args.checkpoint}: test error {result['error']:.2%} on {result['examples']} {config['dataset']} test images "
-          f"(epoch {checkpoint['progress']['epoch']})")
+          f"(saved after {_epochs_and_batches(checkpoint['progress']['epoch'], checkpoint['progress']['batch'])})")
     if test.extra_images is not None:
         extra = evaluate(model, test.extra_images.to(device), test.extra_labels.to(device), **options)
         print(f"  {extra_test}: error {extra['error']:.2%} on {extra['examples']} images")

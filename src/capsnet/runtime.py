@@ -1,4 +1,5 @@
-"""Process-wide settings that make CPU training faster (opt-in), and the machine description used in reports."""
+"""Process-wide settings that make CPU training faster (the trainer applies them unless
+``TrainConfig(retain_memory=False)``), and the machine description used in reports."""
 
 from __future__ import annotations
 

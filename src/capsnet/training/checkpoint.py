@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .._files import open_temp_beside
+from .._files import write_atomically
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_model_weights", "checkpoint_file"]
 
@@ -23,16 +22,7 @@ class CheckpointError(RuntimeError):
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` to ``path`` via a temporary file and a rename, so a crash never leaves half a file."""
-    path = Path(path)
-    tmp = open_temp_beside(path)
-    try:
-        with tmp:
-            torch.save({"format": FORMAT, "version": VERSION, **payload}, tmp)
-            tmp.flush()
-            os.fsync(tmp.fileno())  # the rename must not outlive the data after a power loss
-        os.replace(tmp.name, path)
-    finally:
-        Path(tmp.name).unlink(missing_ok=True)
+    write_atomically(Path(path), lambda file: torch.save({"format": FORMAT, "version": VERSION, **payload}, file))
 
 
 def checkpoint_file(path: str | Path) -> Path:
@@ -46,7 +36,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     :class:`CheckpointError` for anything else."""
     path = checkpoint_file(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        unfinished = path.name == "best.pt" and (path.parent / "last.pt").is_file()
+        raise CheckpointError(f"checkpoint {path} does not exist" + (
+            f": the run has not finished an epoch yet; its {path.parent / 'last.pt'} holds where it stopped"
+            if unfinished else ""))
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # pickle, zip and torch errors all mean the same to the user

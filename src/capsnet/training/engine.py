@@ -24,7 +24,7 @@ from ..data import TensorLoader, get_dataset_class, overlay_pairs, place_on_canv
 from ..data.testsets import base_dataset, load_test_set
 from ..losses import CapsuleLoss
 from ..models import create_model, is_capsule_model
-from .._files import removed_if_left_empty
+from .._files import removed_if_left_empty, write_atomically
 from ..config import TrainConfig, reaches_error
 from ..functional import hits
 from ..runtime import retain_freed_memory
@@ -112,7 +112,9 @@ class Trainer:
         self.run_dir = Path(config.output_dir)
         with removed_if_left_empty(self.run_dir, self.distributed.is_main):
             if self.distributed.is_main:
-                _prepare_run_dir(self.run_dir, resume=config.resume)
+                self.run_dir = _prepare_run_dir(self.run_dir, resume=config.resume,
+                                                named_by_time="output_dir" in config._derived)
+                config.output_dir = str(self.run_dir)
             self._load_data()
             self._build_model(initial)
         self.progress = _Progress()
@@ -441,7 +443,9 @@ class Trainer:
         progress.batch, progress.sums, progress.seconds = 0, {}, 0.0
         if self.distributed.is_main:
             self._record(metrics)
-        self._save("last.pt", *(["best.pt"] if improved else []))
+        # best.pt first: killed between the two, the run repeats this epoch from the previous last.pt, while the
+        # other order would leave a last.pt that believes best.pt holds this epoch.
+        self._save(*(["best.pt"] if improved else []), "last.pt")
         return metrics
 
     def _record(self, metrics: dict[str, Any]) -> None:
@@ -630,7 +634,8 @@ def config_from_file(path: str | Path, **changes: Any) -> TrainConfig:
     (train again as that run did, e.g. with another seed; the run folder will do) or a file of settings
     written by hand, e.g. ``{"epochs": 5, "routing_iterations": 1}``.
 
-    As for :func:`resume_config`, the run folder, ``resume``, ``time_limit`` and ``progress`` are not read.
+    From a run's ``config.json``, as for :func:`resume_config`, the run folder, ``resume``, ``time_limit`` and
+    ``progress`` are not read; a file written by hand may set the last three (``resume`` it may not).
     """
     path = Path(path)
     path = path / "config.json" if path.is_dir() else path
@@ -638,24 +643,35 @@ def config_from_file(path: str | Path, **changes: Any) -> TrainConfig:
         raise TrainingError(f"config file {path} does not exist")
     if changes.get("resume"):
         raise ValueError("config_from_file starts a new run; resume_config continues one")
-    saved = _saved_settings(path)
+    settings = _read_settings(path)
+    if any(key in settings for key in _RECORDED_BESIDE_SETTINGS):  # a run's config.json
+        settings = _saved_settings(path)
+    elif settings.get("resume"):
+        raise TrainingError(f"{path} sets resume: a file of settings starts a new run; continue one with capsnet "
+                            f"train --resume --output-dir RUN_FOLDER")
     # Strict here, not when resuming: a typo in a hand-written file must not pass unseen, while a run saved by an
     # older version, with a setting since removed, must still resume.
-    unknown = saved.keys() - TrainConfig.setting_names()
+    unknown = settings.keys() - TrainConfig.setting_names()
     if unknown:
         raise TrainingError(f"{path} has unknown settings {sorted(unknown)}; see capsnet train --help")
-    return TrainConfig.from_dict({**saved, **changes})
+    return TrainConfig.from_dict({**settings, **changes})
 
 
 def _saved_settings(path: Path) -> dict[str, Any]:
-    """The settings in a ``config.json``, less those of one invocation and what a run records beside them."""
+    """The settings in a run's ``config.json``, less those of one invocation and what a run records beside them."""
+    return {key: value for key, value in _read_settings(path).items()
+            if key not in (*_INVOCATION_SETTINGS, *_RECORDED_BESIDE_SETTINGS)}
+
+
+def _read_settings(path: Path) -> dict[str, Any]:
+    """The JSON object of settings in ``path``."""
     try:
         saved = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise TrainingError(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(saved, dict):
         raise TrainingError(f"{path} must hold a JSON object of settings, e.g. {{\"epochs\": 5}}")
-    return {key: value for key, value in saved.items() if key not in (*_INVOCATION_SETTINGS, *_RECORDED_BESIDE_SETTINGS)}
+    return saved
 
 
 def _model_kwargs_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[tuple[str, str]]:
@@ -724,12 +740,15 @@ def _read_initial_weights(config: TrainConfig) -> dict[str, Any] | None:
         raise CheckpointError(f"--init-from: {exc} (--init-from \"\" starts from the seed instead)") from None
 
 
-def _prepare_run_dir(path: Path, *, resume: bool) -> Path:
+def _prepare_run_dir(path: Path, *, resume: bool, named_by_time: bool) -> Path:
+    """The run folder, made if needed and checked writable. A folder named after the second its run started
+    (no --output-dir) is made new: runs started in the same second get ``-2``, ``-3``, ... after the name."""
     if resume and not (path / "last.pt").is_file():
         raise TrainingError(f"nothing to resume: {path / 'last.pt'} does not exist")
     if not resume and (path / "last.pt").exists():
         raise TrainingError(f"{path} already holds a run; pass --resume to continue it or choose another --output-dir")
     try:
+        path = _new_folder(path) if named_by_time else path
         path.mkdir(parents=True, exist_ok=True)
         (path / ".write-test").touch()
         (path / ".write-test").unlink()
@@ -738,11 +757,23 @@ def _prepare_run_dir(path: Path, *, resume: bool) -> Path:
     return path
 
 
+def _new_folder(path: Path) -> Path:
+    """Make ``path``, or the first of ``path-2``, ``path-3``, ... that does not exist; atomic, so two processes
+    never get the same one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    number = 1
+    while True:
+        candidate = path if number == 1 else path.with_name(f"{path.name}-{number}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            number += 1
+
+
 def _write_json(path: Path, values: dict[str, Any]) -> None:
     """Whole or not at all: ``resume_config`` may read config.json while rank 0 rewrites it."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(values, indent=2) + "\n")
-    partial.replace(path)
+    write_atomically(path, lambda file: file.write((json.dumps(values, indent=2) + "\n").encode()))
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -755,10 +786,12 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
 
 def _truncate_metrics(path: Path, epochs_done: int) -> None:
     """Drop metric lines of epochs the checkpoint does not include (written just before a crash)."""
-    if path.exists():
-        kept = [line for line in path.read_text().splitlines()
-                if (_metrics_of(line) or {}).get("epoch") in range(1, epochs_done + 1)]
-        path.write_text("".join(line + "\n" for line in kept))
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines()
+    kept = [line for line in lines if (_metrics_of(line) or {}).get("epoch") in range(1, epochs_done + 1)]
+    if kept != lines:  # rewritten whole, so that a kill now cannot take the finished epochs' lines with it
+        write_atomically(path, lambda file: file.write("".join(line + "\n" for line in kept).encode()))
 
 
 def _metrics_of(line: str) -> dict[str, Any] | None:
