@@ -112,8 +112,10 @@ def test_conv1_is_followed_by_a_relu():
     model = tiny()
     seen = []
     model.primary.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
-    model(torch.rand(2, 1, 28, 28))
+    out = model(torch.rand(2, 1, 28, 28))
     assert (seen[0] >= 0).all() and (seen[0] == 0).any()
+    assert model.primary_grid == (6, 6) and out.primary.shape == (2, 4 * 6 * 6, 8)  # what routing was given
+    torch.testing.assert_close(out.primary, model.primary(seen[0]))
 
 
 def test_float64_capsnet_trains_in_float64():

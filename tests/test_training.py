@@ -670,3 +670,14 @@ def test_a_run_folder_without_best_pt_points_at_its_last_pt(tmp_path):
     with pytest.raises(CheckpointError, match=r"best\.pt does not exist: the run has not finished an epoch yet; its "
                                               r".*last\.pt holds where it stopped"):
         load_checkpoint(tmp_path)
+
+
+def test_every_setting_is_classified_for_resume():
+    """A new setting must be placed on purpose: one that defines the run belongs in _RESUME_MUST_MATCH."""
+    engine = capsnet.training.engine
+    may_change = {name for name in TrainConfig.setting_names()} - set(engine._RESUME_MUST_MATCH) - set(
+        engine._INVOCATION_SETTINGS)
+    assert may_change == {  # how and where it runs, how long, and the init that the checkpoint's weights replace
+        "channels_last", "compile", "data_dir", "device", "epochs", "eval_batch_size", "precision", "retain_memory",
+        "save_every", "stop_at_error", "weight_std",
+    }

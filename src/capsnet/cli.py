@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .config import DEVICES, EXTRA_TEST_SETS, PRECISIONS, TrainConfig, check_positive_flag
+from .config import DEVICES, EXTRA_TEST_SETS, PRECISIONS, TrainConfig, check_positive_flag, flag_name
 from .experiments import EXPERIMENTS, results_markdown, run_experiment
 from .data import DATASETS, DataError, download_dataset
 from .data.affnist import download_affnist
@@ -63,7 +63,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] | N
     for f in fields(TrainConfig):
         if only is not None and f.name not in only:
             continue
-        flag = "--" + f.name.replace("_", "-")
+        flag = flag_name(f.name)
         kinds = (hints[f.name], *typing.get_args(hints[f.name]))  # X | None -> (X | None, X, NoneType)
         help_text = (help_texts or {}).get(f.name) or _config_help(f.name)
         # A flag not given stays None, so that a resumed run's own settings and an experiment's defaults apply.

@@ -15,13 +15,14 @@ from typing import Any
 from ._checks import check_choice
 from .data import DATASETS
 from .data.synthetic import MULTIMNIST_SHIFT
+from .data.transforms import MAX_SHIFT
 from .data.testsets import EXTRA_TEST_SETS, check_extra_test
 from .layers import WEIGHT_INIT_STD
 from .losses import RECONSTRUCTION_WEIGHT
 from .models import is_capsule_model, list_models
 from .routing import ROUTING_ITERATIONS
 
-__all__ = ["TrainConfig", "DEVICES", "PRECISIONS", "EXTRA_TEST_SETS", "check_positive_flag"]
+__all__ = ["TrainConfig", "DEVICES", "PRECISIONS", "EXTRA_TEST_SETS", "check_positive_flag", "flag_name"]
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "32", "bf16", "16-mixed")
@@ -31,6 +32,11 @@ LR_DECAY_STEPS = 2000  # the official code's decay period
 MULTIMNIST_LR_DECAY_STEPS = 10 * LR_DECAY_STEPS
 # Settings whose default depends on others: TrainConfig.replace() derives them anew when those change.
 _DERIVED_FROM = {"lr_decay_steps": {"dataset"}, "max_shift": {"dataset"}, "output_dir": {"model", "dataset"}}
+
+
+def flag_name(setting: str) -> str:
+    """The command-line flag of a TrainConfig setting: ``max_shift`` -> ``--max-shift``."""
+    return "--" + setting.replace("_", "-")
 
 
 def check_positive_flag(flag: str, value: int | None) -> None:
@@ -109,7 +115,7 @@ class TrainConfig:
     reconstruction: bool = _option(True, "train the reconstruction decoder (paper: yes)")
     reconstruction_weight: float = _option(RECONSTRUCTION_WEIGHT, "weight of the reconstruction loss (paper: 0.0005)")
     halve_margin: bool = _option(False, "multiply the margin loss by 0.5, as the official code does")
-    max_shift: int = _option(2, "random shift augmentation in pixels, zero padded (paper: 2)")
+    max_shift: int = _option(MAX_SHIFT, "random shift augmentation in pixels, zero padded (paper: 2)")
     canvas: int | None = _option(
         None, "centre the images on a black CANVAS x CANVAS background, train and test (affine robustness: 40, "
               "with --max-shift 6)"
@@ -165,7 +171,7 @@ class TrainConfig:
             self.output_dir = f"runs/{self.model}-{self.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
         for name in ("epochs", "batch_size", "eval_batch_size", "routing_iterations", "lr_decay_steps", "limit_train",
                      "limit_test", "canvas"):
-            check_positive_flag("--" + name.replace("_", "-"), getattr(self, name))
+            check_positive_flag(flag_name(name), getattr(self, name))
         if not math.isfinite(self.lr + self.lr_decay + self.reconstruction_weight):
             raise ValueError("--lr, --lr-decay and --reconstruction-weight must be finite numbers")
         if self.weight_std is not None and not self.weight_std > 0:
@@ -173,7 +179,7 @@ class TrainConfig:
         for name in ("time_limit", "save_every"):
             minutes = getattr(self, name)
             if minutes is not None and not minutes > 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be a positive number of minutes, got {minutes}")
+                raise ValueError(f"{flag_name(name)} must be a positive number of minutes, got {minutes}")
         if self.stop_at_error is not None and not 0 <= self.stop_at_error < 100:
             raise ValueError(f"--stop-at-error must be a test error in percent, from 0 (off) to below 100, got "
                              f"{self.stop_at_error}")
@@ -185,7 +191,7 @@ class TrainConfig:
             raise ValueError(f"--canvas must hold the 28x28 images, got {self.canvas}")
         for name in ("max_shift", "reconstruction_weight", "lr_warmup_steps"):
             if getattr(self, name) < 0:
-                raise ValueError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
+                raise ValueError(f"{flag_name(name)} must not be negative, got {getattr(self, name)}")
 
     def _check_multimnist(self) -> None:
         if self.canvas is not None or not is_capsule_model(self.model):

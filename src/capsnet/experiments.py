@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ._checks import check_choice
-from .config import TrainConfig, reaches_error
+from .config import TrainConfig, flag_name, reaches_error
 from .runtime import describe_machine
 from .training import Trainer, read_metrics
 
@@ -185,7 +185,7 @@ def _train_command(config: dict[str, Any]) -> str:
     for key, value in config.items():
         if key in ("output_dir", "resume", "progress", "model_kwargs", "resolved") or value == defaults.get(key, value):
             continue
-        flag = "--" + key.replace("_", "-")
+        flag = flag_name(key)
         flags.append(flag if value is True else f"--no-{flag[2:]}" if value is False else f"{flag} {shlex.quote(str(value))}")
     return " ".join(["capsnet train", *flags, "--output-dir", shlex.quote(config["output_dir"])])
 

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ._checks import check_int, check_shape
@@ -94,10 +93,9 @@ def coupling_maps(model: CapsNet, image: Tensor) -> Tensor:
     Returns ``(num_classes, h, w)`` over the primary capsules' grid. Since ``sum_j c[i, j] = 1``, the maps
     of all classes add up to the primary capsules' total length at each position.
     """
-    features = F.relu(model.conv1(image.unsqueeze(0)))
-    primary = model.primary(features)[0]  # (i, primary_dim)
-    coupling = model(image.unsqueeze(0)).coupling[0]  # (i, j)
-    h, w = model.primary.output_grid(features.shape[-2], features.shape[-1])
+    output = model(image.unsqueeze(0))
+    primary, coupling = output.primary[0], output.coupling[0]  # (i, primary_dim), (i, j)
+    h, w = model.primary_grid
     sent = coupling * capsule_lengths(primary).unsqueeze(-1)  # (i, j)
     return sent.view(model.primary.types, h, w, -1).sum(0).permute(2, 0, 1)  # (j, h, w)
 

@@ -25,12 +25,15 @@ class CapsNetOutput(NamedTuple):
         reconstructions: ``(b, C * H * W)`` decoder output in [0, 1] (``(b, n, C * H * W)`` for ``(b, n)``
             targets: one reconstruction per object), or ``None`` without a decoder.
         coupling: ``(b, in_caps, num_classes)`` coupling coefficients of the last routing iteration.
+        primary: ``(b, in_caps, primary_dim)`` primary-capsule vectors ``u``, what routing sends on (ordered by
+            capsule type, then grid row and column).
     """
 
     lengths: Tensor
     poses: Tensor
     reconstructions: Tensor | None
     coupling: Tensor
+    primary: Tensor | None = None
 
 
 class CapsNet(nn.Module):
@@ -102,7 +105,7 @@ class CapsNet(nn.Module):
             raise ValueError(f"image_size must be at least 17 x 17 for the two 9x9 convolutions, got {height} x {width}")
         self.conv1 = nn.Conv2d(in_channels, conv_channels, kernel_size=9, **factory)
         self.primary = PrimaryCapsules(in_channels=conv_channels, types=primary_types, dim=primary_dim, **factory)
-        grid_h, grid_w = self.primary.output_grid(height - 8, width - 8)
+        grid_h, grid_w = self.primary_grid = self.primary.output_grid(height - 8, width - 8)  # (h, w) of capsules
         self.digits = RoutedCapsules(
             in_caps=primary_types * grid_h * grid_w,
             in_dim=primary_dim,
@@ -129,13 +132,13 @@ class CapsNet(nn.Module):
             ``images``: ``(b, C, H, W)``; ``targets``: ``(b,)``, ``(b, n)`` (n objects) or ``None`` ->
             :class:`CapsNetOutput` with
             ``lengths`` ``(b, j)``, ``poses`` ``(b, j, out_dim)``, ``reconstructions`` ``(b, C * H * W)``,
-            ``coupling`` ``(b, i, j)``.
+            ``coupling`` ``(b, i, j)``, ``primary`` ``(b, i, primary_dim)``.
         """
         check_shape(images, "images", "(b, C, H, W)", 4, (None, self.in_channels, *self.image_size))
         features = F.relu(self.conv1(images))  # (b, conv_channels, H - 8, W - 8)
         primary = self.primary(features)  # (b, i, primary_dim)
         poses, coupling = self.digits(primary)  # (b, j, out_dim), (b, i, j)
-        return CapsNetOutput(capsule_lengths(poses), poses, self.reconstruct(poses, targets), coupling)
+        return CapsNetOutput(capsule_lengths(poses), poses, self.reconstruct(poses, targets), coupling, primary)
 
     def reconstruct(self, poses: Tensor, targets: Tensor | None = None) -> Tensor | None:
         """Decode ``poses`` from the ``targets`` capsule(s), else the longest one; ``None`` without a decoder.

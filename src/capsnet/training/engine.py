@@ -25,7 +25,7 @@ from ..data.testsets import base_dataset, load_test_set
 from ..losses import CapsuleLoss
 from ..models import create_model, is_capsule_model
 from .._files import removed_if_left_empty, write_atomically
-from ..config import TrainConfig, reaches_error
+from ..config import TrainConfig, flag_name, reaches_error
 from ..functional import hits
 from ..runtime import retain_freed_memory
 from .checkpoint import CheckpointError, checkpoint_file, load_checkpoint, load_model_weights, save_checkpoint
@@ -295,12 +295,12 @@ class Trainer:
 
     def _epoch_batches(self) -> Iterator[tuple[Tensor, Tensor]]:
         """This epoch's batches in an order drawn from (seed, epoch) alone, so a resumed run sees the same ones."""
-        order = torch.Generator().manual_seed(self.config.seed * 1_000_003 + self.progress.epoch)
+        order = torch.Generator().manual_seed(_epoch_seed(self.config.seed, self.progress.epoch, stream=0))
         loader = TensorLoader(
             self._train_index, self.train_labels, batch_size=self.config.batch_size, shuffle=True, generator=order
         )
         if self.progress.batch == 0:
-            self._augment_generator.manual_seed(self.config.seed * 1_000_003 + self.progress.epoch + 7919)
+            self._augment_generator.manual_seed(_epoch_seed(self.config.seed, self.progress.epoch, stream=1))
         batches = itertools.islice(loader, self.progress.batch, None)
         # A final batch smaller than the number of ranks would leave some rank nothing to train on.
         return (batch for batch in batches if len(batch[1]) >= self.distributed.world_size)
@@ -500,7 +500,7 @@ class Trainer:
     def _restore(self, checkpoint: dict[str, Any]) -> None:
         saved = TrainConfig.from_dict(checkpoint["config"])  # fields newer than the file take their defaults
         mismatched = [
-            f"--{key.replace('_', '-')} is {getattr(self.config, key)!r} but the checkpoint has {getattr(saved, key)!r}"
+            f"{flag_name(key)} is {getattr(self.config, key)!r} but the checkpoint has {getattr(saved, key)!r}"
             for key in _RESUME_MUST_MATCH if getattr(saved, key) != getattr(self.config, key)
         ]
         saved_device = checkpoint.get("device_type", self.device.type)
@@ -685,7 +685,7 @@ def _model_kwargs_differences(saved: dict[str, Any], current: dict[str, Any]) ->
 def _setting_name(model_kwarg: str) -> str:
     """The flag that sets a model argument (``--weight-std``), or the argument itself (``the model's image_size``)."""
     is_flag = model_kwarg in TrainConfig.setting_names()
-    return "--" + model_kwarg.replace("_", "-") if is_flag else f"the model's {model_kwarg}"
+    return flag_name(model_kwarg) if is_flag else f"the model's {model_kwarg}"
 
 
 def _shown(value: Any) -> str:
@@ -698,6 +698,13 @@ def _check_every_class_present(labels: Tensor, num_classes: int) -> None:
     if missing:
         raise TrainingError(f"MultiMNIST pairs each digit with one of another class, but classes {missing} are missing "
                             f"from the {len(labels)} training images; raise --limit-train")
+
+
+def _epoch_seed(seed: int, epoch: int, *, stream: int) -> int:
+    """The seed of one random stream of one epoch (0: the batch order, 1: the augmentation), from the run's seed
+    and the epoch alone, so that a resumed run draws what the uninterrupted one would have. The primes keep the
+    seeds of different (seed, epoch, stream) apart in runs of fewer than 7919 epochs."""
+    return seed * 1_000_003 + epoch + 7919 * stream
 
 
 def _lr_factor(step: int, config: TrainConfig) -> float:
