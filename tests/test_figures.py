@@ -90,7 +90,7 @@ def test_perturbation_of_a_capsule_that_does_not_exist_is_refused():
         figures.perturbation_grid(tiny_model(), torch.rand(1, 28, 28), capsule=-1)
 
 
-def test_capsnet_figures_command_writes_the_three_pictures(tmp_path, shared_data, capsys):
+def test_capsnet_figures_command_writes_the_three_pictures(tmp_path, shared_data, capsys, monkeypatch):
     run = tmp_path / "run"
     assert main(["train", "--model", "capsnet-tiny", "--data-dir", str(shared_data), "--limit-train", "64",
                  "--limit-test", "50", "--batch-size", "32", "--epochs", "1", "--no-progress", "--output-dir", str(run)]) == 0
@@ -101,7 +101,11 @@ def test_capsnet_figures_command_writes_the_three_pictures(tmp_path, shared_data
     assert "--index must be in [0, 200), got 999" in capsys.readouterr().err
     assert main(["figures", str(run), "--capsule", "10", "--limit-test", "200"]) == 2  # a run folder: its best.pt
     assert "--capsule must be a class index in [0, 10), got 10" in capsys.readouterr().err
+    asked = []
+    plot = figures.plot_perturbations
+    monkeypatch.setattr(figures, "plot_perturbations", lambda *args, **kwargs: asked.append(kwargs) or plot(*args, **kwargs))
     assert main(["figures", str(run), "--capsule", "7", "--limit-test", "200", "--examples", "4"]) == 0
+    assert asked[0]["capsule"] == 7
     (run / "metrics.jsonl").write_text("")  # as after a Ctrl-C in the first epoch: a checkpoint, no finished epoch
     (run / "figures" / "learning_curve.png").unlink()
     assert main(["figures", str(run / "last.pt"), "--limit-test", "200", "--examples", "4"]) == 0

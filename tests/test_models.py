@@ -115,6 +115,7 @@ def test_conv1_is_followed_by_a_relu():
     out = model(torch.rand(2, 1, 28, 28))
     assert (seen[0] >= 0).all() and (seen[0] == 0).any()
     assert model.primary_grid == (6, 6) and out.primary.shape == (2, 4 * 6 * 6, 8)  # what routing was given
+    assert tiny(image_size=(28, 40)).primary_grid == (6, 12)  # rows, then columns
     torch.testing.assert_close(out.primary, model.primary(seen[0]))
 
 
@@ -133,6 +134,12 @@ def test_custom_routing_module_is_used():
     assert model.digits.routing is routing
     out = model(torch.rand(1, 1, 28, 28))
     torch.testing.assert_close(out.coupling, torch.full_like(out.coupling, 0.1))
+
+
+def test_the_official_preset_starts_its_digit_bias_at_0_1_as_the_official_code():
+    model = create_model("capsnet-mnist-official", device="meta")
+    assert model.digits.bias.shape == (10, 16) and not model.digits.routing.detach_intermediate
+    assert torch.equal(create_model("capsnet-tiny", digit_bias=True).digits.bias, torch.full((10, 16), 0.1))
 
 
 def test_registry_and_overrides():

@@ -148,7 +148,7 @@ def test_results_table_shows_a_row_stopped_in_its_first_epoch_and_quotes_paths(t
     started = tmp_path / "table1" / "baseline-cnn"
     started.mkdir(parents=True)
     (started / "config.json").write_text(json.dumps({"model": "baseline-cnn", "seed": 0, "dataset": "mnist"}))
-    (started / "metrics.jsonl").write_text('{"epoch": 1, "test_err')  # torn by a kill: no finished epoch
+    (started / "last.pt").write_bytes(b"")  # saved inside its first epoch (Ctrl-C, --save-every)
     spaced = tmp_path / "table1" / "routing1-no-reconstruction"
     spaced.mkdir()
     (spaced / "config.json").write_text(json.dumps({"model": "capsnet-mnist", "seed": 0, "dataset": "mnist",

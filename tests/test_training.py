@@ -626,11 +626,17 @@ def test_capsnet_train_init_from_and_resume_do_not_mix(tmp_path, capsys):
 def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path, shared_data, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(capsnet.config.time, "strftime", lambda fmt: "20261127-120000")
-    first, second = (Trainer(TrainConfig(**QUICK, data_dir=str(shared_data))) for _ in range(2))
-    assert first.run_dir.resolve() == tmp_path / "runs" / "capsnet-tiny-mnist-20261127-120000"
-    assert second.run_dir.resolve() == tmp_path / "runs" / "capsnet-tiny-mnist-20261127-120000-2"
+    base = tmp_path / "runs" / "capsnet-tiny-mnist-20261127-120000"
+    first = Trainer(TrainConfig(**QUICK, data_dir=str(shared_data)))
+    (base / "last.pt").write_bytes(b"")  # as when the first one has saved
+    # The Python API too: replace() keeps the name a default, as the CLI's flags do.
+    second = Trainer(TrainConfig(**QUICK, data_dir=str(shared_data)).replace(epochs=2))
+    assert (first.run_dir.resolve(), second.run_dir.resolve()) == (base, base.with_name(base.name + "-2"))
     assert second.config.output_dir == str(second.run_dir)  # and so config.json and the checkpoints say
     assert json.loads((second.run_dir / "config.json").read_text())["output_dir"] == str(second.run_dir)
+    with pytest.raises(capsnet.data.DataError):  # a run that cannot start makes no folder
+        Trainer(TrainConfig(**QUICK, data_dir=str(tmp_path / "no-data")))
+    assert sorted(p.name for p in base.parent.iterdir()) == [base.name, base.name + "-2"]
 
 
 def test_best_pt_is_written_before_last_pt(tmp_path, shared_data, monkeypatch):
@@ -681,3 +687,9 @@ def test_every_setting_is_classified_for_resume():
         "channels_last", "compile", "data_dir", "device", "epochs", "eval_batch_size", "precision", "retain_memory",
         "save_every", "stop_at_error", "weight_std",
     }
+
+
+def test_epoch_seeds_are_those_every_run_so_far_was_trained_with():
+    epoch_seed = capsnet.training.engine._epoch_seed
+    assert [epoch_seed(0, epoch, stream=0) for epoch in (0, 1, 32)] == [0, 1, 32]  # batch order
+    assert [epoch_seed(3, 5, stream=stream) for stream in (0, 1)] == [3_000_014, 3_000_014 + 7919]  # augmentation

@@ -107,7 +107,8 @@ class TrainConfig:
     detach_intermediate: bool | None = _option(
         None, "stop gradients through u_hat in all but the last routing iteration (default: the model's, True)"
     )
-    digit_bias: bool | None = _option(None, "learned digit-capsule biases, as the official code (default: the model's, off)")
+    digit_bias: bool | None = _option(None, "learned digit-capsule biases starting at 0.1, as the official code (0 "
+                                            "until 2026-11-27; default: the model's, off)")
     weight_std: float | None = _option(
         None, f"std of the normal initialization of the digit capsules' W[i, j] (default: the model's, "
               f"{WEIGHT_INIT_STD}; 0.1 until the change of 2026-11-26)"
@@ -138,7 +139,8 @@ class TrainConfig:
     )
     channels_last: bool | None = _option(None, "channels-last memory format for the convolutions (default: on CUDA only)")
     output_dir: str | None = _option(
-        None, "run folder for config.json, metrics.jsonl, last.pt, best.pt (default: runs/MODEL-DATASET-TIMESTAMP)"
+        None, "run folder for config.json, metrics.jsonl, last.pt, best.pt (default: runs/MODEL-DATASET-TIMESTAMP, "
+              "with -2, -3, ... for runs started in the same second)"
     )
     limit_train: int | None = _option(None, "use only the first N training images (quick runs)")
     limit_test: int | None = _option(None, "evaluate on only the first N test images")
@@ -228,7 +230,9 @@ class TrainConfig:
         given."""
         stale = {name for name in self._derived if _DERIVED_FROM[name] & changes.keys()}
         kept = {key: value for key, value in self.to_dict().items() if key not in stale}
-        return type(self)(**{**kept, **changes})
+        copy = type(self)(**{**kept, **changes})
+        copy._derived |= self._derived - changes.keys()  # still derived, though kept: e.g. a default run folder
+        return copy
 
     @classmethod
     def setting_names(cls) -> frozenset[str]:

@@ -144,11 +144,9 @@ def experiment_results(name: str, runs_dir: str | Path) -> list[dict[str, Any]]:
 
 def _row_result(row: ExperimentRow, run_dir: Path) -> dict[str, Any]:
     result: dict[str, Any] = {"row": row.label, "paper": row.paper, "run_dir": str(run_dir)}
-    if not (run_dir / "metrics.jsonl").exists():
-        return result
-    metrics = read_metrics(run_dir)
-    if not metrics:  # stopped inside its first epoch: it goes on from there when run again
-        return {**result, "started": True}
+    metrics = read_metrics(run_dir) if (run_dir / "metrics.jsonl").exists() else []
+    if not metrics:  # stopped inside its first epoch, it has a last.pt to go on from when run again
+        return {**result, "started": True} if (run_dir / "last.pt").exists() else result
     config = json.loads((run_dir / "config.json").read_text())
     machines_file = run_dir / "machines.jsonl"
     machines = sorted({json.loads(line)["machine"] for line in machines_file.read_text().splitlines()}) \

@@ -109,14 +109,17 @@ class Trainer:
         if self.device.type == "cpu" and config.retain_memory:
             retain_freed_memory()
         initial = _read_initial_weights(config)  # first: a wrong path fails before the data loads
+        named_by_time = "output_dir" in config._derived
         self.run_dir = Path(config.output_dir)
-        with removed_if_left_empty(self.run_dir, self.distributed.is_main):
-            if self.distributed.is_main:
-                self.run_dir = _prepare_run_dir(self.run_dir, resume=config.resume,
-                                                named_by_time="output_dir" in config._derived)
-                config.output_dir = str(self.run_dir)
-            self._load_data()
-            self._build_model(initial)
+        if self.distributed.is_main and not named_by_time:  # first: a wrong --resume fails before the data loads
+            _check_run_dir(self.run_dir, resume=config.resume)
+        self._load_data()
+        self._build_model(initial)
+        # Made only now, so that a run that cannot start (a wrong data folder, weights that do not fit) leaves none.
+        if self.distributed.is_main:
+            self.run_dir = _make_run_dir(self.run_dir, named_by_time=named_by_time)
+        self.run_dir = Path(self.distributed.gather(str(self.run_dir))[0])  # the folder rank 0 made, on every rank
+        config.output_dir = str(self.run_dir)
         self.progress = _Progress()
         self._signalled = self._stopping = False  # a signal reached this rank / all ranks agreed to stop
         self._augment_generator = torch.Generator(device=self.device)
@@ -747,18 +750,22 @@ def _read_initial_weights(config: TrainConfig) -> dict[str, Any] | None:
         raise CheckpointError(f"--init-from: {exc} (--init-from \"\" starts from the seed instead)") from None
 
 
-def _prepare_run_dir(path: Path, *, resume: bool, named_by_time: bool) -> Path:
-    """The run folder, made if needed and checked writable. A folder named after the second its run started
-    (no --output-dir) is made new: runs started in the same second get ``-2``, ``-3``, ... after the name."""
+def _check_run_dir(path: Path, *, resume: bool) -> None:
     if resume and not (path / "last.pt").is_file():
         raise TrainingError(f"nothing to resume: {path / 'last.pt'} does not exist")
     if not resume and (path / "last.pt").exists():
         raise TrainingError(f"{path} already holds a run; pass --resume to continue it or choose another --output-dir")
+
+
+def _make_run_dir(path: Path, *, named_by_time: bool) -> Path:
+    """The run folder, made if needed and checked writable. A folder named after the second its run started
+    (no --output-dir) is made new: runs started in the same second get ``-2``, ``-3``, ... after the name."""
     try:
-        path = _new_folder(path) if named_by_time else path
-        path.mkdir(parents=True, exist_ok=True)
-        (path / ".write-test").touch()
-        (path / ".write-test").unlink()
+        with removed_if_left_empty(path):  # an unwritable folder: no empty folders left on the way to it
+            path = _new_folder(path) if named_by_time else path
+            path.mkdir(parents=True, exist_ok=True)
+            (path / ".write-test").touch()
+            (path / ".write-test").unlink()
     except OSError as exc:
         raise TrainingError(f"cannot write to the output folder {path}: {exc.strerror or exc}") from None
     return path
