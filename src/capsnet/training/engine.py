@@ -6,6 +6,7 @@ import functools
 import itertools
 import json
 import math
+import os
 import signal
 import threading
 import time
@@ -111,8 +112,8 @@ class Trainer:
         initial = _read_initial_weights(config)  # first: a wrong path fails before the data loads
         named_by_time = "output_dir" in config._derived
         self.run_dir = Path(config.output_dir)
-        if self.distributed.is_main and not named_by_time:  # first: a wrong --resume fails before the data loads
-            _check_run_dir(self.run_dir, resume=config.resume)
+        if self.distributed.is_main:  # first: a wrong --resume or folder fails before the data loads
+            _check_run_dir(self.run_dir, resume=config.resume, named_by_time=named_by_time)
         self._load_data()
         self._build_model(initial)
         # Made only now, so that a run that cannot start (a wrong data folder, weights that do not fit) leaves none.
@@ -750,11 +751,14 @@ def _read_initial_weights(config: TrainConfig) -> dict[str, Any] | None:
         raise CheckpointError(f"--init-from: {exc} (--init-from \"\" starts from the seed instead)") from None
 
 
-def _check_run_dir(path: Path, *, resume: bool) -> None:
+def _check_run_dir(path: Path, *, resume: bool, named_by_time: bool) -> None:
     if resume and not (path / "last.pt").is_file():
         raise TrainingError(f"nothing to resume: {path / 'last.pt'} does not exist")
-    if not resume and (path / "last.pt").exists():
+    if not resume and not named_by_time and (path / "last.pt").exists():  # a default name gets -2, -3, ... instead
         raise TrainingError(f"{path} already holds a run; pass --resume to continue it or choose another --output-dir")
+    existing = next(folder for folder in (path, *path.absolute().parents) if folder.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):  # before the data loads, maybe downloads
+        raise TrainingError(f"cannot write to the output folder {path}: {existing} is not a writable folder")
 
 
 def _make_run_dir(path: Path, *, named_by_time: bool) -> Path:
