@@ -32,10 +32,9 @@ def write_atomically(dest: Path, write: Callable[[BinaryIO], object]) -> None:
 
 
 @contextmanager
-def removed_if_left_empty(folder: Path, owner: bool = True) -> Iterator[None]:
-    """If the block fails, remove the folders on the way to ``folder`` that did not exist before it and are empty
-    (``owner``: this process made them; the other ranks of a distributed run leave them alone), so that a download
-    or a run that cannot start leaves no empty folders behind."""
+def removed_if_left_empty(folder: Path) -> Iterator[None]:
+    """If the block fails, remove the folders on the way to ``folder`` that did not exist before it and are empty,
+    so that a failed download or run folder leaves no empty folders behind."""
     missing = []  # deepest first
     for path in (folder := Path(folder).absolute(), *folder.parents):
         if path.exists():
@@ -44,7 +43,7 @@ def removed_if_left_empty(folder: Path, owner: bool = True) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        for path in missing if owner else ():
+        for path in missing:
             try:
                 path.rmdir()  # refuses a folder that is not empty; the ones above it hold it, so stop there
             except OSError:

@@ -72,9 +72,10 @@ def shift_images(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, max_s
     """
     b, c, h, w = images.shape
     m, device = max_shift, images.device
-    if dy.device.type == "cpu" and len(dy) and max(int(dy.abs().max()), int(dx.abs().max())) > m:
-        raise ValueError(f"shifts must be within max_shift={m} pixels, got up to {int(dy.abs().max())} down and "
-                         f"{int(dx.abs().max())} right")
+    if dy.device.type == "cpu" and len(dy):
+        down, right = int(dy.abs().max()), int(dx.abs().max())
+        if max(down, right) > m:
+            raise ValueError(f"shifts must be within max_shift={m} pixels, got up to {down} down and {right} right")
     padded = F.pad(images, (m, m, m, m)).flatten(2)  # (b, c, (h + 2m) * (w + 2m))
     # Output pixel (y, x) comes from input (y - dy, x - dx), i.e. padded (y - dy + m, x - dx + m).
     rows = torch.arange(h, device=device) + m - dy[:, None]  # (b, h)
