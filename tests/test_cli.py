@@ -10,7 +10,7 @@ import torch
 
 from capsnet import TrainConfig, create_model
 from capsnet.cli import main
-from capsnet.training import save_checkpoint
+from capsnet.training import TrainingError, save_checkpoint
 
 
 def run(capsys, *argv):
@@ -124,3 +124,8 @@ def test_python_dash_m_entry_point_exits_2_without_traceback():
     result = subprocess.run([sys.executable, "-m", "capsnet", "train", "--epochs", "-1"], capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip() == "capsnet: error: --epochs must be a positive integer, got -1"
+
+
+def test_traceback_flag_lets_the_error_through_for_a_bug_report(tmp_path):
+    with pytest.raises(TrainingError, match="nothing to resume"):
+        main(["train", "--resume", "--output-dir", str(tmp_path / "empty"), "--traceback"])

@@ -114,7 +114,7 @@ def test_sigterm_to_a_two_rank_run_saves_every_ranks_state_and_resumes_exactly(t
         output += job.stdout.readline() or pytest.fail(output)
     os.killpg(job.pid, signal.SIGTERM)  # as a scheduler stops a job: torchrun and both workers get it
     output += job.communicate(timeout=120)[0]
-    assert job.returncode != 0 and "interrupted: checkpoint saved" in output, output
+    assert job.returncode != 0 and "interrupted by SIGTERM: checkpoint saved" in output, output
     checkpoint = load_checkpoint(tmp_path / "stopped" / "last.pt")
     assert len(checkpoint["rng"]) == 2 and checkpoint["progress"]["epoch"] < 3
     capsnet_train(2, tmp_path / "stopped", shared_data, *quick, "--resume")

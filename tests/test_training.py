@@ -13,7 +13,9 @@ from capsnet import TrainConfig, Trainer, create_model
 from capsnet import cli
 from capsnet.cli import main
 from capsnet.data.testsets import load_test_set
-from capsnet.training import CheckpointError, TrainingError, load_checkpoint, read_metrics, resume_config
+from capsnet.training import (
+    CheckpointError, TrainingError, TrainingInterrupted, load_checkpoint, read_metrics, resume_config,
+)
 
 QUICK = dict(model="capsnet-tiny", limit_train=256, limit_test=100, batch_size=32, progress=False)
 
@@ -233,11 +235,15 @@ def test_ctrl_c_during_evaluation_keeps_the_finished_epoch(tmp_path, shared_data
         os.kill(os.getpid(), signal.SIGINT)
         return original_counts(*args, **kwargs)
 
+    saved_names = []
     monkeypatch.setattr(engine, "_tallies", evaluate_with_ctrl_c)
+    monkeypatch.setattr(engine, "save_checkpoint", lambda path, checkpoint, original=engine.save_checkpoint: (
+        saved_names.append(path.name), original(path, checkpoint)))
     with pytest.raises(KeyboardInterrupt):
         Trainer(config(tmp_path, shared_data, epochs=2)).fit()
     saved = load_checkpoint(tmp_path / "run" / "last.pt")["progress"]
     assert (saved["epoch"], saved["batch"], saved["step"]) == (1, 0, 8)
+    assert saved_names == ["best.pt", "last.pt"]  # the epoch's end saved it: the stop does not write it again
     assert [m["epoch"] for m in read_metrics(tmp_path / "run")] == [1]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
 
@@ -276,11 +282,31 @@ def test_sigterm_saves_like_ctrl_c_and_the_handlers_are_restored(tmp_path, share
     trainer = Trainer(config(tmp_path, shared_data, epochs=1))
     signal_during_step(trainer, monkeypatch, signal.SIGTERM, 3)
     before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(TrainingInterrupted) as stop:
         trainer.fit()
+    assert stop.value.signum == signal.SIGTERM and stop.value.checkpoint == tmp_path / "run" / "last.pt"
     saved = load_checkpoint(tmp_path / "run" / "last.pt")["progress"]
     assert (saved["epoch"], saved["batch"]) == (0, 3)
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_capsnet_train_stopped_by_sigterm_exits_143_and_says_how_to_continue(tmp_path, shared_data, monkeypatch,
+                                                                             capsys):
+    """128 + the signal's number, as a shell reports a process that the signal ended: schedulers read it."""
+    original_init = Trainer.__init__
+
+    def init_then_signal_at_step_2(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        signal_during_step(self, monkeypatch, signal.SIGTERM, 2)
+
+    monkeypatch.setattr(cli.Trainer, "__init__", init_then_signal_at_step_2)
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--model", "capsnet-tiny", "--data-dir", str(shared_data), "--limit-train", "256",
+              "--limit-test", "100", "--batch-size", "32", "--no-progress", "--output-dir", str(run)])
+    assert exit_info.value.code == 143
+    err = capsys.readouterr().err
+    assert f"interrupted by SIGTERM: checkpoint saved to {run / 'last.pt'}; continue with --resume" in err
 
 
 def test_canvas_centres_train_and_test_digits_and_the_affine_set_is_40px(tmp_path, shared_data):

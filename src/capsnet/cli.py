@@ -1,7 +1,9 @@
 """The ``capsnet`` command: ``train``, ``evaluate``, ``reproduce``, ``figures``, ``curves`` and ``download``.
 
 Every flag of ``capsnet train`` comes from :class:`capsnet.config.TrainConfig`, its help text and default
-included. Bad input ends with one ``capsnet: error: ...`` line and exit status 2, without a traceback.
+included. Bad input ends with one ``capsnet: error: ...`` line and exit status 2, without a traceback
+(``--traceback`` shows it, for the errors that are ours to fix). A stop signal during training saves a checkpoint
+and exits with 128 + the signal's number: 130 for Ctrl-C, 143 for SIGTERM.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import argparse
 import collections
 import math
+import signal
 import sys
 import typing
 from dataclasses import MISSING, fields
@@ -108,9 +111,8 @@ def _run_training(config: TrainConfig) -> None:
     try:
         history = trainer.fit()
     except TrainingInterrupted as stop:
-        say(f"\ninterrupted: checkpoint saved to {stop.checkpoint}; continue with --resume --output-dir {trainer.run_dir}",
-            file=sys.stderr)
-        raise SystemExit(130) from None
+        say(f"\n{_interrupted(stop)}; continue with --resume --output-dir {trainer.run_dir}", file=sys.stderr)
+        raise SystemExit(128 + stop.signum) from None
     if not history:
         done = (f"reached --stop-at-error {config.stop_at_error}%" if trainer.reached_target
                 else f"has already trained {trainer.progress.epoch} epochs; raise --epochs")
@@ -124,6 +126,11 @@ def _run_training(config: TrainConfig) -> None:
                 if trainer.reached_target else
                 f"stopped by --time-limit after epoch {trainer.progress.epoch} of {config.epochs}; continue with "
                 f"--resume --output-dir {trainer.run_dir}")
+
+
+def _interrupted(stop: TrainingInterrupted) -> str:
+    """What a stop signal did; the exit status is 128 + its number, as for a process the signal ended."""
+    return f"interrupted by {signal.Signals(stop.signum).name}: checkpoint saved to {stop.checkpoint}"
 
 
 def _where_it_starts(trainer: Trainer) -> str | None:
@@ -168,9 +175,8 @@ def _reproduce(args: argparse.Namespace) -> None:
     try:
         results = run_experiment(args.experiment, args.runs_dir, rows=args.rows, tiny=args.tiny, **settings)
     except TrainingInterrupted as stop:
-        print(f"\ninterrupted: checkpoint saved to {stop.checkpoint}; run the same command again to continue",
-              file=sys.stderr)
-        raise SystemExit(130) from None
+        print(f"\n{_interrupted(stop)}; run the same command again to continue", file=sys.stderr)
+        raise SystemExit(128 + stop.signum) from None
     finally:
         shutdown_distributed()
     if results:  # rank 0 only under torchrun
@@ -342,6 +348,10 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--data-dir", help="where to put it (default: $CAPSNET_DATA, else $XDG_CACHE_HOME/capsnet "
                                              "or ~/.cache/capsnet)")
     download.set_defaults(func=_download)
+
+    for command in commands.choices.values():
+        command.add_argument("--traceback", action="store_true",
+                             help="on an error, show Python's traceback instead of one line (for a bug report)")
     return parser
 
 
@@ -351,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except _USER_ERRORS as exc:
+        if args.traceback:
+            raise
         print(f"capsnet: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # before training started, or a second Ctrl-C: nothing was saved

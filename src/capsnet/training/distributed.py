@@ -58,15 +58,15 @@ class DistributedContext:
 
     def any(self, flag: bool) -> bool:
         """True on every rank when ``flag`` is true on any rank (e.g. one of them got Ctrl-C)."""
-        return self.any_each(flag)[0]
+        return bool(self.max_each(int(flag))[0])
 
-    def any_each(self, *flags: bool) -> list[bool]:
-        """:meth:`any` of each flag, agreed in one exchange."""
+    def max_each(self, *values: int) -> list[int]:
+        """The largest of each integer over all ranks, agreed in one exchange."""
         if not self.enabled:
-            return list(flags)
-        values = torch.tensor([int(flag) for flag in flags])
-        dist.all_reduce(values, op=dist.ReduceOp.MAX, group=self.control_group)
-        return [bool(value) for value in values.tolist()]
+            return list(values)
+        tensor = torch.tensor(values)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=self.control_group)
+        return tensor.tolist()
 
     def gather(self, value: _T) -> list[_T]:
         """``value`` of every rank, in rank order, on every rank (any picklable object holding CPU tensors)."""

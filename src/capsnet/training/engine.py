@@ -58,11 +58,12 @@ class TrainingError(RuntimeError):
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped :meth:`Trainer.fit` after it saved ``checkpoint``; ``--resume`` continues from there."""
+    """A stop signal (``signum``: SIGINT for Ctrl-C, SIGTERM, SIGHUP) stopped :meth:`Trainer.fit` after it saved
+    ``checkpoint``; ``--resume`` continues from there."""
 
-    def __init__(self, checkpoint: Path) -> None:
-        super().__init__(f"interrupted; checkpoint saved to {checkpoint}")
-        self.checkpoint = checkpoint
+    def __init__(self, checkpoint: Path, signum: int = signal.SIGINT) -> None:
+        super().__init__(f"interrupted by {signal.Signals(signum).name}; checkpoint saved to {checkpoint}")
+        self.checkpoint, self.signum = checkpoint, signum
 
 
 def resolve_device(name: str) -> torch.device:
@@ -122,7 +123,8 @@ class Trainer:
         self.run_dir = Path(self.distributed.gather(str(self.run_dir))[0])  # the folder rank 0 made, on every rank
         config.output_dir = str(self.run_dir)
         self.progress = _Progress()
-        self._signalled = self._stopping = False  # a signal reached this rank / all ranks agreed to stop
+        self._signalled = 0  # the number of the stop signal that reached this rank; 0: none
+        self._stop_signal = 0  # the same, agreed by all ranks (the largest any of them got)
         self._augment_generator = torch.Generator(device=self.device)
         if config.resume:
             self._restore(load_checkpoint(self.run_dir / "last.pt", map_location=self.device))
@@ -231,27 +233,26 @@ class Trainer:
         this call.
 
         Ctrl-C (SIGINT), SIGTERM or SIGHUP is honoured at the next batch boundary: ``last.pt`` is saved there, so
-        a resumed run continues exactly, and ``KeyboardInterrupt`` is raised. ``config.save_every`` also saves it
+        a resumed run continues exactly, and :class:`TrainingInterrupted` (a ``KeyboardInterrupt``) is raised with
+        the signal's number. ``config.save_every`` also saves it
         every so many minutes, at a batch boundary, for kills that give no warning. A second Ctrl-C stops at once.
         Under ``torchrun`` all ranks stop at the same batch when any of them got the signal. Exactly means the
         same batches, augmentation, dropout masks and weights, with as many processes as before.
         """
-        history, self._signalled, self._stopping = [], False, False
+        history, self._signalled, self._stop_signal = [], 0, 0
         started = self._saved_at = time.monotonic()
         with self._deferred_interrupt():
             while self.progress.epoch < self.config.epochs and not self.reached_target:
                 self._train_epoch()
-                if self._stopping:  # agreed by all ranks in the epoch's last step
+                if self._stop_signal:  # agreed by all ranks in the epoch's last step
+                    self._save_within_epoch()
                     break
-                history.append(self._finish_epoch())
-                if self._stop_requested():
+                history.append(self._finish_epoch())  # saves last.pt
+                if self._stop_requested() or self._out_of_time(started):
                     break
-                if self._out_of_time(started):
-                    break
-        if self._stopping:
-            self._save_within_epoch()
+        if self._stop_signal:
             self.distributed.barrier()  # no rank exits (which makes torchrun stop the others) before the save
-            raise TrainingInterrupted(self.run_dir / "last.pt")
+            raise TrainingInterrupted(self.run_dir / "last.pt", self._stop_signal)
         return history
 
     @property
@@ -280,7 +281,7 @@ class Trainer:
         }
 
         def request_stop(signum, frame):
-            self._signalled = True
+            self._signalled = signum
             if signum == signal.SIGINT:
                 signal.signal(signal.SIGINT, previous[signal.SIGINT])  # a second Ctrl-C interrupts at once
 
@@ -294,8 +295,8 @@ class Trainer:
 
     def _stop_requested(self) -> bool:
         """Whether any rank got a stop signal; every rank gets the same answer at the same batch."""
-        self._stopping = self.distributed.any(self._signalled)
-        return self._stopping
+        self._stop_signal = self.distributed.max_each(self._signalled)[0]
+        return bool(self._stop_signal)
 
     def _epoch_batches(self) -> Iterator[tuple[Tensor, Tensor]]:
         """This epoch's batches in an order drawn from (seed, epoch) alone, so a resumed run sees the same ones."""
@@ -325,8 +326,8 @@ class Trainer:
                 self._train_step(indices, labels, sums)
                 progress.batch += 1
                 progress.step += 1
-                self._stopping, save_due = self.distributed.any_each(self._signalled, self._save_due())
-                if self._stopping:
+                self._stop_signal, save_due = self.distributed.max_each(self._signalled, int(self._save_due()))
+                if self._stop_signal:
                     break
                 if save_due and progress.batch < total:  # at the epoch's end it saves anyway
                     saving = time.perf_counter()
