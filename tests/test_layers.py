@@ -7,7 +7,7 @@ from capsnet.layers import WEIGHT_INIT_STD
 
 
 def test_primary_capsules_shape_and_channel_grouping():
-    layer = PrimaryCapsules(in_channels=4, types=3, dim=5, kernel_size=3, stride=2).double()
+    layer = PrimaryCapsules(in_channels=4, types=3, out_dim=5, kernel_size=3, stride=2).double()
     x = torch.randn(2, 4, 9, 11, dtype=torch.float64)
     caps = layer(x)
     assert layer.output_grid(9, 11) == (4, 5)
@@ -78,7 +78,7 @@ def test_decoder_architecture_and_shape():
 
 
 def test_decoder_ignores_masked_capsules():
-    decoder = CapsuleDecoder(num_caps=4, caps_dim=3, out_features=20, hidden=(8,))
+    decoder = CapsuleDecoder(in_caps=4, in_dim=3, out_features=20, hidden=(8,))
     poses = torch.randn(2, 4, 3)
     labels = torch.tensor([1, 3])
     changed = poses.clone()
@@ -105,9 +105,9 @@ def test_routed_capsules_draw_their_matrices_with_the_given_std():
 
 @pytest.mark.parametrize("layer, arguments, message", [
     (PrimaryCapsules, {"in_channels": 256, "types": 0}, "types must be an integer >= 1, got 0"),
-    (PrimaryCapsules, {"in_channels": 256, "dim": 8.0}, "dim must be an integer >= 1, got 8.0"),
+    (PrimaryCapsules, {"in_channels": 256, "out_dim": 8.0}, "out_dim must be an integer >= 1, got 8.0"),
     (PrimaryCapsules, {"in_channels": 256, "stride": 0}, "stride must be an integer >= 1, got 0"),
-    (CapsuleDecoder, {"caps_dim": 0}, "caps_dim must be an integer >= 1, got 0"),
+    (CapsuleDecoder, {"in_dim": 0}, "in_dim must be an integer >= 1, got 0"),
     (CapsuleDecoder, {"hidden": (512, -1)}, "hidden must be an integer >= 1, got -1"),
     (capsnet.BaselineCNN, {"channels": ()}, "channels must give at least one convolution's width, got none"),
     (capsnet.BaselineCNN, {"hidden": (328, 0)}, "hidden must be an integer >= 1, got 0"),

@@ -17,18 +17,18 @@ class CapsuleDecoder(nn.Module):
     """Fully connected decoder that reconstructs the input from one capsule (paper, section 4.1, Fig. 2).
 
     All capsules but one are masked to zero: the capsule of ``labels`` when given (training), the
-    longest one otherwise. The masked ``num_caps * caps_dim`` vector goes through FC+ReLU layers of
+    longest one otherwise. The masked ``in_caps * in_dim`` vector goes through FC+ReLU layers of
     sizes ``hidden`` and a final FC+sigmoid to ``out_features`` pixel intensities in [0, 1].
 
     Args:
-        num_caps: number of capsules ``j`` (classes).
-        caps_dim: their dimension ``d_out``.
+        in_caps: number of capsules ``j`` it reads (one per class).
+        in_dim: their dimension (the capsule layer's ``d_out``).
         out_features: pixels to reconstruct, ``C * H * W`` (784 for MNIST).
         hidden: sizes of the hidden layers; the paper's are (512, 1024).
         device, dtype: where and in which floating point type to create the parameters.
 
     Shape:
-        ``poses``: ``(b, num_caps, caps_dim)``, ``labels``: ``(b,)`` or ``None`` -> ``(b, out_features)``.
+        ``poses``: ``(b, in_caps, in_dim)``, ``labels``: ``(b,)`` or ``None`` -> ``(b, out_features)``.
 
     Example:
         >>> decoder = CapsuleDecoder()
@@ -39,8 +39,8 @@ class CapsuleDecoder(nn.Module):
     def __init__(
         self,
         *,
-        num_caps: int = 10,
-        caps_dim: int = 16,
+        in_caps: int = 10,
+        in_dim: int = 16,
         out_features: int = 784,
         hidden: Sequence[int] = (512, 1024),
         device: torch.device | str | None = None,
@@ -48,11 +48,11 @@ class CapsuleDecoder(nn.Module):
     ) -> None:
         super().__init__()
         factory = {"device": device, "dtype": dtype}
-        sizes = [("num_caps", num_caps), ("caps_dim", caps_dim), ("out_features", out_features),
+        sizes = [("in_caps", in_caps), ("in_dim", in_dim), ("out_features", out_features),
                  *(("hidden", h) for h in hidden)]
         for name, size in sizes:
             check_int(size, name, 1)
-        sizes = [num_caps * caps_dim, *hidden]
+        sizes = [in_caps * in_dim, *hidden]
         layers: list[nn.Module] = []
         for fan_in, fan_out in zip(sizes, sizes[1:]):
             layers += [nn.Linear(fan_in, fan_out, **factory), nn.ReLU(inplace=True)]

@@ -14,19 +14,19 @@ __all__ = ["PrimaryCapsules"]
 class PrimaryCapsules(nn.Module):
     """Convolutional capsules (paper, section 4): one convolution, channels grouped into ``types`` vectors.
 
-    A single ``Conv2d`` with ``types * dim`` output channels computes every capsule type at once
-    (eight narrow convolutions would do the same work several times slower). Channel ``t * dim + k``
+    A single ``Conv2d`` with ``types * out_dim`` output channels computes every capsule type at once
+    (eight narrow convolutions would do the same work several times slower). Channel ``t * out_dim + k``
     is component ``k`` of capsule type ``t``, as in the official code.
 
     Args:
         in_channels: channels of the input feature map (256 after Conv1 in the paper).
         types: capsule types (channels of capsules); 32 in the paper.
-        dim: capsule dimension ``d_in``; 8 in the paper.
+        out_dim: capsule dimension (the next layer's ``d_in``); 8 in the paper.
         kernel_size, stride: of the convolution; 9 and 2 in the paper.
         device, dtype: where and in which floating point type to create the parameters.
 
     Shape:
-        ``(b, in_channels, H, W)`` -> ``(b, types * h * w, dim)``, squashed, with
+        ``(b, in_channels, H, W)`` -> ``(b, types * h * w, out_dim)``, squashed, with
         ``h = (H - kernel_size) // stride + 1`` (likewise ``w``); capsules ordered by (type, row, column).
 
     Example:
@@ -40,16 +40,17 @@ class PrimaryCapsules(nn.Module):
         *,
         in_channels: int,
         types: int = 32,
-        dim: int = 8,
+        out_dim: int = 8,
         kernel_size: int = 9,
         stride: int = 2,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        sizes = {"in_channels": in_channels, "types": types, "dim": dim, "kernel_size": kernel_size, "stride": stride}
-        in_channels, self.types, self.dim, kernel_size, stride = (check_int(v, k, 1) for k, v in sizes.items())
-        self.conv = nn.Conv2d(in_channels, self.types * self.dim, kernel_size, stride, device=device, dtype=dtype)
+        sizes = {"in_channels": in_channels, "types": types, "out_dim": out_dim, "kernel_size": kernel_size,
+                 "stride": stride}
+        in_channels, self.types, self.out_dim, kernel_size, stride = (check_int(v, k, 1) for k, v in sizes.items())
+        self.conv = nn.Conv2d(in_channels, self.types * self.out_dim, kernel_size, stride, device=device, dtype=dtype)
 
     def output_grid(self, height: int, width: int) -> tuple[int, int]:
         """Spatial size ``(h, w)`` of the capsule grid for an input feature map of ``height x width``."""
@@ -57,8 +58,8 @@ class PrimaryCapsules(nn.Module):
         return (height - kernel_h) // stride_h + 1, (width - kernel_w) // stride_w + 1
 
     def forward(self, features: Tensor) -> Tensor:
-        out = self.conv(features)  # (b, types * dim, h, w)
+        out = self.conv(features)  # (b, types * out_dim, h, w)
         batch, _, height, width = out.shape
-        capsules = out.view(batch, self.types, self.dim, height, width)  # (b, types, dim, h, w)
-        capsules = capsules.permute(0, 1, 3, 4, 2).reshape(batch, -1, self.dim)  # (b, types * h * w, dim)
+        capsules = out.view(batch, self.types, self.out_dim, height, width)  # (b, types, out_dim, h, w)
+        capsules = capsules.permute(0, 1, 3, 4, 2).reshape(batch, -1, self.out_dim)  # (b, types * h * w, out_dim)
         return squash(capsules)

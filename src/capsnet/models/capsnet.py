@@ -104,7 +104,7 @@ class CapsNet(nn.Module):
         if min(height, width) < 17:
             raise ValueError(f"image_size must be at least 17 x 17 for the two 9x9 convolutions, got {height} x {width}")
         self.conv1 = nn.Conv2d(in_channels, conv_channels, kernel_size=9, **factory)
-        self.primary = PrimaryCapsules(in_channels=conv_channels, types=primary_types, dim=primary_dim, **factory)
+        self.primary = PrimaryCapsules(in_channels=conv_channels, types=primary_types, out_dim=primary_dim, **factory)
         grid_h, grid_w = self.primary_grid = self.primary.output_grid(height - 8, width - 8)  # (h, w) of capsules
         self.digits = RoutedCapsules(
             in_caps=primary_types * grid_h * grid_w,
@@ -120,7 +120,7 @@ class CapsNet(nn.Module):
         )
         out_features = in_channels * height * width
         self.decoder = (
-            CapsuleDecoder(num_caps=num_classes, caps_dim=out_dim, out_features=out_features, **factory)
+            CapsuleDecoder(in_caps=num_classes, in_dim=out_dim, out_features=out_features, **factory)
             if reconstruction
             else None
         )
