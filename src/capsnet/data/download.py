@@ -18,7 +18,7 @@ from typing import BinaryIO
 
 from tqdm import tqdm
 
-from capsnet._files import open_temp_beside, removed_if_left_empty
+from capsnet._files import removed_if_left_empty, write_atomically
 from capsnet.data.idx import DataError
 
 __all__ = ["download_file", "sha256_file"]
@@ -66,6 +66,7 @@ def download_file(
         raise ValueError("download_file needs at least one URL")
     dest = Path(dest)
     with removed_if_left_empty(dest.parent):
+        _make_writable_folder(dest.parent)  # an unwritable folder is the user's to fix, not a mirror's failure
         return _fetch_from_first(urls, dest, sha256 and sha256.lower(), progress=progress, timeout=timeout)
 
 
@@ -86,34 +87,36 @@ def _fetch_from_first(urls: Sequence[str], dest: Path, sha256: str | None, *, pr
 
 
 def _fetch(url: str, dest: Path, sha256: str | None, *, progress: bool, timeout: float) -> None:
-    """Stream ``url`` into a temp file beside ``dest``; move it into place only if the checksum matches."""
-    tmp = _open_temp(dest)
-    try:
-        with tmp, urllib.request.urlopen(urllib.request.Request(url, headers=_HEADERS), timeout=timeout) as response:
+    """Stream ``url`` into a new file beside ``dest``, which replaces ``dest`` only if the checksum matches."""
+
+    def write(out: BinaryIO) -> None:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=_HEADERS), timeout=timeout) as response:
             length = response.headers.get("Content-Length")
             expected_size = int(length) if length and length.isdigit() else None
-            received, digest = _copy(response, tmp, expected_size, dest.name, progress)
+            received, digest = _copy(response, out, expected_size, dest.name, progress)
         # http.client returns b"" instead of raising when a server closes early, so count the bytes ourselves.
         if expected_size is not None and received != expected_size:
             raise _MirrorError(f"connection closed after {received} of {expected_size} bytes")
         if sha256 is not None and digest != sha256:
             raise _MirrorError(f"SHA-256 mismatch: got {digest}, expected {sha256}")
-        os.replace(tmp.name, dest)
-    finally:
-        # Also runs on KeyboardInterrupt; after a successful replace the temp name no longer exists.
-        Path(tmp.name).unlink(missing_ok=True)
+
+    write_atomically(dest, write)
 
 
-def _open_temp(dest: Path) -> BinaryIO:
-    """Create the temp file in ``dest``'s folder so ``os.replace`` is an atomic rename on one filesystem."""
+def _make_writable_folder(folder: Path) -> None:
     try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        return open_temp_beside(dest)
+        folder.mkdir(parents=True, exist_ok=True)
+        writable = os.access(folder, os.W_OK | os.X_OK)
     except OSError as exc:
-        raise DataError(
-            f"cannot write into {dest.parent} ({exc.strerror or exc}); choose a writable folder with --data-dir "
-            f"or the CAPSNET_DATA environment variable"
-        ) from exc
+        reason = exc.strerror or str(exc)
+    else:
+        if writable:
+            return
+        reason = "permission denied"
+    raise DataError(
+        f"cannot write into {folder} ({reason}); choose a writable folder with --data-dir or the CAPSNET_DATA "
+        f"environment variable"
+    )
 
 
 def _copy(response: BinaryIO, out: BinaryIO, total: int | None, label: str, progress: bool) -> tuple[int, str]:
