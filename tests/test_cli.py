@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+import capsnet
 from capsnet import TrainConfig, create_model
 from capsnet.cli import main
 from capsnet.training import TrainingError, save_checkpoint
@@ -129,3 +130,10 @@ def test_python_dash_m_entry_point_exits_2_without_traceback():
 def test_traceback_flag_lets_the_error_through_for_a_bug_report(tmp_path):
     with pytest.raises(TrainingError, match="nothing to resume"):
         main(["train", "--resume", "--output-dir", str(tmp_path / "empty"), "--traceback"])
+
+
+def test_version_names_capsnet_and_torch(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"capsnet {capsnet.__version__} (torch {torch.__version__})\n"

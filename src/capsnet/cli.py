@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from . import __version__
 from .config import DEVICES, EXTRA_TEST_SETS, PRECISIONS, TrainConfig, check_positive_flag, flag_name
 from .experiments import EXPERIMENTS, results_markdown, run_experiment
 from .data import DATASETS, DataError, download_dataset
@@ -278,6 +279,7 @@ def _download(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="capsnet", description="Capsule networks with dynamic routing (Sabour et al. 2017).")
+    parser.add_argument("--version", action="version", version=f"capsnet {__version__} (torch {torch.__version__})")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a model (defaults: the paper's MNIST CapsNet and recipe)")
