@@ -7,6 +7,7 @@ sends the right length with one byte changed. Anything else that does not exist 
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import http.server
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+import capsnet._files
 from capsnet.data import MNIST, DataError, download_dataset
 from capsnet.data import download as download_module
 from capsnet.data.download import download_file, sha256_file
@@ -154,7 +156,7 @@ def test_interrupt_removes_the_temp_file(server, tmp_path, monkeypatch):
     def interrupt(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(download_module.os, "replace", interrupt)
+    monkeypatch.setattr(capsnet._files.os, "replace", interrupt)  # the rename into place
     with pytest.raises(KeyboardInterrupt):
         download_file([_url(server, f"mnist/{LABELS}")], tmp_path / LABELS, LABELS_SHA256, progress=False)
     assert list(tmp_path.iterdir()) == []
@@ -164,6 +166,30 @@ def test_unwritable_destination(tmp_path, refused_url):
     (tmp_path / "a-file").write_bytes(b"")
     with pytest.raises(DataError, match="cannot write into"):
         download_file([refused_url], tmp_path / "a-file" / LABELS, LABELS_SHA256, progress=False)
+
+
+def test_a_folder_that_refuses_new_files_fails_before_any_mirror_is_asked(server, tmp_path, monkeypatch):
+    def refuse(dest):  # as a read-only filesystem or an ACL refuses, which chmod and os.access cannot show as root
+        raise OSError(errno.EROFS, "Read-only file system", str(dest))
+
+    monkeypatch.setattr(download_module, "open_temp_beside", refuse)
+    server.requests.clear()
+    with pytest.raises(DataError, match=r"cannot write into .* \(Read-only file system\); choose a writable folder"):
+        download_file([_url(server, f"mnist/{LABELS}")], tmp_path / LABELS, LABELS_SHA256, progress=False)
+    assert server.requests == []
+
+
+def test_a_disk_that_fills_up_is_not_blamed_on_the_mirrors(server, tmp_path, monkeypatch):
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(download_module, "_copy", full)
+    server.requests.clear()
+    urls = [_url(server, f"mnist/{LABELS}"), _url(server, f"mnist/{LABELS}")]
+    with pytest.raises(DataError, match=r"cannot write into .* \(No space left on device\)"):
+        download_file(urls, tmp_path / LABELS, LABELS_SHA256, progress=False)
+    assert len(server.requests) == 1  # the second mirror would fill the same disk
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_needs_a_url(tmp_path):

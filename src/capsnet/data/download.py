@@ -7,6 +7,7 @@ interrupted or failed download leaves nothing behind.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
 import os
@@ -18,7 +19,7 @@ from typing import BinaryIO
 
 from tqdm import tqdm
 
-from capsnet._files import removed_if_left_empty, write_atomically
+from capsnet._files import open_temp_beside, removed_if_left_empty, write_atomically
 from capsnet.data.idx import DataError
 
 __all__ = ["download_file", "sha256_file"]
@@ -27,6 +28,8 @@ TIMEOUT_S = 30.0
 _CHUNK = 1 << 20
 # Some servers refuse urllib's default agent string.
 _HEADERS = {"User-Agent": "capsnet (python urllib)"}
+# Errors of writing the file here, not of the mirror: a disk or quota that fills up during the download.
+_FULL_OR_READ_ONLY = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 
 
 class _MirrorError(Exception):
@@ -60,7 +63,7 @@ def download_file(
 
     Raises:
         DataError: every mirror failed (one line naming each URL and its reason), or the destination
-            folder is not writable.
+            folder is not writable or filled up (no other mirror is tried then).
     """
     if not urls:
         raise ValueError("download_file needs at least one URL")
@@ -77,6 +80,8 @@ def _fetch_from_first(urls: Sequence[str], dest: Path, sha256: str | None, *, pr
             _fetch(url, dest, sha256, progress=progress, timeout=timeout)
             return dest
         except (_MirrorError, urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+            if isinstance(exc, OSError) and exc.errno in _FULL_OR_READ_ONLY:  # no other mirror would do better
+                raise _cannot_write(dest.parent, exc) from exc
             failures.append(f"{url} ({_reason(exc)})")
             if isinstance(exc, urllib.error.HTTPError):
                 exc.close()  # an HTTPError holds the open response
@@ -104,18 +109,21 @@ def _fetch(url: str, dest: Path, sha256: str | None, *, progress: bool, timeout:
 
 
 def _make_writable_folder(folder: Path) -> None:
+    """Make ``folder`` and create (and remove) a file in it, before any mirror is asked: ``os.access`` would miss a
+    read-only filesystem's reason, a full one and ACLs."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        writable = os.access(folder, os.W_OK | os.X_OK)
+        probe = open_temp_beside(folder / "write-check")
+        probe.close()
+        os.unlink(probe.name)
     except OSError as exc:
-        reason = exc.strerror or str(exc)
-    else:
-        if writable:
-            return
-        reason = "permission denied"
-    raise DataError(
-        f"cannot write into {folder} ({reason}); choose a writable folder with --data-dir or the CAPSNET_DATA "
-        f"environment variable"
+        raise _cannot_write(folder, exc) from exc
+
+
+def _cannot_write(folder: Path, exc: OSError) -> DataError:
+    return DataError(
+        f"cannot write into {folder} ({exc.strerror or exc}); choose a writable folder with --data-dir or the "
+        f"CAPSNET_DATA environment variable"
     )
 
 
