@@ -239,8 +239,9 @@ def test_ctrl_c_during_evaluation_keeps_the_finished_epoch(tmp_path, shared_data
     monkeypatch.setattr(engine, "_tallies", evaluate_with_ctrl_c)
     monkeypatch.setattr(engine, "save_checkpoint", lambda path, checkpoint, original=engine.save_checkpoint: (
         saved_names.append(path.name), original(path, checkpoint)))
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(TrainingInterrupted) as stop:
         Trainer(config(tmp_path, shared_data, epochs=2)).fit()
+    assert stop.value.signum == signal.SIGINT
     saved = load_checkpoint(tmp_path / "run" / "last.pt")["progress"]
     assert (saved["epoch"], saved["batch"], saved["step"]) == (1, 0, 8)
     assert saved_names == ["best.pt", "last.pt"]  # the epoch's end saved it: the stop does not write it again
@@ -336,8 +337,9 @@ def test_hangup_saves_like_ctrl_c(tmp_path, shared_data, monkeypatch):
     trainer = Trainer(config(tmp_path, shared_data, epochs=1))
     signal_during_step(trainer, monkeypatch, signal.SIGHUP, 2)
     try:
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(TrainingInterrupted) as stop:
             trainer.fit()
+        assert stop.value.signum == signal.SIGHUP
         assert signal.getsignal(signal.SIGHUP) is before
     finally:
         signal.signal(signal.SIGHUP, previous)
@@ -719,3 +721,9 @@ def test_epoch_seeds_are_those_every_run_so_far_was_trained_with():
     epoch_seed = capsnet.training.engine._epoch_seed
     assert [epoch_seed(0, epoch, stream=0) for epoch in (0, 1, 32)] == [0, 1, 32]  # batch order
     assert [epoch_seed(3, 5, stream=stream) for stream in (0, 1)] == [3_000_014, 3_000_014 + 7919]  # augmentation
+
+
+def test_interrupted_names_its_signal_and_its_checkpoint(tmp_path):
+    assert str(TrainingInterrupted(tmp_path / "last.pt", signal.SIGTERM)) == (
+        f"interrupted by SIGTERM: checkpoint saved to {tmp_path / 'last.pt'}")
+    assert str(TrainingInterrupted(tmp_path / "last.pt", 200)).startswith("interrupted by signal 200: checkpoint")

@@ -2,8 +2,9 @@
 
 Every flag of ``capsnet train`` comes from :class:`capsnet.config.TrainConfig`, its help text and default
 included. Bad input ends with one ``capsnet: error: ...`` line and exit status 2, without a traceback
-(``--traceback`` shows it, for the errors that are ours to fix). A stop signal during training saves a checkpoint
-and exits with 128 + the signal's number: 130 for Ctrl-C, 143 for SIGTERM.
+(``--traceback`` after the command's name shows it, for a bug report). A stop signal during training saves a
+checkpoint and exits with 128 + the signal's number: 130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP (under
+``torchrun`` its workers do; torchrun itself exits with a status of its own).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import argparse
 import collections
 import math
-import signal
 import sys
 import typing
 from dataclasses import MISSING, fields
@@ -112,8 +112,8 @@ def _run_training(config: TrainConfig) -> None:
     try:
         history = trainer.fit()
     except TrainingInterrupted as stop:
-        say(f"\n{_interrupted(stop)}; continue with --resume --output-dir {trainer.run_dir}", file=sys.stderr)
-        raise SystemExit(128 + stop.signum) from None
+        say(f"\n{stop}; continue with --resume --output-dir {trainer.run_dir}", file=sys.stderr)
+        raise SystemExit(128 + stop.signum) from None  # as a shell reports a process that the signal ended
     if not history:
         done = (f"reached --stop-at-error {config.stop_at_error}%" if trainer.reached_target
                 else f"has already trained {trainer.progress.epoch} epochs; raise --epochs")
@@ -127,11 +127,6 @@ def _run_training(config: TrainConfig) -> None:
                 if trainer.reached_target else
                 f"stopped by --time-limit after epoch {trainer.progress.epoch} of {config.epochs}; continue with "
                 f"--resume --output-dir {trainer.run_dir}")
-
-
-def _interrupted(stop: TrainingInterrupted) -> str:
-    """What a stop signal did; the exit status is 128 + its number, as for a process the signal ended."""
-    return f"interrupted by {signal.Signals(stop.signum).name}: checkpoint saved to {stop.checkpoint}"
 
 
 def _where_it_starts(trainer: Trainer) -> str | None:
@@ -176,7 +171,7 @@ def _reproduce(args: argparse.Namespace) -> None:
     try:
         results = run_experiment(args.experiment, args.runs_dir, rows=args.rows, tiny=args.tiny, **settings)
     except TrainingInterrupted as stop:
-        print(f"\n{_interrupted(stop)}; run the same command again to continue", file=sys.stderr)
+        print(f"\n{stop}; run the same command again to continue", file=sys.stderr)
         raise SystemExit(128 + stop.signum) from None
     finally:
         shutdown_distributed()

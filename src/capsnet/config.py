@@ -61,7 +61,7 @@ def _option(default: Any, help: str, **extra: Any) -> Any:
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a training run. Defaults: the paper's MNIST recipe (SPEC.md, section 4)."""
+    """Everything that defines a training run. Defaults: the paper's MNIST recipe (its section 4; docs/training.md)."""
 
     dataset: str = _option(
         "mnist", "dataset to train on (multimnist: pairs of MNIST digits on 36x36, paper section 6)", choices=DATASET_CHOICES

@@ -6,7 +6,7 @@ from .registry import create_model, is_capsule_model, list_models, register_mode
 
 # The paper's MNIST network: CapsNet's defaults are its values, so the config is empty.
 register_model("capsnet-mnist", CapsNet)
-# The same network with the official TensorFlow code's choices (see SPEC "Where the official code differs"), and
+# The same network with the official TensorFlow code's choices (docs/concepts.md, "Official code vs paper"), and
 # the std of its W init (its truncated normal, redrawn beyond 2 std, has an actual std of ~0.088 against our 0.1).
 register_model("capsnet-mnist-official", CapsNet, digit_bias=True, detach_intermediate=False, weight_std=0.1)
 # Same structure, narrow convolutions (1.9M parameters, most in the decoder): smoke tests, quick CPU runs.

@@ -62,7 +62,11 @@ class TrainingInterrupted(KeyboardInterrupt):
     ``checkpoint``; ``--resume`` continues from there."""
 
     def __init__(self, checkpoint: Path, signum: int = signal.SIGINT) -> None:
-        super().__init__(f"interrupted by {signal.Signals(signum).name}; checkpoint saved to {checkpoint}")
+        try:
+            name = signal.Signals(signum).name
+        except ValueError:
+            name = f"signal {signum}"
+        super().__init__(f"interrupted by {name}: checkpoint saved to {checkpoint}")
         self.checkpoint, self.signum = checkpoint, signum
 
 
@@ -281,7 +285,7 @@ class Trainer:
         }
 
         def request_stop(signum, frame):
-            self._signalled = signum
+            self._signalled = self._signalled or signum  # the first one: the reason the run stops
             if signum == signal.SIGINT:
                 signal.signal(signal.SIGINT, previous[signal.SIGINT])  # a second Ctrl-C interrupts at once
 
@@ -640,7 +644,8 @@ def config_from_file(path: str | Path, **changes: Any) -> TrainConfig:
     written by hand, e.g. ``{"epochs": 5, "routing_iterations": 1}``.
 
     From a run's ``config.json``, as for :func:`resume_config`, the run folder, ``resume``, ``time_limit`` and
-    ``progress`` are not read; a file written by hand may set the last three (``resume`` it may not).
+    ``progress`` are not read; a file written by hand may set the run folder, ``time_limit`` and ``progress``
+    (``resume`` it may not).
     """
     path = Path(path)
     path = path / "config.json" if path.is_dir() else path
