@@ -229,14 +229,14 @@ def test_run_folder_guards(tmp_path, shared_data):
 def test_ctrl_c_during_evaluation_keeps_the_finished_epoch(tmp_path, shared_data, monkeypatch):
     import capsnet.training.engine as engine
 
-    original_counts = engine._tallies
+    original_counts = engine.class_tallies
 
     def evaluate_with_ctrl_c(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGINT)
         return original_counts(*args, **kwargs)
 
     saved_names = []
-    monkeypatch.setattr(engine, "_tallies", evaluate_with_ctrl_c)
+    monkeypatch.setattr(engine, "class_tallies", evaluate_with_ctrl_c)
     monkeypatch.setattr(engine, "save_checkpoint", lambda path, checkpoint, original=engine.save_checkpoint: (
         saved_names.append(path.name), original(path, checkpoint)))
     with pytest.raises(TrainingInterrupted) as stop:
@@ -678,14 +678,14 @@ def test_dropping_metric_lines_rewrites_the_file_whole_or_not_at_all(tmp_path, m
     path = tmp_path / "metrics.jsonl"
     text = '{"epoch": 1, "test_error": 0.5}\n{"epoch": 2, "test_error": 0.4}\n'
     path.write_text(text)
-    engine = capsnet.training.engine
-    engine._truncate_metrics(path, 2)  # nothing to drop: not rewritten
+    runs = capsnet.training.runs
+    runs.truncate_metrics(path, 2)  # nothing to drop: not rewritten
     monkeypatch.setattr(capsnet._files.os, "replace", lambda *args: (_ for _ in ()).throw(OSError(28, "No space left")))
     with pytest.raises(OSError):
-        engine._truncate_metrics(path, 1)
+        runs.truncate_metrics(path, 1)
     assert path.read_text() == text and [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]
     monkeypatch.undo()
-    engine._truncate_metrics(path, 1)
+    runs.truncate_metrics(path, 1)
     assert path.read_text() == '{"epoch": 1, "test_error": 0.5}\n'
 
 
@@ -710,7 +710,7 @@ def test_every_setting_is_classified_for_resume():
     """A new setting must be placed on purpose: one that defines the run belongs in _RESUME_MUST_MATCH."""
     engine = capsnet.training.engine
     may_change = {name for name in TrainConfig.setting_names()} - set(engine._RESUME_MUST_MATCH) - set(
-        engine._INVOCATION_SETTINGS)
+        capsnet.training.runs._INVOCATION_SETTINGS)
     assert may_change == {  # how and where it runs, how long, and the init that the checkpoint's weights replace
         "channels_last", "compile", "data_dir", "device", "epochs", "eval_batch_size", "precision", "retain_memory",
         "save_every", "stop_at_error", "weight_std",

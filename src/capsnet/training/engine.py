@@ -1,4 +1,6 @@
-"""The training loop: the paper's recipe, progress bars, metrics, checkpoints and exact resume."""
+"""The training loop: the paper's recipe, progress bars, metrics, checkpoints and exact resume.
+
+Run folders are :mod:`.runs`' business, the test pass :mod:`.evaluation`'s."""
 
 from __future__ import annotations
 
@@ -6,7 +8,6 @@ import functools
 import itertools
 import json
 import math
-import os
 import signal
 import threading
 import time
@@ -25,18 +26,19 @@ from ..data import TensorLoader, get_dataset_class, overlay_pairs, place_on_canv
 from ..data.testsets import base_dataset, load_test_set
 from ..losses import CapsuleLoss
 from ..models import create_model, is_capsule_model
-from .._files import removed_if_left_empty, write_atomically
 from ..config import TrainConfig, flag_name, reaches_error
 from ..functional import hits
 from ..runtime import retain_freed_memory
 from .checkpoint import CheckpointError, checkpoint_file, load_checkpoint, load_model_weights, save_checkpoint
 from .distributed import in_process_group, init_distributed, shutdown_distributed
-from .objectives import CapsuleObjective, CrossEntropyObjective, class_scores
+from .evaluation import class_tallies, error_report
+from .objectives import CapsuleObjective, CrossEntropyObjective
 from .precision import (
     CompiledOrEager, autocast, compile_mode, grad_scaler, resolve_channels_last, resolve_precision,
 )
+from .runs import TrainingError, check_run_dir, make_run_dir, truncate_metrics, write_json
 
-__all__ = ["Trainer", "TrainingError", "TrainingInterrupted", "train", "evaluate", "read_metrics", "resolve_device"]
+__all__ = ["Trainer", "TrainingInterrupted", "train", "resolve_device"]
 
 # Settings a resumed run must share with its checkpoint, or the continuation would not be the same run.
 _RESUME_MUST_MATCH = (
@@ -44,17 +46,9 @@ _RESUME_MUST_MATCH = (
     "reconstruction", "reconstruction_weight", "halve_margin", "detach_intermediate", "digit_bias",
     "max_shift", "seed", "limit_train", "limit_test", "canvas", "extra_test", "init_from",
 )
-# Settings of one invocation rather than of the run: a resumed run does not read them back from its folder.
-_INVOCATION_SETTINGS = ("output_dir", "resume", "time_limit", "progress")
-# In config.json beside the settings, but not TrainConfig fields.
-_RECORDED_BESIDE_SETTINGS = ("model_kwargs", "parameters", "resolved", "initial_weights")
 _POSTFIX_EVERY = 20  # progress-bar updates read the device's running sums (a sync on GPU): not every step
 # Ctrl-C; torchrun and cluster schedulers send SIGTERM; a closing terminal (a dropped ssh session) SIGHUP.
 _STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
-
-
-class TrainingError(RuntimeError):
-    """A run that cannot start or go on: unusable output folder, nothing to resume, diverged loss."""
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -118,12 +112,12 @@ class Trainer:
         named_by_time = "output_dir" in config._derived
         self.run_dir = Path(config.output_dir)
         if self.distributed.is_main:  # first: a wrong --resume or folder fails before the data loads
-            _check_run_dir(self.run_dir, resume=config.resume, named_by_time=named_by_time)
+            check_run_dir(self.run_dir, resume=config.resume, named_by_time=named_by_time)
         self._load_data()
         self._build_model(initial)
         # Made only now, so that a run that cannot start (a wrong data folder, weights that do not fit) leaves none.
         if self.distributed.is_main:
-            self.run_dir = _make_run_dir(self.run_dir, named_by_time=named_by_time)
+            self.run_dir = make_run_dir(self.run_dir, named_by_time=named_by_time)
         self.run_dir = Path(self.distributed.gather(str(self.run_dir))[0])  # the folder rank 0 made, on every rank
         config.output_dir = str(self.run_dir)
         self.progress = _Progress()
@@ -133,13 +127,13 @@ class Trainer:
         if config.resume:
             self._restore(load_checkpoint(self.run_dir / "last.pt", map_location=self.device))
         elif self.distributed.is_main:
-            _truncate_metrics(self.run_dir / "metrics.jsonl", 0)  # lines left by a run killed before its first save
+            truncate_metrics(self.run_dir / "metrics.jsonl", 0)  # lines left by a run killed before its first save
         self._write_config()
 
     def _write_config(self) -> None:
         """``config.json``: the settings, the model's arguments and size, and what ``auto`` options became."""
         if self.distributed.is_main:
-            _write_json(self.run_dir / "config.json", {
+            write_json(self.run_dir / "config.json", {
                 **self.config.to_dict(), "model_kwargs": self.model_kwargs, "parameters": self.parameter_count,
                 "resolved": self.settings(), **({"initial_weights": self.initial_weights} if self.initial_weights else {}),
             })
@@ -475,11 +469,11 @@ class Trainer:
     def _evaluate_on(self, images: Tensor, labels: Tensor, progress: bool = False) -> dict[str, Any]:
         """Error and per-class accuracy on a test set, each rank predicting its own part of it."""
         shard = self.distributed.shard
-        tallies = _tallies(
+        tallies = class_tallies(
             self.model, shard(images), shard(labels), batch_size=self.config.eval_batch_size,
             num_classes=len(self.classes), precision=self.precision, progress=progress and self.distributed.is_main,
         )
-        return _error_report(self.distributed.sum_(tallies))
+        return error_report(self.distributed.sum_(tallies))
 
     def _save(self, *names: str) -> None:
         """Write the checkpoint under each of ``names`` (rank 0). Every rank calls it: it gathers their random
@@ -534,81 +528,7 @@ class Trainer:
         self.progress = _Progress(**saved_progress)
         self.initial_weights = checkpoint.get("initial_weights")
         if self.distributed.is_main:
-            _truncate_metrics(self.run_dir / "metrics.jsonl", self.progress.epoch)
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    images: Tensor,
-    labels: Tensor,
-    *,
-    batch_size: int = TrainConfig.eval_batch_size,
-    num_classes: int = 10,
-    precision: str = "32",
-    progress: bool = False,
-) -> dict[str, Any]:
-    """Test error and per-class accuracy of ``model`` (eval mode) on uint8 ``images``.
-
-    Returns ``{"error", "examples", "per_class_accuracy"}``; a class without test images has accuracy ``nan``.
-    The prediction is the longest capsule of a CapsNet, or the largest logit of a model returning logits.
-
-    ``precision`` is one of ``"32"``, ``"bf16"``, ``"16-mixed"`` (autocast while predicting).
-
-    Shape:
-        ``images``: ``(n, C, H, W)`` uint8; ``labels``: ``(n,)``, or ``(n, objects)`` (MultiMNIST).
-    """
-    _check_evaluation_set(images, labels, num_classes)
-    tallies = _tallies(model, images, labels, batch_size=batch_size, num_classes=num_classes, precision=precision,
-                       progress=progress)
-    return _error_report(tallies)
-
-
-def _check_evaluation_set(images: Tensor, labels: Tensor, num_classes: int) -> None:
-    """Refuse what :func:`evaluate` would miscount or fail on deep inside, naming the argument."""
-    if images.dtype != torch.uint8:
-        # Float images may already be in [0, 1]; dividing them by 255 again would give a wrong error silently.
-        raise TypeError(f"evaluate takes uint8 images (0-255), got {images.dtype}")
-    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise TypeError(f"labels must be integer class indices, got {labels.dtype}")
-    if labels.dim() not in (1, 2) or len(labels) != len(images) or len(labels) == 0:
-        raise ValueError(f"expected labels (n,) or (n, objects) for n = {len(images)} images, n > 0; "
-                         f"got labels of shape {tuple(labels.shape)}")
-    lowest, highest = int(labels.min()), int(labels.max())
-    if not 0 <= lowest <= highest < num_classes:
-        raise ValueError(f"labels must be class indices in [0, {num_classes}), got {lowest} to {highest}")
-
-
-@torch.no_grad()
-def _tallies(
-    model: nn.Module, images: Tensor, labels: Tensor, *, batch_size: int, num_classes: int, precision: str, progress: bool
-) -> Tensor:
-    """``(2, num_classes + 1)`` counts on the labels' device: row 0 right, row 1 all; columns: per class, then
-    per example. With ``(n, objects)`` labels (MultiMNIST) an example counts under each of its classes."""
-    was_training = model.training
-    model.eval()
-    labels = labels.long()  # index_add_ and bincount take int64 indices
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)  # float64 models too
-    correct = torch.zeros(num_classes + 1, dtype=torch.long, device=labels.device)
-    counts = torch.bincount(labels.flatten(), minlength=num_classes)
-    starts = range(0, len(labels), batch_size)
-    for start in tqdm(starts, desc="evaluating", unit="batch", disable=not progress, leave=False, dynamic_ncols=True):
-        batch_labels = labels[start : start + batch_size]
-        with autocast(precision, labels.device):
-            scores = class_scores(model(images[start : start + batch_size].to(dtype).div_(255)))
-        right = hits(scores, batch_labels)  # (b,)
-        # index_add_ rather than bincount(labels[right]): a boolean mask would make the host wait for the GPU.
-        right_per_label = right.view(-1, *[1] * (batch_labels.dim() - 1)).expand_as(batch_labels)
-        correct.index_add_(0, batch_labels.flatten(), right_per_label.flatten().long())
-        correct[num_classes] += right.sum()
-    model.train(was_training)
-    return torch.stack([correct, torch.cat([counts, counts.new_tensor([len(labels)])])])
-
-
-def _error_report(tallies: Tensor) -> dict[str, Any]:
-    (*correct, right), (*counts, examples) = tallies.tolist()
-    per_class = [c / n if n else math.nan for c, n in zip(correct, counts)]  # nan: no test image of that class
-    return {"error": 1 - right / max(examples, 1), "examples": examples, "per_class_accuracy": per_class}
+            truncate_metrics(self.run_dir / "metrics.jsonl", self.progress.epoch)
 
 
 def train(config: TrainConfig | None = None, **overrides: Any) -> list[dict[str, Any]]:
@@ -623,65 +543,6 @@ def train(config: TrainConfig | None = None, **overrides: Any) -> list[dict[str,
     finally:
         if not caller_made_the_group:
             shutdown_distributed()
-
-
-def resume_config(run_dir: str | Path, **changes: Any) -> TrainConfig:
-    """The settings of the run in ``run_dir``, read back from its ``config.json`` and updated by ``changes``,
-    to continue it: ``Trainer(resume_config("runs/x", epochs=20)).fit()``.
-
-    ``time_limit`` and ``progress`` belong to one invocation and are not read back. A change to a setting
-    that defines the run (dataset, model, learning rate, ...) is refused when the trainer loads the checkpoint.
-    """
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        raise TrainingError(f"nothing to resume: {path} does not exist")
-    return TrainConfig.from_dict({**_saved_settings(path), **changes, "output_dir": str(run_dir), "resume": True})
-
-
-def config_from_file(path: str | Path, **changes: Any) -> TrainConfig:
-    """A new run with the settings of the JSON file ``path``, updated by ``changes``: a run's ``config.json``
-    (train again as that run did, e.g. with another seed; the run folder will do) or a file of settings
-    written by hand, e.g. ``{"epochs": 5, "routing_iterations": 1}``.
-
-    From a run's ``config.json``, as for :func:`resume_config`, the run folder, ``resume``, ``time_limit`` and
-    ``progress`` are not read; a file written by hand may set the run folder, ``time_limit`` and ``progress``
-    (``resume`` it may not).
-    """
-    path = Path(path)
-    path = path / "config.json" if path.is_dir() else path
-    if not path.is_file():
-        raise TrainingError(f"config file {path} does not exist")
-    if changes.get("resume"):
-        raise ValueError("config_from_file starts a new run; resume_config continues one")
-    settings = _read_settings(path)
-    if any(key in settings for key in _RECORDED_BESIDE_SETTINGS):  # a run's config.json
-        settings = _saved_settings(path)
-    elif settings.get("resume"):
-        raise TrainingError(f"{path} sets resume: a file of settings starts a new run; continue one with capsnet "
-                            f"train --resume --output-dir RUN_FOLDER")
-    # Strict here, not when resuming: a typo in a hand-written file must not pass unseen, while a run saved by an
-    # older version, with a setting since removed, must still resume.
-    unknown = settings.keys() - TrainConfig.setting_names()
-    if unknown:
-        raise TrainingError(f"{path} has unknown settings {sorted(unknown)}; see capsnet train --help")
-    return TrainConfig.from_dict({**settings, **changes})
-
-
-def _saved_settings(path: Path) -> dict[str, Any]:
-    """The settings in a run's ``config.json``, less those of one invocation and what a run records beside them."""
-    return {key: value for key, value in _read_settings(path).items()
-            if key not in (*_INVOCATION_SETTINGS, *_RECORDED_BESIDE_SETTINGS)}
-
-
-def _read_settings(path: Path) -> dict[str, Any]:
-    """The JSON object of settings in ``path``."""
-    try:
-        saved = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise TrainingError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(saved, dict):
-        raise TrainingError(f"{path} must hold a JSON object of settings, e.g. {{\"epochs\": 5}}")
-    return saved
 
 
 def _model_kwargs_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[tuple[str, str]]:
@@ -756,72 +617,3 @@ def _read_initial_weights(config: TrainConfig) -> dict[str, Any] | None:
     except CheckpointError as exc:
         raise CheckpointError(f"--init-from: {exc} (--init-from \"\" starts from the seed instead)") from None
 
-
-def _check_run_dir(path: Path, *, resume: bool, named_by_time: bool) -> None:
-    if resume and not (path / "last.pt").is_file():
-        raise TrainingError(f"nothing to resume: {path / 'last.pt'} does not exist")
-    if not resume and not named_by_time and (path / "last.pt").exists():  # a default name gets -2, -3, ... instead
-        raise TrainingError(f"{path} already holds a run; pass --resume to continue it or choose another --output-dir")
-    existing = next(folder for folder in (path, *path.absolute().parents) if folder.exists())
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):  # before the data loads, maybe downloads
-        raise TrainingError(f"cannot write to the output folder {path}: {existing} is not a writable folder")
-
-
-def _make_run_dir(path: Path, *, named_by_time: bool) -> Path:
-    """The run folder, made if needed and checked writable. A folder named after the second its run started
-    (no --output-dir) is made new: runs started in the same second get ``-2``, ``-3``, ... after the name."""
-    try:
-        with removed_if_left_empty(path):  # an unwritable folder: no empty folders left on the way to it
-            path = _new_folder(path) if named_by_time else path
-            path.mkdir(parents=True, exist_ok=True)
-            (path / ".write-test").touch()
-            (path / ".write-test").unlink()
-    except OSError as exc:
-        raise TrainingError(f"cannot write to the output folder {path}: {exc.strerror or exc}") from None
-    return path
-
-
-def _new_folder(path: Path) -> Path:
-    """Make ``path``, or the first of ``path-2``, ``path-3``, ... that does not exist; atomic, so two processes
-    never get the same one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    number = 1
-    while True:
-        candidate = path if number == 1 else path.with_name(f"{path.name}-{number}")
-        try:
-            candidate.mkdir()
-            return candidate
-        except FileExistsError:
-            number += 1
-
-
-def _write_json(path: Path, values: dict[str, Any]) -> None:
-    """Whole or not at all: ``resume_config`` may read config.json while rank 0 rewrites it."""
-    write_atomically(path, lambda file: file.write((json.dumps(values, indent=2) + "\n").encode()))
-
-
-def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The metrics of every finished epoch of a run folder (its ``metrics.jsonl``), epoch 1 first."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        raise TrainingError(f"{run_dir} has no metrics.jsonl: not a run folder")
-    return [metrics for metrics in map(_metrics_of, path.read_text().splitlines()) if metrics is not None]
-
-
-def _truncate_metrics(path: Path, epochs_done: int) -> None:
-    """Drop metric lines of epochs the checkpoint does not include (written just before a crash)."""
-    if not path.exists():
-        return
-    lines = path.read_text().splitlines()
-    kept = [line for line in lines if (_metrics_of(line) or {}).get("epoch") in range(1, epochs_done + 1)]
-    if kept != lines:  # rewritten whole, so that a kill now cannot take the finished epochs' lines with it
-        write_atomically(path, lambda file: file.write("".join(line + "\n" for line in kept).encode()))
-
-
-def _metrics_of(line: str) -> dict[str, Any] | None:
-    """The metrics of one line of ``metrics.jsonl``, or ``None`` for a line torn by a crash."""
-    try:
-        metrics = json.loads(line)
-    except ValueError:
-        return None
-    return metrics if isinstance(metrics, dict) and "epoch" in metrics else None

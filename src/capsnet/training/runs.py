@@ -1,0 +1,158 @@
+"""Run folders: where a new run goes, the settings a resumed or repeated run reads back from its ``config.json``,
+and the metrics of every finished epoch in its ``metrics.jsonl``."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .._files import removed_if_left_empty, write_atomically
+from ..config import TrainConfig
+
+__all__ = [
+    "TrainingError", "resume_config", "config_from_file", "read_metrics", "check_run_dir", "make_run_dir",
+    "write_json", "truncate_metrics",
+]
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot start or go on: unusable output folder, nothing to resume, diverged loss."""
+
+
+# Settings of one invocation rather than of the run: a resumed run does not read them back from its folder.
+_INVOCATION_SETTINGS = ("output_dir", "resume", "time_limit", "progress")
+# In config.json beside the settings, but not TrainConfig fields.
+_RECORDED_BESIDE_SETTINGS = ("model_kwargs", "parameters", "resolved", "initial_weights")
+
+
+def resume_config(run_dir: str | Path, **changes: Any) -> TrainConfig:
+    """The settings of the run in ``run_dir``, read back from its ``config.json`` and updated by ``changes``,
+    to continue it: ``Trainer(resume_config("runs/x", epochs=20)).fit()``.
+
+    ``time_limit`` and ``progress`` belong to one invocation and are not read back. A change to a setting
+    that defines the run (dataset, model, learning rate, ...) is refused when the trainer loads the checkpoint.
+    """
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise TrainingError(f"nothing to resume: {path} does not exist")
+    return TrainConfig.from_dict({**_saved_settings(path), **changes, "output_dir": str(run_dir), "resume": True})
+
+
+def config_from_file(path: str | Path, **changes: Any) -> TrainConfig:
+    """A new run with the settings of the JSON file ``path``, updated by ``changes``: a run's ``config.json``
+    (train again as that run did, e.g. with another seed; the run folder will do) or a file of settings
+    written by hand, e.g. ``{"epochs": 5, "routing_iterations": 1}``.
+
+    From a run's ``config.json``, as for :func:`resume_config`, the run folder, ``resume``, ``time_limit`` and
+    ``progress`` are not read; a file written by hand may set the run folder, ``time_limit`` and ``progress``
+    (``resume`` it may not).
+    """
+    path = Path(path)
+    path = path / "config.json" if path.is_dir() else path
+    if not path.is_file():
+        raise TrainingError(f"config file {path} does not exist")
+    if changes.get("resume"):
+        raise ValueError("config_from_file starts a new run; resume_config continues one")
+    settings = _read_settings(path)
+    if any(key in settings for key in _RECORDED_BESIDE_SETTINGS):  # a run's config.json
+        settings = _saved_settings(path)
+    elif settings.get("resume"):
+        raise TrainingError(f"{path} sets resume: a file of settings starts a new run; continue one with capsnet "
+                            f"train --resume --output-dir RUN_FOLDER")
+    # Strict here, not when resuming: a typo in a hand-written file must not pass unseen, while a run saved by an
+    # older version, with a setting since removed, must still resume.
+    unknown = settings.keys() - TrainConfig.setting_names()
+    if unknown:
+        raise TrainingError(f"{path} has unknown settings {sorted(unknown)}; see capsnet train --help")
+    return TrainConfig.from_dict({**settings, **changes})
+
+
+def _saved_settings(path: Path) -> dict[str, Any]:
+    """The settings in a run's ``config.json``, less those of one invocation and what a run records beside them."""
+    return {key: value for key, value in _read_settings(path).items()
+            if key not in (*_INVOCATION_SETTINGS, *_RECORDED_BESIDE_SETTINGS)}
+
+
+def _read_settings(path: Path) -> dict[str, Any]:
+    """The JSON object of settings in ``path``."""
+    try:
+        saved = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise TrainingError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(saved, dict):
+        raise TrainingError(f"{path} must hold a JSON object of settings, e.g. {{\"epochs\": 5}}")
+    return saved
+
+
+def check_run_dir(path: Path, *, resume: bool, named_by_time: bool) -> None:
+    """Refuse, before the data loads, a run folder that cannot serve: nothing in it to resume, a run in it already,
+    or no way to write it. Makes nothing: :func:`make_run_dir` does, once the run can start."""
+    if resume and not (path / "last.pt").is_file():
+        raise TrainingError(f"nothing to resume: {path / 'last.pt'} does not exist")
+    if not resume and not named_by_time and (path / "last.pt").exists():  # a default name gets -2, -3, ... instead
+        raise TrainingError(f"{path} already holds a run; pass --resume to continue it or choose another --output-dir")
+    existing = next(folder for folder in (path, *path.absolute().parents) if folder.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):  # before the data loads, maybe downloads
+        raise TrainingError(f"cannot write to the output folder {path}: {existing} is not a writable folder")
+
+
+def make_run_dir(path: Path, *, named_by_time: bool) -> Path:
+    """The run folder, made if needed and checked writable. A folder named after the second its run started
+    (no --output-dir) is made new: runs started in the same second get ``-2``, ``-3``, ... after the name."""
+    try:
+        with removed_if_left_empty(path):  # an unwritable folder: no empty folders left on the way to it
+            path = _new_folder(path) if named_by_time else path
+            path.mkdir(parents=True, exist_ok=True)
+            (path / ".write-test").touch()
+            (path / ".write-test").unlink()
+    except OSError as exc:
+        raise TrainingError(f"cannot write to the output folder {path}: {exc.strerror or exc}") from None
+    return path
+
+
+def _new_folder(path: Path) -> Path:
+    """Make ``path``, or the first of ``path-2``, ``path-3``, ... that does not exist; atomic, so two processes
+    never get the same one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    number = 1
+    while True:
+        candidate = path if number == 1 else path.with_name(f"{path.name}-{number}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            number += 1
+
+
+def write_json(path: Path, values: dict[str, Any]) -> None:
+    """Whole or not at all: ``resume_config`` may read config.json while rank 0 rewrites it."""
+    write_atomically(path, lambda file: file.write((json.dumps(values, indent=2) + "\n").encode()))
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The metrics of every finished epoch of a run folder (its ``metrics.jsonl``), epoch 1 first."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise TrainingError(f"{run_dir} has no metrics.jsonl: not a run folder")
+    return [metrics for metrics in map(_metrics_of, path.read_text().splitlines()) if metrics is not None]
+
+
+def truncate_metrics(path: Path, epochs_done: int) -> None:
+    """Drop metric lines of epochs the checkpoint does not include (written just before a crash)."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines()
+    kept = [line for line in lines if (_metrics_of(line) or {}).get("epoch") in range(1, epochs_done + 1)]
+    if kept != lines:  # rewritten whole, so that a kill now cannot take the finished epochs' lines with it
+        write_atomically(path, lambda file: file.write("".join(line + "\n" for line in kept).encode()))
+
+
+def _metrics_of(line: str) -> dict[str, Any] | None:
+    """The metrics of one line of ``metrics.jsonl``, or ``None`` for a line torn by a crash."""
+    try:
+        metrics = json.loads(line)
+    except ValueError:
+        return None
+    return metrics if isinstance(metrics, dict) and "epoch" in metrics else None
