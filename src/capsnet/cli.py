@@ -28,12 +28,11 @@ from .data.affnist import download_affnist
 from . import figures
 from .models import CapsNet, create_model
 from .training import (
-    CheckpointError, TrainingError, TrainingInterrupted, checkpoint_file, config_from_file, evaluate, load_checkpoint,
-    load_model_weights, read_metrics, resolve_device, resume_config,
+    CheckpointError, Trainer, TrainingError, TrainingInterrupted, checkpoint_file, config_from_file, evaluate,
+    load_checkpoint, load_model_weights, read_metrics, resolve_device, resume_config,
 )
 from .training.distributed import shutdown_distributed
 from .data.testsets import TestSet, load_test_set
-from .training.engine import Trainer
 from .training.precision import resolve_precision
 
 _CONFIG_FIELDS = {f.name: f for f in fields(TrainConfig)}

@@ -1,9 +1,10 @@
-"""The training application: loop, evaluation and checkpoints on top of the core library."""
+"""The training application: loop, evaluation, run folders and checkpoints on top of the core library."""
 
 from .checkpoint import CheckpointError, checkpoint_file, load_checkpoint, load_model_weights, save_checkpoint
-from .engine import Trainer, TrainingInterrupted, resolve_device, train
+from .engine import Trainer, resolve_device, train
+from .errors import TrainingError, TrainingInterrupted
 from .evaluation import evaluate
-from .runs import TrainingError, config_from_file, read_metrics, resume_config
+from .runs import config_from_file, read_metrics, resume_config
 
 __all__ = [
     "Trainer", "TrainingError", "TrainingInterrupted", "train", "resume_config", "config_from_file", "evaluate",

@@ -1,12 +1,11 @@
 """The training loop: the paper's recipe, progress bars, metrics, checkpoints and exact resume.
 
-Run folders are :mod:`.runs`' business, the test pass :mod:`.evaluation`'s."""
+Run folders are :mod:`.runs`' business, the test pass :mod:`.evaluation`'s, the exceptions :mod:`.errors`'."""
 
 from __future__ import annotations
 
 import functools
 import itertools
-import json
 import math
 import signal
 import threading
@@ -31,14 +30,15 @@ from ..functional import hits
 from ..runtime import retain_freed_memory
 from .checkpoint import CheckpointError, checkpoint_file, load_checkpoint, load_model_weights, save_checkpoint
 from .distributed import in_process_group, init_distributed, shutdown_distributed
+from .errors import TrainingError, TrainingInterrupted
 from .evaluation import class_tallies, error_report
 from .objectives import CapsuleObjective, CrossEntropyObjective
 from .precision import (
     CompiledOrEager, autocast, compile_mode, grad_scaler, resolve_channels_last, resolve_precision,
 )
-from .runs import TrainingError, check_run_dir, make_run_dir, truncate_metrics, write_json
+from .runs import append_metrics, check_run_dir, make_run_dir, truncate_metrics, write_run_config
 
-__all__ = ["Trainer", "TrainingInterrupted", "train", "resolve_device"]
+__all__ = ["Trainer", "train", "resolve_device"]
 
 # Settings a resumed run must share with its checkpoint, or the continuation would not be the same run.
 _RESUME_MUST_MATCH = (
@@ -49,19 +49,6 @@ _RESUME_MUST_MATCH = (
 _POSTFIX_EVERY = 20  # progress-bar updates read the device's running sums (a sync on GPU): not every step
 # Ctrl-C; torchrun and cluster schedulers send SIGTERM; a closing terminal (a dropped ssh session) SIGHUP.
 _STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """A stop signal (``signum``: SIGINT for Ctrl-C, SIGTERM, SIGHUP) stopped :meth:`Trainer.fit` after it saved
-    ``checkpoint``; ``--resume`` continues from there."""
-
-    def __init__(self, checkpoint: Path, signum: int = signal.SIGINT) -> None:
-        try:
-            name = signal.Signals(signum).name
-        except ValueError:
-            name = f"signal {signum}"
-        super().__init__(f"interrupted by {name}: checkpoint saved to {checkpoint}")
-        self.checkpoint, self.signum = checkpoint, signum
 
 
 def resolve_device(name: str) -> torch.device:
@@ -133,10 +120,10 @@ class Trainer:
     def _write_config(self) -> None:
         """``config.json``: the settings, the model's arguments and size, and what ``auto`` options became."""
         if self.distributed.is_main:
-            write_json(self.run_dir / "config.json", {
-                **self.config.to_dict(), "model_kwargs": self.model_kwargs, "parameters": self.parameter_count,
-                "resolved": self.settings(), **({"initial_weights": self.initial_weights} if self.initial_weights else {}),
-            })
+            write_run_config(
+                self.run_dir, self.config, model_kwargs=self.model_kwargs, parameters=self.parameter_count,
+                resolved=self.settings(), **({"initial_weights": self.initial_weights} if self.initial_weights else {}),
+            )
 
     def _build_model(self, initial: dict[str, Any] | None) -> None:
         """Model (same initial weights on every rank: from the seed, or the checkpoint ``initial``), its DDP/compile
@@ -454,8 +441,7 @@ class Trainer:
     def _record(self, metrics: dict[str, Any]) -> None:
         """Append the epoch to ``metrics.jsonl``, refresh ``config.json`` and report the epoch (rank 0)."""
         extra_key = f"{self.config.extra_test}_error"
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(metrics) + "\n")
+        append_metrics(self.run_dir, metrics)
         self._write_config()  # a compile that failed at its first call has fallen back to eager by now
         tqdm.write(
             f"epoch {metrics['epoch']}/{self.config.epochs}: train loss {metrics['train_loss']:.4f}, "

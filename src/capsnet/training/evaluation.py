@@ -18,7 +18,6 @@ from .precision import autocast
 __all__ = ["evaluate", "class_tallies", "error_report"]
 
 
-@torch.no_grad()
 def evaluate(
     model: nn.Module,
     images: Tensor,
@@ -40,8 +39,8 @@ def evaluate(
         ``images``: ``(n, C, H, W)`` uint8; ``labels``: ``(n,)``, or ``(n, objects)`` (MultiMNIST).
     """
     _check_evaluation_set(images, labels, num_classes)
-    tallies = class_tallies(model, images, labels, batch_size=batch_size, num_classes=num_classes, precision=precision,
-                       progress=progress)
+    tallies = class_tallies(model, images, labels, batch_size=batch_size, num_classes=num_classes,
+                            precision=precision, progress=progress)
     return error_report(tallies)
 
 

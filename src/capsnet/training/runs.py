@@ -1,5 +1,5 @@
-"""Run folders: where a new run goes, the settings a resumed or repeated run reads back from its ``config.json``,
-and the metrics of every finished epoch in its ``metrics.jsonl``."""
+"""Run folders: where a new run goes, its ``config.json`` (written, and the settings a resumed or repeated run reads
+back) and its ``metrics.jsonl`` (a line per finished epoch: appended, read, truncated to the checkpoint's)."""
 
 from __future__ import annotations
 
@@ -10,15 +10,12 @@ from typing import Any
 
 from .._files import removed_if_left_empty, write_atomically
 from ..config import TrainConfig
+from .errors import TrainingError
 
 __all__ = [
-    "TrainingError", "resume_config", "config_from_file", "read_metrics", "check_run_dir", "make_run_dir",
-    "write_json", "truncate_metrics",
+    "resume_config", "config_from_file", "read_metrics", "check_run_dir", "make_run_dir", "write_run_config",
+    "append_metrics", "truncate_metrics",
 ]
-
-
-class TrainingError(RuntimeError):
-    """A run that cannot start or go on: unusable output folder, nothing to resume, diverged loss."""
 
 
 # Settings of one invocation rather than of the run: a resumed run does not read them back from its folder.
@@ -126,9 +123,21 @@ def _new_folder(path: Path) -> Path:
             number += 1
 
 
-def write_json(path: Path, values: dict[str, Any]) -> None:
-    """Whole or not at all: ``resume_config`` may read config.json while rank 0 rewrites it."""
-    write_atomically(path, lambda file: file.write((json.dumps(values, indent=2) + "\n").encode()))
+def write_run_config(run_dir: Path, config: TrainConfig, **recorded: Any) -> None:
+    """``config.json``: the settings and, beside them, what the run records (``model_kwargs``, ``parameters``,
+    ``resolved``, ``initial_weights``), which a resumed or repeated run does not read back as settings. Written
+    whole or not at all: ``resume_config`` may read it while rank 0 rewrites it."""
+    unknown = recorded.keys() - set(_RECORDED_BESIDE_SETTINGS)
+    if unknown:
+        raise TypeError(f"config.json records no {sorted(unknown)}; a setting belongs in TrainConfig")
+    values = {**config.to_dict(), **recorded}
+    write_atomically(run_dir / "config.json", lambda file: file.write((json.dumps(values, indent=2) + "\n").encode()))
+
+
+def append_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:
+    """Add one finished epoch's line to ``metrics.jsonl``."""
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(metrics) + "\n")
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
