@@ -1,17 +1,35 @@
-"""The one way every benchmark appends its results to a markdown file: command, machine, torch, date, table."""
+"""What every benchmark shares: its --device/--append/--json flags, peak memory, and the one way results are
+kept: a markdown section (command, machine, torch, date, table) and a JSON file with the same facts."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import resource
 import sys
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from capsnet.runtime import describe_machine
 
-SKIPPED = {"append", "one"}  # flags that are not part of the measurement
+SKIPPED = {"append", "json", "one"}  # flags that are not part of the measurement
+
+
+def add_report_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--append", metavar="FILE", help="append a markdown section with the results to FILE")
+    parser.add_argument("--json", metavar="FILE", help="write the results as JSON to FILE, with the command, machine, "
+                                                       "device, torch version and date")
+
+
+def peak_memory_mib(device: str | torch.device) -> float:
+    """Peak memory of this process so far: ``max_memory_allocated`` on a GPU, the peak RSS on the CPU."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def command_line(args: argparse.Namespace) -> str:
@@ -28,8 +46,15 @@ def command_line(args: argparse.Namespace) -> str:
     return " ".join(["python", f"benchmarks/{Path(sys.argv[0]).name}", *flags])
 
 
-def append_section(args: argparse.Namespace, setting: str, body: str) -> None:
-    """Append a ``### date: `command` `` section with the machine, ``setting`` (one sentence) and ``body``."""
-    with open(args.append, "a") as f:
-        f.write(f"\n### {date.today().isoformat()}: `{command_line(args)}`\n\n{describe_machine(args.device)}, "
-                f"torch {torch.__version__}, {setting}\n\n{body}\n")
+def save_results(args: argparse.Namespace, setting: str, table: str, results: Any) -> None:
+    """Keep a run as its flags ask: ``--append`` a ``### date: `command` `` section with the machine, ``setting``
+    (one sentence) and the markdown ``table``; ``--json`` the same facts with the ``results`` as data."""
+    machine = describe_machine(args.device)
+    if args.append:
+        with open(args.append, "a") as f:
+            f.write(f"\n### {date.today().isoformat()}: `{command_line(args)}`\n\n{machine}, "
+                    f"torch {torch.__version__}, {setting}\n\n{table}\n")
+    if args.json:
+        record = {"command": command_line(args), "date": date.today().isoformat(), "machine": machine,
+                  "device": args.device, "torch": torch.__version__, "setting": setting, "results": results}
+        Path(args.json).write_text(json.dumps(record, indent=2) + "\n")

@@ -10,6 +10,7 @@ gives each one thread, while the single process uses all of them.
 Usage:
     python benchmarks/ddp_scaling.py --data-dir ../shared/data [--processes 1 2] [--device cpu|cuda]
                                      [--limit-train 2560] [--append docs/benchmarks.md]
+                                     [--json results.json]
 """
 
 from __future__ import annotations
@@ -22,18 +23,17 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _report import append_section
+from _report import add_report_flags, save_results
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--model", default="capsnet-mnist")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--limit-train", type=int, default=2560)
-    parser.add_argument("--append", metavar="FILE", help="append a markdown section with the results to FILE")
+    add_report_flags(parser)
     return parser.parse_args()
 
 
@@ -56,10 +56,10 @@ def main() -> None:
     rows = "\n".join(f"| {n} | {rate:.1f} | {rate / rates[min(rates)]:.2f}x | {rate / (n * base):.0%} |"
                      for n, rate in rates.items())
     print(header + "\n" + rows)
-    if args.append:
-        append_section(args, f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')} for the single process "
-                             f"(torchrun sets 1 per process), {args.model}, global batch {args.batch_size}, uncompiled, the "
-                             f"second of two epochs of {args.limit_train} images.", f"{header}\n{rows}")
+    save_results(args, f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')} for the single process "
+                       f"(torchrun sets 1 per process), {args.model}, global batch {args.batch_size}, uncompiled, the "
+                       f"second of two epochs of {args.limit_train} images.", f"{header}\n{rows}",
+                 {"train_images_per_second": {str(n): rate for n, rate in rates.items()}})
 
 
 if __name__ == "__main__":

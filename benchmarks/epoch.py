@@ -9,13 +9,12 @@ Usage:
     python benchmarks/epoch.py --data-dir ../shared/data [--device cpu|cuda] [--precision auto] [--[no-]compile]
                                [--epochs N] [--batch-size 128] [--limit-train N] [--limit-test N]
                                [--output-dir /tmp/capsnet-epoch]
-                               [--append docs/benchmarks.md]
+                               [--append docs/benchmarks.md] [--json results.json]
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
 import tempfile
 import time
 
@@ -24,13 +23,12 @@ import torch
 from capsnet import TrainConfig, Trainer
 from capsnet.training.precision import compile_mode
 
-from _report import append_section
+from _report import add_report_flags, peak_memory_mib, save_results
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="torch.compile the step (default: the training app's, on a single CUDA GPU only)")
@@ -41,7 +39,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--limit-test", type=int, default=None, help="only the first N test images")
     parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     parser.add_argument("--output-dir", default=None, help="run folder (default: a new temporary folder)")
-    parser.add_argument("--append", metavar="FILE", help="append a markdown section with the results to FILE")
+    add_report_flags(parser)
     return parser.parse_args()
 
 
@@ -58,10 +56,8 @@ def main() -> None:
     trainer = Trainer(config)
     history = trainer.fit()
     wall = time.perf_counter() - start
-    if args.device == "cuda":
-        memory = f"{torch.cuda.max_memory_allocated() / 2**20:.0f} MiB max_memory_allocated"
-    else:
-        memory = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB peak RSS"
+    memory_mib = peak_memory_mib(args.device)
+    memory = f"{memory_mib:.0f} MiB {'max_memory_allocated' if args.device == 'cuda' else 'peak RSS'}"
     settings, first, last = trainer.settings(), history[0], history[-1]
     row = (f"| {settings['device']} | {settings['precision']} | {settings['compile']} | {args.batch_size} | {last['epoch']} "
            f"| {last['epoch_seconds']:.2f} | {last['test_seconds']:.2f} | "
@@ -71,10 +67,10 @@ def main() -> None:
               "| epoch 1 s | wall s (start-up to checkpoint) | memory | test error |\n"
               "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
     print(header + "\n" + row)
-    if args.append:
-        append_section(args, f"compile {settings['compile']}, {config.epochs} epoch(s) of the paper's model "
-                             f"({last['step'] // last['epoch']} steps each) plus the test pass over "
-                             f"{last['test_examples']:,} images, seed 0; the last epoch is reported.", f"{header}\n{row}")
+    results = {"settings": settings, "epochs": history, "wall_seconds": round(wall, 1), "peak_memory_mib": round(memory_mib)}
+    save_results(args, f"compile {settings['compile']}, {config.epochs} epoch(s) of the paper's model "
+                       f"({last['step'] // last['epoch']} steps each) plus the test pass over "
+                       f"{last['test_examples']:,} images, seed 0; the last epoch is reported.", f"{header}\n{row}", results)
 
 
 if __name__ == "__main__":

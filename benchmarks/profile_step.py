@@ -11,8 +11,8 @@ Prints:
      parameters, which are kept anyway, excluded) and the size of the layer's output.
 
 Usage:
-    python benchmarks/profile_step.py [--batch-size 128] [--steps 3] [--device cpu|cuda] [--precision 32|bf16]
-                                      [--append docs/benchmarks.md]
+    python benchmarks/profile_step.py [--batch-size 128] [--steps 3] [--device cpu|cuda] [--precision 32|bf16|16-mixed]
+                                      [--append docs/benchmarks.md] [--json results.json]
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import capsnet
 from capsnet.runtime import retain_freed_memory
 from capsnet.training.precision import autocast
 
-from _report import append_section
+from _report import add_report_flags, save_results
 
 
 LAYERS = {"conv1": "Conv1", "primary": "PrimaryCaps (conv + squash)", "digits": "DigitCaps (u_hat + routing)",
@@ -42,10 +42,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=3, help="timed steps, then as many profiled ones")
     parser.add_argument("--warmup", type=int, default=4, help="untimed steps first")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--precision", default="32", choices=["32", "bf16", "16-mixed"])
     parser.add_argument("--top", type=int, default=12, help="operators listed")
-    parser.add_argument("--append", metavar="FILE", help="append a markdown section with the results to FILE")
+    add_report_flags(parser)
     return parser.parse_args()
 
 
@@ -179,9 +178,9 @@ def summarize(times: dict[str, float], recorder: LayerRecorder, prof: profile, a
                  times["forward"] - sum(r[1] for r in rows if not r[0].startswith(" ")) + times["loss"],
                  recorder.saved["other"] / 2**20, None))
     rows += [(phase, times[phase], None, None) for phase in ("backward", "optimizer step")]
-    clock = "GPU" if use_cuda else "CPU"
+    clock_name = "GPU" if use_cuda else "CPU"
     decimals = 3 if use_cuda else 1  # a GPU step takes milliseconds, its parts microseconds
-    lines = [f"| part | {clock} ms / step | share | saved for backward (MiB) | output (MiB) |", "|---|---:|---:|---:|---:|"]
+    lines = [f"| part | {clock_name} ms / step | share | saved for backward (MiB) | output (MiB) |", "|---|---:|---:|---:|---:|"]
     for label, ms, saved, out in rows:
         extra = "| | |" if saved is None else f"| {saved:.1f} | {'' if out is None else f'{out:.1f}'} |"
         lines.append(f"| {label} | {ms:.{decimals}f} | {ms / step_ms:.0%} {extra}")
@@ -191,7 +190,7 @@ def summarize(times: dict[str, float], recorder: LayerRecorder, prof: profile, a
     # operators only: on a GPU the profiler also lists each kernel under its (long, mangled) name
     ops = sorted((e for e in prof.key_averages() if e.key.startswith("aten::")),
                  key=lambda e: getattr(e, sort_key), reverse=True)[: args.top]
-    lines += ["", f"| operator (top {args.top} by self {clock} time, profiled) | self ms / step | calls / step | "
+    lines += ["", f"| operator (top {args.top} by self {clock_name} time, profiled) | self ms / step | calls / step | "
                   "self memory (MiB / step) |", "|---|---:|---:|---:|"]
     for e in ops:
         self_ms = getattr(e, sort_key) / 1000 / args.steps
@@ -211,12 +210,11 @@ def main() -> None:
     times = time_steps(step, recorder, clock, args.steps)
     table = summarize(times, recorder, profile_steps(step, clock, args.steps), args)
     print(table)
-    if args.append:
-        clock_name = "CUDA events" if args.device == "cuda" else "wall clock"
-        append_section(args, f"batch {args.batch_size}, precision {args.precision}: layer and phase times are the "
-                             f"mean of {args.steps} unprofiled steps ({clock_name}), the operator table is from "
-                             f"{args.steps} more steps under torch.profiler, whose bookkeeping inflates small "
-                             "operators.", table)
+    clock_name = "CUDA events" if args.device == "cuda" else "wall clock"
+    results = {"ms_per_step": times, "saved_for_backward_mib": {k: v / 2**20 for k, v in recorder.saved.items()}}
+    save_results(args, f"batch {args.batch_size}, precision {args.precision}: layer and phase times are the mean of "
+                       f"{args.steps} unprofiled steps ({clock_name}), the operator table is from {args.steps} more "
+                       "steps under torch.profiler, whose bookkeeping inflates small operators.", table, results)
 
 
 if __name__ == "__main__":

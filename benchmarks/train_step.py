@@ -5,23 +5,24 @@ For every (precision, batch size) it times, interleaved so machine noise hits al
   inference     the whole model, no grad (routing, lengths, decoder from the longest capsule)
   conv step     Conv1 + PrimaryCaps convolution, forward and backward
   train step    forward with decoder, margin + reconstruction loss, backward, fused Adam step
-and, for a low precision, the fp32 conv step too (the issue's yardstick for bf16). Each configuration runs
+and, for a low precision, the fp32 conv step too (the yardstick of a low precision's speed-up). Each configuration runs
 in a fresh process, so its peak memory (RSS on CPU, max_memory_allocated on GPU) is its own.
 
 Usage:
     python benchmarks/train_step.py [--batch-sizes 32 128 512] [--precisions 32 bf16] [--device cpu|cuda]
                                     [--repeats 10] [--allocator retain|default] [--append docs/benchmarks.md]
+                                    [--json results.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -30,14 +31,13 @@ import capsnet
 from capsnet.runtime import retain_freed_memory
 from capsnet.training.precision import autocast
 
-from _report import append_section
+from _report import add_report_flags, peak_memory_mib, save_results
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 128, 512])
     parser.add_argument("--precisions", nargs="+", default=["32"], choices=["32", "bf16", "16-mixed"])
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--repeats", type=int, default=10, help="timed repetitions of each measurement")
     parser.add_argument("--warmup", type=int, default=3, help="untimed repetitions first")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
@@ -45,12 +45,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--allocator", choices=["retain", "default"], default="retain",
         help="CPU: retain = capsnet.runtime.retain_freed_memory() as the training app does; default = glibc as is",
     )
-    parser.add_argument("--append", metavar="FILE", help="append a markdown section with the results to FILE")
+    add_report_flags(parser)
     parser.add_argument("--one", nargs=2, metavar=("PRECISION", "BATCH"), help=argparse.SUPPRESS)  # worker mode
     return parser.parse_args(argv)
 
 
-def make_steps(batch_size: int, precision: str, device: torch.device) -> dict[str, callable]:
+def make_steps(batch_size: int, precision: str, device: torch.device) -> dict[str, Callable[[], object]]:
     torch.manual_seed(0)
     model = capsnet.CapsNet().to(device)
     loss_fn = capsnet.CapsuleLoss()
@@ -105,12 +105,6 @@ def measure(steps: dict, repeats: int, warmup: int, device: torch.device) -> dic
             sync()
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(ts) for name, ts in times.items()}
-
-
-def peak_memory_mib(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def run_one(args: argparse.Namespace) -> dict:
@@ -171,10 +165,10 @@ def main() -> None:
         return
     print(HEADER)
     results = run_all(args)
-    if args.append:
-        allocator = "" if args.device == "cuda" else f", allocator: {'retain' if applied else 'glibc default'}"
-        append_section(args, f"median of {args.repeats} interleaved repetitions, each configuration in a fresh "
-                             f"process{allocator}.", f"{HEADER}\n" + "\n".join(map(table_row, results)))
+    allocator = "" if args.device == "cuda" else f", allocator: {'retain' if applied else 'glibc default'}"
+    save_results(args, f"median of {args.repeats} interleaved repetitions, each configuration in a fresh "
+                       f"process{allocator}.", f"{HEADER}\n" + "\n".join(map(table_row, results)), results)
+
 
 if __name__ == "__main__":
     main()
