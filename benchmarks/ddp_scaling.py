@@ -23,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _report import add_report_flags, save_results
+from _common import add_report_flags, save_results
 
 
 def parse_args() -> argparse.Namespace:

@@ -23,7 +23,7 @@ import torch
 from capsnet import TrainConfig, Trainer
 from capsnet.training.precision import compile_mode
 
-from _report import add_report_flags, peak_memory_mib, save_results
+from _common import add_report_flags, peak_memory_mib, save_results
 
 
 def parse_args() -> argparse.Namespace:

@@ -25,11 +25,10 @@ from typing import Callable, Union
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-import capsnet
 from capsnet.runtime import retain_freed_memory
 from capsnet.training.precision import autocast
 
-from _report import add_report_flags, save_results
+from _common import add_report_flags, paper_model_and_batch, save_results
 
 
 LAYERS = {"conv1": "Conv1", "primary": "PrimaryCaps (conv + squash)", "digits": "DigitCaps (u_hat + routing)",
@@ -122,12 +121,7 @@ def build_step(args: argparse.Namespace, clock: Clock) -> tuple[Callable[[], lis
     """A training step of the paper's model on random data that returns its marks: start, after the forward,
     the loss, the backward and the optimizer step; and the recorder of its layers."""
     device = torch.device(args.device)
-    torch.manual_seed(0)
-    model = capsnet.CapsNet().to(device)
-    loss_fn = capsnet.CapsuleLoss()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
-    images = torch.rand(args.batch_size, 1, 28, 28, device=device)
-    labels = torch.randint(0, 10, (args.batch_size,), device=device)
+    model, loss_fn, optimizer, images, labels = paper_model_and_batch(args.batch_size, device)
     recorder = LayerRecorder(model, clock)
 
     def step() -> list[Mark]:

@@ -27,11 +27,10 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-import capsnet
 from capsnet.runtime import retain_freed_memory
 from capsnet.training.precision import autocast
 
-from _report import add_report_flags, peak_memory_mib, save_results
+from _common import add_report_flags, paper_model_and_batch, peak_memory_mib, save_results
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,12 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def make_steps(batch_size: int, precision: str, device: torch.device) -> dict[str, Callable[[], object]]:
-    torch.manual_seed(0)
-    model = capsnet.CapsNet().to(device)
-    loss_fn = capsnet.CapsuleLoss()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
-    images = torch.rand(batch_size, 1, 28, 28, device=device)
-    labels = torch.randint(0, 10, (batch_size,), device=device)
+    model, loss_fn, optimizer, images, labels = paper_model_and_batch(batch_size, device)
 
     def convolutions(x):
         return model.primary.conv(F.relu(model.conv1(x)))

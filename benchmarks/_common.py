@@ -1,5 +1,6 @@
-"""What every benchmark shares: its --device/--append/--json flags, peak memory, and the one way results are
-kept: a markdown section (command, machine, torch, date, table) and a JSON file with the same facts."""
+"""What the benchmarks share: the --device/--append/--json flags, the paper's model on a random batch, peak memory,
+and the one way results are kept: a markdown section (command, machine, torch, date, table) and a JSON file with
+the same facts."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
+import capsnet
 from capsnet.runtime import describe_machine
 
 SKIPPED = {"append", "json", "one"}  # flags that are not part of the measurement
@@ -23,6 +26,19 @@ def add_report_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--append", metavar="FILE", help="append a markdown section with the results to FILE")
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON to FILE, with the command, machine, "
                                                        "device, torch version and date")
+
+
+def paper_model_and_batch(
+    batch_size: int, device: torch.device
+) -> tuple[capsnet.CapsNet, capsnet.CapsuleLoss, torch.optim.Optimizer, Tensor, Tensor]:
+    """The paper's MNIST CapsNet (seed 0), its loss, fused Adam as the training app uses it, and a random batch:
+    images ``(batch_size, 1, 28, 28)`` in [0, 1), labels ``(batch_size,)``."""
+    torch.manual_seed(0)
+    model = capsnet.CapsNet().to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    images = torch.rand(batch_size, 1, 28, 28, device=device)
+    labels = torch.randint(0, 10, (batch_size,), device=device)
+    return model, capsnet.CapsuleLoss(), optimizer, images, labels
 
 
 def peak_memory_mib(device: str | torch.device) -> float:
