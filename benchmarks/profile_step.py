@@ -206,9 +206,11 @@ def main() -> None:
     print(table)
     clock_name = "CUDA events" if args.device == "cuda" else "wall clock"
     results = {"ms_per_step": times, "saved_for_backward_mib": {k: v / 2**20 for k, v in recorder.saved.items()}}
-    save_results(args, f"batch {args.batch_size}, precision {args.precision}: layer and phase times are the mean of "
-                       f"{args.steps} unprofiled steps ({clock_name}), the operator table is from {args.steps} more "
-                       "steps under torch.profiler, whose bookkeeping inflates small operators.", table, results)
+    allocator = ", allocator: retain (as the training app)" if args.device == "cpu" else ""
+    save_results(args, f"batch {args.batch_size}, precision {args.precision}{allocator}: layer and phase times are "
+                       f"the mean of {args.steps} unprofiled steps ({clock_name}), the operator table is from "
+                       f"{args.steps} more steps under torch.profiler, whose bookkeeping inflates small operators.",
+                 table, results)
 
 
 if __name__ == "__main__":
