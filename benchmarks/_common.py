@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shlex
 import sys
 from datetime import date
 from pathlib import Path
@@ -58,7 +59,8 @@ def command_line(args: argparse.Namespace) -> str:
         if isinstance(value, bool):  # the benchmarks' boolean flags are BooleanOptionalActions
             flags.append(f"--{name}" if value else f"--no-{name}")
         else:
-            flags.append(f"--{name} {' '.join(map(str, value)) if isinstance(value, list) else value}")
+            values = value if isinstance(value, list) else [value]
+            flags.append(f"--{name} {' '.join(shlex.quote(str(v)) for v in values)}")
     return " ".join(["python", f"benchmarks/{Path(sys.argv[0]).name}", *flags])
 
 

@@ -2,7 +2,7 @@
 
 Trains the paper's model through the training app (data on the device, augmentation, fused Adam, the
 test pass over all 10,000 images) and reports for the last epoch the training seconds, the test pass's
-seconds, their sum, and images/s; then the first epoch's sum (with --compile it includes compiling), the
+seconds, their sum, and images/s; then the first epoch's sum (when compiled, it includes compiling), the
 wall-clock time from start-up to the last saved checkpoint, peak memory and the test error.
 
 Usage:
@@ -49,7 +49,7 @@ def main() -> None:
     output_dir = args.output_dir or tempfile.mkdtemp(prefix="capsnet-epoch-")
     compiled = compile_mode(args.compile, torch.device(args.device), distributed=False) is not None
     config = TrainConfig(
-        epochs=args.epochs or (2 if compiled else 1), data_dir=args.data_dir, device=args.device,
+        epochs=args.epochs if args.epochs is not None else (2 if compiled else 1), data_dir=args.data_dir, device=args.device,
         precision=args.precision, compile=args.compile, batch_size=args.batch_size, limit_train=args.limit_train,
         limit_test=args.limit_test, output_dir=output_dir, progress=False,
     )

@@ -602,4 +602,3 @@ def _read_initial_weights(config: TrainConfig) -> dict[str, Any] | None:
         return load_checkpoint(config.init_from)
     except CheckpointError as exc:
         raise CheckpointError(f"--init-from: {exc} (--init-from \"\" starts from the seed instead)") from None
-
