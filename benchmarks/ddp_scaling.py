@@ -9,7 +9,8 @@ gives each one thread, while the single process uses all of them.
 
 Usage:
     python benchmarks/ddp_scaling.py --data-dir ../shared/data [--processes 1 2] [--device cpu|cuda]
-                                     [--limit-train 2560] [--append docs/benchmarks.md]
+                                     [--model capsnet-mnist] [--batch-size 128] [--limit-train 2560]
+                                     [--append docs/benchmarks.md]
                                      [--json results.json]
 """
 

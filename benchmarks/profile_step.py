@@ -11,8 +11,8 @@ Prints:
      parameters, which are kept anyway, excluded) and the size of the layer's output.
 
 Usage:
-    python benchmarks/profile_step.py [--batch-size 128] [--steps 3] [--device cpu|cuda] [--precision 32|bf16|16-mixed]
-                                      [--append docs/benchmarks.md] [--json results.json]
+    python benchmarks/profile_step.py [--batch-size 128] [--steps 3] [--warmup 4] [--top 12] [--device cpu|cuda]
+                                      [--precision 32|bf16|16-mixed] [--append docs/benchmarks.md] [--json results.json]
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ in a fresh process, so its peak memory (RSS on CPU, max_memory_allocated on GPU)
 
 Usage:
     python benchmarks/train_step.py [--batch-sizes 32 128 512] [--precisions 32 bf16] [--device cpu|cuda]
-                                    [--repeats 10] [--allocator retain|default] [--append docs/benchmarks.md]
-                                    [--json results.json]
+                                    [--repeats 10] [--warmup 3] [--threads N] [--allocator retain|default]
+                                    [--append docs/benchmarks.md] [--json results.json]
 """
 
 from __future__ import annotations
