@@ -727,3 +727,21 @@ def test_interrupted_names_its_signal_and_its_checkpoint(tmp_path):
     assert str(TrainingInterrupted(tmp_path / "last.pt", signal.SIGTERM)) == (
         f"interrupted by SIGTERM: checkpoint saved to {tmp_path / 'last.pt'}")
     assert str(TrainingInterrupted(tmp_path / "last.pt", 200)).startswith("interrupted by signal 200: checkpoint")
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
+def test_the_first_stop_signal_is_the_reason_the_run_gives(tmp_path, shared_data, monkeypatch):
+    trainer = Trainer(config(tmp_path, shared_data, epochs=1))
+    original_step, calls = trainer._train_step, []
+
+    def step_with_two_signals(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGHUP)  # a scheduler's stop, then the terminal closing
+        original_step(*args)
+
+    monkeypatch.setattr(trainer, "_train_step", step_with_two_signals)
+    with pytest.raises(TrainingInterrupted) as stop:
+        trainer.fit()
+    assert stop.value.signum == signal.SIGTERM
