@@ -172,7 +172,7 @@ def test_a_folder_that_refuses_new_files_fails_before_any_mirror_is_asked(server
     def refuse(dest):  # as a read-only filesystem or an ACL refuses, which chmod and os.access cannot show as root
         raise OSError(errno.EROFS, "Read-only file system", str(dest))
 
-    monkeypatch.setattr(download_module, "open_temp_beside", refuse)
+    monkeypatch.setattr(capsnet._files, "open_temp_beside", refuse)
     server.requests.clear()
     with pytest.raises(DataError, match=r"cannot write into .* \(Read-only file system\); choose a writable folder"):
         download_file([_url(server, f"mnist/{LABELS}")], tmp_path / LABELS, LABELS_SHA256, progress=False)

@@ -1,5 +1,6 @@
 """The training app on real MNIST: end-to-end accuracy, exact resume, interruption and divergence."""
 
+import errno
 import json
 import math
 import os
@@ -672,6 +673,16 @@ def test_best_pt_is_written_before_last_pt(tmp_path, shared_data, monkeypatch):
     monkeypatch.setattr(capsnet.training.engine, "save_checkpoint", lambda path, payload: written.append(path.name))
     Trainer(config(tmp_path, shared_data, epochs=1, limit_train=32)).fit()
     assert written == ["best.pt", "last.pt"]  # killed in between, the run repeats the epoch and finds the same best
+
+
+def test_a_run_folder_that_refuses_new_files_fails_before_training_and_leaves_no_folders(tmp_path, monkeypatch):
+    def refuse(dest):  # as a read-only filesystem or an ACL refuses, which chmod cannot show as root
+        raise OSError(errno.EROFS, "Read-only file system", str(dest))
+
+    monkeypatch.setattr(capsnet._files, "open_temp_beside", refuse)
+    with pytest.raises(TrainingError, match=r"cannot write to the output folder .*new/run: Read-only file system$"):
+        capsnet.training.runs.make_run_dir(tmp_path / "new" / "run", named_by_time=False)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_dropping_metric_lines_rewrites_the_file_whole_or_not_at_all(tmp_path, monkeypatch):

@@ -17,6 +17,14 @@ def open_temp_beside(dest: Path) -> BinaryIO:
     return open(dest.with_name(f"{dest.name}.{secrets.token_hex(8)}.partial"), "xb")
 
 
+def check_writable(folder: Path) -> None:
+    """Create and remove a file in ``folder``, raising the ``OSError`` that writing there gives (full disk,
+    read-only filesystem, permissions, ACLs): ``os.access`` would miss the first two and the last."""
+    probe = open_temp_beside(folder / "write-check")
+    probe.close()
+    os.unlink(probe.name)
+
+
 def write_atomically(dest: Path, write: Callable[[BinaryIO], object]) -> None:
     """Write ``dest`` whole or not at all: ``write`` fills a new file beside it, which is flushed to disk and renamed
     over ``dest``; on any error, Ctrl-C included, that file is removed and ``dest`` keeps what it held."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import http.client
-import os
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -19,7 +18,7 @@ from typing import BinaryIO
 
 from tqdm import tqdm
 
-from capsnet._files import open_temp_beside, removed_if_left_empty, write_atomically
+from capsnet._files import check_writable, removed_if_left_empty, write_atomically
 from capsnet.data.idx import DataError
 
 __all__ = ["download_file", "sha256_file"]
@@ -109,13 +108,10 @@ def _fetch(url: str, dest: Path, sha256: str | None, *, progress: bool, timeout:
 
 
 def _make_writable_folder(folder: Path) -> None:
-    """Make ``folder`` and create (and remove) a file in it, before any mirror is asked: ``os.access`` would miss a
-    read-only filesystem's reason, a full one and ACLs."""
+    """Make ``folder`` and check that files can be written there, before any mirror is asked."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = open_temp_beside(folder / "write-check")
-        probe.close()
-        os.unlink(probe.name)
+        check_writable(folder)
     except OSError as exc:
         raise _cannot_write(folder, exc) from exc
 

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .._files import removed_if_left_empty, write_atomically
+from .._files import check_writable, removed_if_left_empty, write_atomically
 from ..config import TrainConfig
 from .errors import TrainingError
 
@@ -102,8 +102,7 @@ def make_run_dir(path: Path, *, named_by_time: bool) -> Path:
         with removed_if_left_empty(path):  # an unwritable folder: no empty folders left on the way to it
             path = _new_folder(path) if named_by_time else path
             path.mkdir(parents=True, exist_ok=True)
-            (path / ".write-test").touch()
-            (path / ".write-test").unlink()
+            check_writable(path)
     except OSError as exc:
         raise TrainingError(f"cannot write to the output folder {path}: {exc.strerror or exc}") from None
     return path
