@@ -95,3 +95,22 @@ def test_mask_capsules_rejects_wrong_label_shape():
 def test_squash_is_exactly_half_at_norm_one_in_float32():
     v = squash(torch.tensor([[0.6, 0.8]]))
     assert math.isclose(v.norm().item(), 0.5, rel_tol=1e-6)
+
+
+def test_squash_refuses_integers_instead_of_rounding_them_to_zero():
+    with pytest.raises(TypeError, match="squash takes a floating point tensor, got torch.int64"):
+        squash(torch.tensor([[3, 4]]))
+
+
+def test_labels_outside_the_capsules_are_named():
+    with pytest.raises(ValueError, match=r"labels must be class indices in \[0, 5\), got values from 0 to 7"):
+        mask_capsules(torch.rand(2, 5, 3), torch.tensor([0, 7]))
+    with pytest.raises(ValueError, match=r"labels must be class indices in \[0, 5\), got values from -1 to 2"):
+        mask_capsules(torch.rand(2, 5, 3), torch.tensor([2, -1]))
+
+
+def test_hits_refuses_scores_and_targets_of_different_batches():
+    from capsnet.functional import hits
+
+    with pytest.raises(ValueError, match=r"expected scores \(b, k\) and targets \(b,\) or \(b, n\), got \(3, 4\) and \(2,\)"):
+        hits(torch.rand(3, 4), torch.tensor([1, 2]))

@@ -118,3 +118,21 @@ def test_routed_capsules_draw_their_matrices_with_the_given_std():
 def test_constructors_name_the_argument_that_is_wrong(layer, arguments, message):
     with pytest.raises(ValueError, match=message):
         layer(**arguments)
+
+
+@pytest.mark.parametrize("routing", ["dynamic", capsnet.dynamic_routing])
+def test_routing_must_be_a_module_not_a_name_or_a_function(routing):
+    with pytest.raises(TypeError, match=r"routing must be a capsnet.routing.Routing module, e.g. create_routing\("):
+        RoutedCapsules(in_caps=6, in_dim=2, out_caps=4, out_dim=3, routing=routing)
+    with pytest.raises(TypeError, match="routing must be a capsnet.routing.Routing module"):
+        capsnet.CapsNet(routing=routing, device="meta")
+
+
+def test_primary_capsules_and_decoder_name_their_wrong_inputs():
+    with pytest.raises(ValueError, match=r"expected features of shape \(b, in_channels, H, W\) = \(\*, 3\), got \(3, 32, 32\)"):
+        PrimaryCapsules(in_channels=3)(torch.randn(3, 32, 32))
+    with pytest.raises(ValueError, match=r"expected features of shape .* got \(1, 4, 32, 32\)"):
+        PrimaryCapsules(in_channels=3)(torch.randn(1, 4, 32, 32))
+    with pytest.raises(ValueError, match=r"expected poses of shape \(b, in_caps, in_dim\) = \(\*, 5, 16\), got \(2, 10, 16\)"):
+        CapsuleDecoder(in_caps=5)(torch.randn(2, 10, 16))
+    assert "types=4, out_dim=6" in repr(PrimaryCapsules(in_channels=3, types=4, out_dim=6))

@@ -109,3 +109,10 @@ def test_capsule_loss_takes_the_labels_the_model_takes_for_two_digits_per_image(
 def test_capsule_loss_repr_names_every_setting():
     assert repr(CapsuleLoss(m_neg=0.2)) == \
         "CapsuleLoss(reconstruction_weight=0.0005, m_pos=0.9, m_neg=0.2, lambda_=0.5, halve_margin=False)"
+
+
+def test_class_indices_outside_the_capsules_are_named():
+    with pytest.raises(ValueError, match=r"targets must be class indices in \[0, 5\), got values from 0 to 5"):
+        margin_loss(torch.rand(2, 5), torch.tensor([0, 5]))
+    with pytest.raises(ValueError, match=r"targets must be class indices in \[0, 5\), got values from 0 to 9"):
+        margin_loss(torch.rand(2, 5), torch.tensor([[0, 1], [9, 2]]))  # two objects each

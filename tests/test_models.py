@@ -224,3 +224,37 @@ def test_affine_robustness_cnn_pools_and_matches_the_capsnet_without_its_decoder
     assert abs(count(model) / (count(capsnet_40) - count(capsnet_40.decoder)) - 1) < 0.01  # 11,227,904
     assert count(create_model("baseline-cnn-affnist", image_size=40)) == 6_728_466  # its first version, 328 units
     assert model(torch.rand(2, 1, 40, 40)).shape == (2, 10)
+
+
+def test_a_builder_function_is_a_capsule_model_when_registered_as_one():
+    def small(**kwargs):
+        return CapsNet(conv_channels=8, primary_types=2, **kwargs)
+
+    capsnet.register_model("test-small-function", small)
+    capsnet.register_model("test-small-capsules", small, capsule_model=True)
+    assert not capsnet.is_capsule_model("test-small-function") and capsnet.is_capsule_model("test-small-capsules")
+    from capsnet.training.objectives import CrossEntropyObjective
+
+    images = torch.rand(2, 1, 28, 28)
+    with pytest.raises(TypeError, match="must return logits .* got CapsNetOutput; .* capsule_model=True"):
+        CrossEntropyObjective()(create_model("test-small-function"), images, torch.tensor([1, 2]), images)
+
+
+def test_models_built_from_one_name_share_no_module_given_in_its_config():
+    class LearnedTemperature(capsnet.routing.Routing):
+        def __init__(self):
+            super().__init__()
+            self.temperature = torch.nn.Parameter(torch.ones(()))
+
+        def route(self, u_hat, bias):
+            return capsnet.DynamicRouting().route(u_hat * self.temperature, bias)
+
+    capsnet.register_model("test-learned-routing", tiny, routing=LearnedTemperature())
+    first, second = create_model("test-learned-routing"), create_model("test-learned-routing")
+    assert first.digits.routing.temperature is not second.digits.routing.temperature
+    assert first(torch.rand(2, 1, 28, 28)).lengths.shape == (2, 10)
+
+
+def test_models_say_how_many_classes_they_tell_apart():
+    assert create_model("capsnet-tiny", num_classes=5).num_classes == 5
+    assert create_model("baseline-cnn-tiny", num_classes=7).num_classes == 7

@@ -172,3 +172,27 @@ def test_bad_shapes_are_rejected():
         dynamic_routing(torch.rand(1152, 10, 16))
     with pytest.raises(ValueError, match=r"expected bias of shape \(j, d_out\) = \(4, 3\), got \(3, 4\)"):
         dynamic_routing(random_u_hat(), bias=torch.rand(3, 4, dtype=torch.float64))
+
+
+def test_what_a_routing_returns_is_checked_and_named_after_the_algorithm():
+    class Transposed(Routing):
+        def route(self, u_hat, bias):
+            return RoutingOutput(u_hat.mean(1).transpose(1, 2), u_hat.new_ones(u_hat.shape[:3]))
+
+    with pytest.raises(ValueError, match=r"expected Transposed.route's poses of shape \(b, j, d_out\) = \(2, 4, 3\), "
+                                         r"got \(2, 3, 4\)"):
+        Transposed()(random_u_hat())
+
+    class Unfinished(Routing):
+        pass
+
+    with pytest.raises(NotImplementedError, match=r"Unfinished must implement route\(u_hat, bias\)"):
+        Unfinished()(random_u_hat())
+
+
+def test_only_routing_classes_can_be_registered_and_votes_must_be_real_numbers():
+    with pytest.raises(TypeError, match=r"register_routing\('mean'\) decorates a subclass of capsnet.routing.Routing"):
+        capsnet.register_routing("mean")(lambda u_hat, bias=None: u_hat.mean(1))
+    assert "mean" not in list_routings()
+    with pytest.raises(TypeError, match="u_hat must be a floating point tensor, got torch.int64"):
+        dynamic_routing(torch.ones(2, 6, 4, 3, dtype=torch.long))

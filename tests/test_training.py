@@ -563,6 +563,10 @@ def test_evaluate_counts_errors_of_a_known_model_and_refuses_what_it_would_misco
         always_three[1].bias.copy_(torch.arange(10.0) == 3)
     images = torch.randint(0, 256, (5, 1, 2, 2), dtype=torch.uint8)
     labels = torch.tensor([3, 3, 1, 3, 0])
+    with pytest.raises(ValueError, match="Sequential has no num_classes attribute: pass num_classes="):
+        capsnet.evaluate(always_three, images, labels)
+    assert len(capsnet.evaluate(always_three, images, labels, num_classes=12)["per_class_accuracy"]) == 12
+    always_three.num_classes = 10  # as a CapsNet and a BaselineCNN have it
     result = capsnet.evaluate(always_three, images, labels, batch_size=2)
     assert result["error"] == pytest.approx(2 / 5) and result["examples"] == 5
     assert result["per_class_accuracy"][:4] == [0.0, 0.0, pytest.approx(math.nan, nan_ok=True), 1.0]
@@ -573,7 +577,7 @@ def test_evaluate_counts_errors_of_a_known_model_and_refuses_what_it_would_misco
         capsnet.evaluate(always_three, images, labels.float())
     with pytest.raises(ValueError, match=r"expected labels \(n,\) or \(n, objects\) for n = 5 images, n > 0; got .* \(4,\)"):
         capsnet.evaluate(always_three, images, labels[:4])
-    with pytest.raises(ValueError, match=r"labels must be class indices in \[0, 10\), got 0 to 10"):
+    with pytest.raises(ValueError, match=r"labels must be class indices in \[0, 10\), got values from 0 to 10"):
         capsnet.evaluate(always_three, images, torch.tensor([3, 3, 1, 10, 0]))
 
 

@@ -59,3 +59,18 @@ def check_image_size(size: int | Sequence[int], name: str = "image_size") -> tup
         return check_int(height, name, 1), check_int(width, name, 1)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be an integer >= 1 or a pair of them (height, width), got {size!r}") from None
+
+
+def check_class_indices(indices: torch.Tensor, name: str, classes: int) -> None:
+    """Raise a ``ValueError`` unless every value of ``indices`` is a class index in ``[0, classes)``."""
+    if indices.numel():
+        lowest, highest = int(indices.min()), int(indices.max())
+        if not 0 <= lowest <= highest < classes:
+            raise ValueError(f"{name} must be class indices in [0, {classes}), got values from {lowest} to {highest}")
+
+
+def values_are_cheap_to_read(tensor: torch.Tensor) -> bool:
+    """Whether checking ``tensor``'s values costs little: in eager mode on the CPU. On an accelerator reading them
+    would make every step wait for it (torch's own device-side asserts catch bad indices there), and inside a
+    compiled graph it would break the graph."""
+    return tensor.device.type == "cpu" and not torch.compiler.is_compiling()

@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ._checks import check_class_indices, values_are_cheap_to_read
+
 __all__ = ["squash", "capsule_lengths", "mask_capsules", "hits"]
 
 # Below this squared norm the 1/|s| of squash is replaced by 1/sqrt(eps): the output there is |s|^2 * s / sqrt(eps),
@@ -50,6 +52,8 @@ def squash(s: Tensor, dim: int = -1) -> Tensor:
         >>> round(v.norm().item(), 6)
         0.961538
     """
+    if not s.is_floating_point():  # an integer s would come back rounded to zeros
+        raise TypeError(f"squash takes a floating point tensor, got {s.dtype}")
     s_wide = s.to(_compute_dtype(s.dtype))
     sq_norm = s_wide.square().sum(dim, keepdim=True)
     scale = sq_norm / ((1 + sq_norm) * sq_norm.clamp_min(_SQUASH_EPS).sqrt())
@@ -88,6 +92,8 @@ def mask_capsules(poses: Tensor, labels: Tensor | None = None) -> Tensor:
         labels = capsule_lengths(poses).argmax(dim=-1)
     elif labels.shape != poses.shape[:1]:
         raise ValueError(f"expected labels of shape (b,) = ({poses.shape[0]},), got {tuple(labels.shape)}")
+    elif values_are_cheap_to_read(labels):
+        check_class_indices(labels, "labels", poses.shape[1])
     keep = torch.nn.functional.one_hot(labels, poses.shape[1]).to(poses.dtype)  # (b, j)
     return (poses * keep.unsqueeze(-1)).flatten(1)  # (b, j * d)
 
@@ -104,6 +110,9 @@ def hits(scores: Tensor, targets: Tensor) -> Tensor:
         >>> hits(torch.tensor([[0.1, 0.9, 0.3], [0.2, 0.1, 0.9]]), torch.tensor([[2, 1], [0, 1]]))  # two objects each
         tensor([ True, False])
     """
+    if scores.dim() != 2 or targets.dim() not in (1, 2) or len(targets) != len(scores):
+        raise ValueError(f"expected scores (b, k) and targets (b,) or (b, n), got {tuple(scores.shape)} and "
+                         f"{tuple(targets.shape)}")
     if targets.dim() == 1:
         return scores.argmax(-1) == targets
     top = scores.topk(targets.shape[1], dim=-1).indices.sort(-1).values

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._checks import check_class_indices, values_are_cheap_to_read
 from .functional import _compute_dtype
 
 if TYPE_CHECKING:  # only for annotations: the loss works on any output with these fields
@@ -31,6 +32,8 @@ def _multi_hot(targets: Tensor, lengths: Tensor) -> Tensor:
     if targets.dim() in (1, 2) and len(targets) == batch and not targets.is_floating_point() \
             and targets.dtype != torch.bool:
         indices = targets.view(batch, -1)  # (b, n): the n classes present in each example
+        if values_are_cheap_to_read(indices):
+            check_class_indices(indices, "targets", classes)
         return F.one_hot(indices, classes).amax(1).to(lengths.dtype)
     raise ValueError(
         f"expected targets as class indices of shape (b,) = ({batch},) or (b, n), or multi-hot of shape "

@@ -67,6 +67,11 @@ class RoutedCapsules(nn.Module):
         shape = (self.in_caps, self.out_caps, self.out_dim, self.in_dim)  # the checked ints, whatever type was given
         self.weight = nn.Parameter(torch.randn(shape, **factory) * weight_std)  # W[i, j]
         self.bias = nn.Parameter(torch.full((self.out_caps, self.out_dim), BIAS_INIT, **factory)) if bias else None
+        if not isinstance(routing, Routing | None):  # a name or a function would fail only at the first forward
+            raise TypeError(
+                f"routing must be a capsnet.routing.Routing module, e.g. create_routing('dynamic', iterations=3), "
+                f"got {routing!r} ({type(routing).__name__})"
+            )
         self.routing = routing if routing is not None else DynamicRouting()
 
     def predictions(self, u: Tensor) -> Tensor:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_int
+from .._checks import check_int, check_shape
 from ..functional import mask_capsules
 
 __all__ = ["CapsuleDecoder"]
@@ -52,6 +52,7 @@ class CapsuleDecoder(nn.Module):
                  *(("hidden", h) for h in hidden)]
         for name, size in sizes:
             check_int(size, name, 1)
+        self.in_caps, self.in_dim = int(in_caps), int(in_dim)
         sizes = [in_caps * in_dim, *hidden]
         layers: list[nn.Module] = []
         for fan_in, fan_out in zip(sizes, sizes[1:]):
@@ -59,4 +60,5 @@ class CapsuleDecoder(nn.Module):
         self.net = nn.Sequential(*layers, nn.Linear(sizes[-1], out_features, **factory), nn.Sigmoid())
 
     def forward(self, poses: Tensor, labels: Tensor | None = None) -> Tensor:
+        check_shape(poses, "poses", "(b, in_caps, in_dim)", 3, (None, self.in_caps, self.in_dim))
         return self.net(mask_capsules(poses, labels))

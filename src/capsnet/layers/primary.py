@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_int
+from .._checks import check_int, check_shape
 from ..functional import squash
 
 __all__ = ["PrimaryCapsules"]
@@ -58,8 +58,12 @@ class PrimaryCapsules(nn.Module):
         return (height - kernel_h) // stride_h + 1, (width - kernel_w) // stride_w + 1
 
     def forward(self, features: Tensor) -> Tensor:
+        check_shape(features, "features", "(b, in_channels, H, W)", 4, (None, self.conv.in_channels))
         out = self.conv(features)  # (b, types * out_dim, h, w)
         batch, _, height, width = out.shape
         capsules = out.view(batch, self.types, self.out_dim, height, width)  # (b, types, out_dim, h, w)
         capsules = capsules.permute(0, 1, 3, 4, 2).reshape(batch, -1, self.out_dim)  # (b, types * h * w, out_dim)
         return squash(capsules)
+
+    def extra_repr(self) -> str:
+        return f"types={self.types}, out_dim={self.out_dim}"

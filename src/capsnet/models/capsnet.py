@@ -99,7 +99,8 @@ class CapsNet(nn.Module):
                  "primary_types": primary_types, "primary_dim": primary_dim, "out_dim": out_dim}
         for name, size in sizes.items():
             check_int(size, name, 1)  # here, so that errors name this constructor's arguments, not a layer's
-        self.in_channels, self.image_size = in_channels, check_image_size(image_size)
+        self.num_classes, self.in_channels = int(num_classes), int(in_channels)
+        self.image_size = check_image_size(image_size)
         height, width = self.image_size
         if min(height, width) < 17:
             raise ValueError(f"image_size must be at least 17 x 17 for the two 9x9 convolutions, got {height} x {width}")

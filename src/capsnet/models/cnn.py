@@ -65,7 +65,7 @@ class BaselineCNN(nn.Module):
         if kernel_size % 2 != 1:
             raise ValueError(f"kernel_size must be odd for same padding, got {kernel_size}")
         height, width = self.image_size = check_image_size(image_size)
-        self.in_channels = in_channels
+        self.num_classes, self.in_channels = int(num_classes), int(in_channels)
         factory = {"device": device, "dtype": dtype}
         convs: list[nn.Module] = []
         for index, (before, after) in enumerate(zip((in_channels, *channels), channels)):

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from torch import nn
 
@@ -12,14 +13,33 @@ from .._checks import check_choice
 
 __all__ = ["register_model", "create_model", "list_models", "is_capsule_model"]
 
-_MODELS: dict[str, tuple[Callable[..., nn.Module], dict[str, Any]]] = {}
+class _Entry(NamedTuple):
+    builder: Callable[..., nn.Module]
+    config: dict[str, Any]
+    capsules: bool
 
 
-def register_model(name: str, builder: Callable[..., nn.Module], **config: Any) -> None:
-    """Register ``builder(**config, **overrides)`` under ``name``; warns when a name is redefined."""
+_MODELS: dict[str, _Entry] = {}
+
+
+def register_model(
+    name: str, builder: Callable[..., nn.Module], *, capsule_model: bool | None = None, **config: Any
+) -> None:
+    """Register ``builder(**config, **overrides)`` under ``name``; warns when a name is redefined.
+
+    ``capsule_model`` says whether the builder returns a :class:`~capsnet.CapsNet` (trained with the capsule
+    losses, takes the capsule options) rather than a classifier returning logits; by default, whether ``builder``
+    is the ``CapsNet`` class or a subclass: a function returning a ``CapsNet`` needs ``capsule_model=True``.
+    Module values in ``config`` (a routing, say) are copied for every model built, so that models built from one
+    name share no parameters.
+    """
+    if capsule_model is None:
+        from .capsnet import CapsNet  # the registry module itself stays free of concrete models
+
+        capsule_model = isinstance(builder, type) and issubclass(builder, CapsNet)
     if name in _MODELS:
         warnings.warn(f"model {name!r} is registered twice; the later definition wins", stacklevel=2)
-    _MODELS[name] = (builder, config)
+    _MODELS[name] = _Entry(builder, config, capsule_model)
 
 
 def create_model(name: str, **overrides: Any) -> nn.Module:
@@ -31,8 +51,9 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
         >>> model.digits.routing
         DynamicRouting(iterations=1, detach_intermediate=True)
     """
-    builder, config = _MODELS[check_choice(name, "model", _MODELS)]
-    return builder(**{**config, **{key: value for key, value in overrides.items() if value is not None}})
+    builder, config, _ = _MODELS[check_choice(name, "model", _MODELS)]
+    own = {key: copy.deepcopy(value) if isinstance(value, nn.Module) else value for key, value in config.items()}
+    return builder(**{**own, **{key: value for key, value in overrides.items() if value is not None}})
 
 
 def list_models() -> list[str]:
@@ -42,13 +63,10 @@ def list_models() -> list[str]:
 
 def is_capsule_model(name: str) -> bool:
     """Whether the model registered as ``name`` is a :class:`~capsnet.CapsNet` (returns capsules, takes the
-    capsule options and losses) rather than a plain classifier returning logits.
+    capsule options and losses) rather than a plain classifier returning logits (see :func:`register_model`).
 
     Example:
         >>> is_capsule_model("capsnet-mnist"), is_capsule_model("baseline-cnn")
         (True, False)
     """
-    from .capsnet import CapsNet  # the registry module itself stays free of concrete models
-
-    builder, _ = _MODELS[check_choice(name, "model", _MODELS)]
-    return isinstance(builder, type) and issubclass(builder, CapsNet)
+    return _MODELS[check_choice(name, "model", _MODELS)].capsules

@@ -28,8 +28,8 @@ class RoutingOutput(NamedTuple):
 class Routing(nn.Module):
     """Base class of routing algorithms: ``forward(u_hat, bias=None) -> (v, c)``.
 
-    Subclasses implement :meth:`route`; the base class validates the input, so every algorithm
-    gives the same error messages and can be swapped into :class:`capsnet.RoutedCapsules`.
+    Subclasses implement :meth:`route`; the base class checks the shapes of what goes in and comes out, so
+    every algorithm gives the same error messages and can be swapped into :class:`capsnet.RoutedCapsules`.
 
     Shape:
         ``u_hat``: ``(b, i, j, d_out)``, the predictions of every lower capsule ``i`` for every
@@ -39,17 +39,24 @@ class Routing(nn.Module):
 
     def forward(self, u_hat: Tensor, bias: Tensor | None = None) -> RoutingOutput:
         _check_routing_input(u_hat, bias)
-        return self.route(u_hat, bias)
+        poses, coupling = self.route(u_hat, bias)
+        batch, in_caps, out_caps, out_dim = u_hat.shape
+        # A layer passes the result on unchecked, so a wrong shape would surface far from the algorithm at fault.
+        check_shape(poses, f"{type(self).__name__}.route's poses", "(b, j, d_out)", 3, (batch, out_caps, out_dim))
+        check_shape(coupling, f"{type(self).__name__}.route's coupling", "(b, i, j)", 3, (batch, in_caps, out_caps))
+        return RoutingOutput(poses, coupling)
 
     def route(self, u_hat: Tensor, bias: Tensor | None) -> RoutingOutput:
         """The algorithm itself, on inputs :meth:`forward` has checked: ``u_hat`` ``(b, i, j, d_out)``,
         ``bias`` ``(j, d_out)`` or ``None``; returns ``poses`` ``(b, j, d_out)`` and ``coupling`` ``(b, i, j)``."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement route(u_hat, bias), the routing itself")
 
 
 def _check_routing_input(u_hat: Tensor, bias: Tensor | None) -> None:
-    """Raise a ``ValueError`` unless ``u_hat`` is ``(b, i, j, d_out)`` and ``bias`` is ``None`` or ``(j, d_out)``."""
+    """Raise unless ``u_hat`` is a floating point ``(b, i, j, d_out)`` and ``bias`` is ``None`` or ``(j, d_out)``."""
     check_shape(u_hat, "u_hat", "(b, i, j, d_out)", 4)
+    if not u_hat.is_floating_point():
+        raise TypeError(f"u_hat must be a floating point tensor, got {u_hat.dtype}")
     if bias is not None:
         check_shape(bias, "bias", "(j, d_out)", 2, u_hat.shape[2:])
 
@@ -62,6 +69,8 @@ def register_routing(name: str) -> Callable[[R], R]:
     """Class decorator that makes a :class:`Routing` subclass available to :func:`create_routing`."""
 
     def register(cls: R) -> R:
+        if not (isinstance(cls, type) and issubclass(cls, Routing)):
+            raise TypeError(f"register_routing({name!r}) decorates a subclass of capsnet.routing.Routing, got {cls!r}")
         if name in _ROUTINGS:
             warnings.warn(f"routing {name!r} is registered twice; the later definition wins", stacklevel=2)
         _ROUTINGS[name] = cls

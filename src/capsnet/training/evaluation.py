@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .._checks import check_class_indices
 from ..config import TrainConfig
 from ..functional import hits
 from .objectives import class_scores
@@ -24,7 +25,7 @@ def evaluate(
     labels: Tensor,
     *,
     batch_size: int = TrainConfig.eval_batch_size,
-    num_classes: int = 10,
+    num_classes: int | None = None,
     precision: str = "32",
     progress: bool = False,
 ) -> dict[str, Any]:
@@ -32,12 +33,17 @@ def evaluate(
 
     Returns ``{"error", "examples", "per_class_accuracy"}``; a class without test images has accuracy ``nan``.
     The prediction is the longest capsule of a CapsNet, or the largest logit of a model returning logits.
+    ``num_classes`` defaults to the model's ``num_classes`` attribute (``CapsNet`` and ``BaselineCNN`` have one).
 
     ``precision`` is one of ``"32"``, ``"bf16"``, ``"16-mixed"`` (autocast while predicting).
 
     Shape:
         ``images``: ``(n, C, H, W)`` uint8; ``labels``: ``(n,)``, or ``(n, objects)`` (MultiMNIST).
     """
+    if num_classes is None:
+        num_classes = getattr(model, "num_classes", None)
+        if not isinstance(num_classes, int):
+            raise ValueError(f"{type(model).__name__} has no num_classes attribute: pass num_classes=")
     _check_evaluation_set(images, labels, num_classes)
     tallies = class_tallies(model, images, labels, batch_size=batch_size, num_classes=num_classes,
                             precision=precision, progress=progress)
@@ -54,9 +60,7 @@ def _check_evaluation_set(images: Tensor, labels: Tensor, num_classes: int) -> N
     if labels.dim() not in (1, 2) or len(labels) != len(images) or len(labels) == 0:
         raise ValueError(f"expected labels (n,) or (n, objects) for n = {len(images)} images, n > 0; "
                          f"got labels of shape {tuple(labels.shape)}")
-    lowest, highest = int(labels.min()), int(labels.max())
-    if not 0 <= lowest <= highest < num_classes:
-        raise ValueError(f"labels must be class indices in [0, {num_classes}), got {lowest} to {highest}")
+    check_class_indices(labels, "labels", num_classes)
 
 
 @torch.no_grad()

@@ -57,4 +57,9 @@ class CrossEntropyObjective(Objective):
         self, model: Model, inputs: Tensor, targets: Tensor, originals: Tensor
     ) -> tuple[dict[str, Tensor], Tensor]:
         logits = model(inputs)
+        if not isinstance(logits, Tensor):  # e.g. capsules from a builder registered without capsule_model=True
+            raise TypeError(
+                f"a model trained with cross-entropy must return logits (b, k), got {type(logits).__name__}; a "
+                f"model that returns capsules is registered with register_model(..., capsule_model=True)"
+            )
         return {"loss": F.cross_entropy(logits.float(), targets)}, logits
