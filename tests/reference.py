@@ -1,5 +1,7 @@
 """Slow, literal transcriptions of the paper used as references by the tests. Not part of the library."""
 
+import itertools
+
 import torch
 
 
@@ -35,3 +37,23 @@ def routing_reference(u_hat: torch.Tensor, iterations: int, detach_intermediate:
         vs.append(torch.stack(v))
         cs.append(torch.stack(c))
     return torch.stack(vs), torch.stack(cs)
+
+
+def shifted(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
+    """Reference: move the content of ``x`` right by ``dx`` and down by ``dy``, zero-filling, by slicing."""
+    h, w = x.shape[-2:]
+    out = torch.zeros_like(x)
+    out[..., max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = x[
+        ..., max(-dy, 0) : h - max(dy, 0), max(-dx, 0) : w - max(dx, 0)
+    ]
+    return out
+
+
+def recover_shifts(x: torch.Tensor, y: torch.Tensor, max_shift: int) -> list[tuple[int, int]]:
+    """For each example, the one (dx, dy) within ``max_shift`` that maps ``x`` to ``y``; fails if none or several."""
+    candidates = list(itertools.product(range(-max_shift, max_shift + 1), repeat=2))
+    # (candidates, b): does candidate k reproduce example n exactly?
+    matches = torch.stack([(shifted(x, dx, dy) == y).flatten(1).all(1) for dx, dy in candidates])
+    per_example = matches.sum(0)
+    assert per_example.eq(1).all(), f"examples matching no or several shifts: {per_example.ne(1).nonzero().tolist()}"
+    return [candidates[k] for k in matches.int().argmax(0).tolist()]

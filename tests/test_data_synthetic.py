@@ -83,10 +83,27 @@ def test_multimnist_test_set_is_fixed_and_pairs_every_digit_with_one_of_another_
 def test_affine_parameters_stay_inside_the_affnist_ranges():
     params = sample_affine_parameters(10_000, seeded())
     assert params["rotation_degrees"].abs().max() <= 20 and params["rotation_degrees"].abs().max() > 19.9
-    assert params["shear"].abs().max() <= 0.2
+    assert params["shear"].min() < -0.199 and params["shear"].max() > 0.199 and params["shear"].abs().max() <= 0.2
+    assert params["rotation_degrees"].min() < -19.9  # both signs, not only the largest magnitude
     for axis in ("scale_x", "scale_y"):
         assert 0.8 <= params[axis].min() < 0.81 and 1.19 < params[axis].max() <= 1.2
     assert AFFNIST_RANGES == {"rotation_degrees": 20.0, "shear": 0.2, "scale": (0.8, 1.2)}
+
+
+@pytest.mark.parametrize("rotation, shear, scale, inverse", [
+    (90.0, 0.0, (1.0, 1.0), [[0.0, 1.0], [-1.0, 0.0]]),  # the inverse of a quarter turn
+    (0.0, 0.2, (1.0, 1.0), [[1.0, -0.2], [0.0, 1.0]]),
+    (0.0, 0.0, (0.8, 1.25), [[1.25, 0.0], [0.0, 0.8]]),
+    # rotate @ shear @ scale = [[0, -1.2], [0.8, 0.24]] (determinant 0.96), inverted by hand:
+    (90.0, 0.2, (0.8, 1.2), [[0.25, 1.25], [-0.8 / 0.96, 0.0]]),
+])
+def test_affine_sampling_matrices_invert_rotation_shear_and_scale_in_that_order(rotation, shear, scale, inverse):
+    from capsnet.data.synthetic import _affine_matrices
+
+    params = {"rotation_degrees": torch.tensor([rotation]), "shear": torch.tensor([shear]),
+              "scale_x": torch.tensor([scale[0]]), "scale_y": torch.tensor([scale[1]])}
+    expected = torch.tensor([[inverse[0] + [0.0], inverse[1] + [0.0]]])  # no translation: it comes after
+    torch.testing.assert_close(_affine_matrices(params), expected, atol=1e-6, rtol=0)
 
 
 def test_affnist_synthetic_digits_are_inside_the_canvas_and_reproducible(digits):

@@ -2,32 +2,11 @@
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 import torch
 
 from capsnet.data import TensorLoader, random_shift
-
-
-def _shifted(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
-    """Reference: move the content of ``x`` right by ``dx`` and down by ``dy``, zero-filling, by slicing."""
-    h, w = x.shape[-2:]
-    out = torch.zeros_like(x)
-    out[..., max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = x[
-        ..., max(-dy, 0) : h - max(dy, 0), max(-dx, 0) : w - max(dx, 0)
-    ]
-    return out
-
-
-def _recover_shifts(x: torch.Tensor, y: torch.Tensor, max_shift: int) -> list[tuple[int, int]]:
-    """For each example, the one (dx, dy) within ``max_shift`` that maps ``x`` to ``y``; fails if none or several."""
-    candidates = list(itertools.product(range(-max_shift, max_shift + 1), repeat=2))
-    # (candidates, b): does candidate k reproduce example n exactly?
-    matches = torch.stack([(_shifted(x, dx, dy) == y).flatten(1).all(1) for dx, dy in candidates])
-    per_example = matches.sum(0)
-    assert per_example.eq(1).all(), f"examples matching no or several shifts: {per_example.ne(1).nonzero().tolist()}"
-    return [candidates[k] for k in matches.int().argmax(0).tolist()]
+from reference import recover_shifts
 
 
 def _nonzero_images(b: int, c: int = 1, h: int = 28, w: int = 28, dtype=torch.float32) -> torch.Tensor:
@@ -40,7 +19,7 @@ def test_every_example_is_its_input_shifted_by_at_most_two_pixels():
     x = _nonzero_images(256)
     y = random_shift(x, generator=torch.Generator().manual_seed(0))
     assert y.shape == x.shape and y.dtype == x.dtype and y.device == x.device
-    shifts = _recover_shifts(x, y, max_shift=2)
+    shifts = recover_shifts(x, y, max_shift=2)
     assert len(set(shifts)) >= 20  # independent per example: almost surely all 25 occur among 256
     assert {dx for dx, _ in shifts} == {dy for _, dy in shifts} == {-2, -1, 0, 1, 2}
 
@@ -48,7 +27,7 @@ def test_every_example_is_its_input_shifted_by_at_most_two_pixels():
 def test_uncovered_border_is_zero():
     x = _nonzero_images(64)
     y = random_shift(x, generator=torch.Generator().manual_seed(3))
-    for n, (dx, dy) in enumerate(_recover_shifts(x, y, max_shift=2)):
+    for n, (dx, dy) in enumerate(recover_shifts(x, y, max_shift=2)):
         uncovered = 28 * 28 - (28 - abs(dx)) * (28 - abs(dy))
         assert int((y[n] == 0).sum()) == uncovered
 
@@ -57,7 +36,7 @@ def test_channels_move_together_and_dtype_is_kept():
     x = _nonzero_images(32, c=3, h=12, w=10, dtype=torch.uint8)
     y = random_shift(x, max_shift=1, generator=torch.Generator().manual_seed(0))
     assert y.dtype == torch.uint8 and y.shape == (32, 3, 12, 10)
-    _recover_shifts(x, y, max_shift=1)  # one shift for all three channels of each example
+    recover_shifts(x, y, max_shift=1)  # one shift for all three channels of each example
 
 
 def test_seeded_generator_is_deterministic_and_input_untouched():
@@ -96,7 +75,7 @@ def test_cuda_with_cuda_or_cpu_generator():
     for generator in (torch.Generator(device="cuda").manual_seed(0), torch.Generator().manual_seed(0), None):
         y = random_shift(x, generator=generator)
         assert y.device == x.device and y.dtype == x.dtype
-        _recover_shifts(x.cpu(), y.cpu(), max_shift=2)
+        recover_shifts(x.cpu(), y.cpu(), max_shift=2)
 
 
 # ---------------------------------------------------------------- TensorLoader

@@ -17,6 +17,7 @@ from capsnet.data.testsets import load_test_set
 from capsnet.training import (
     CheckpointError, TrainingError, TrainingInterrupted, load_checkpoint, read_metrics, resume_config,
 )
+from reference import recover_shifts
 
 QUICK = dict(model="capsnet-tiny", limit_train=256, limit_test=100, batch_size=32, progress=False)
 
@@ -198,17 +199,39 @@ def test_training_batches_are_shifted_and_test_images_are_not(tmp_path, shared_d
         return forward(images, targets)
 
     monkeypatch.setattr(trainer.model, "forward", recording_forward)
+    loss_terms, reconstruction_targets = trainer.objective.loss.terms, []
+
+    def recording_terms(output, images, targets):
+        reconstruction_targets.append(images.clone())
+        return loss_terms(output, images, targets)
+
+    monkeypatch.setattr(trainer.objective.loss, "terms", recording_terms)
     trainer.fit()
     train_batches, test_batch = seen[:2], seen[2]
     # Labels travel with their images: the first batch of epoch 1 in the trainer's own order.
     order = torch.randperm(64, generator=torch.Generator().manual_seed(0))
     assert torch.equal(seen_targets[0], trainer.train_labels[order[:32]])
     assert seen_targets[2] is None  # evaluation masks the longest capsule
-    originals = {tuple(image.flatten().tolist()) for image in trainer.train_images}
-    as_uint8 = [(image * 255).round().to(torch.uint8) for batch in train_batches for image in batch]
-    shifted = sum(tuple(image.flatten().tolist()) not in originals for image in as_uint8)
-    assert shifted > 40  # 64 images, each unshifted with probability 1/25
+    # Every training image is its MNIST digit moved by at most 2 px (paper, section 5), zero-filled.
+    inputs = torch.cat(train_batches)
+    shifts = recover_shifts(trainer.train_images[order].float(), (inputs * 255).round(), max_shift=2)
+    assert max(max(abs(dx), abs(dy)) for dx, dy in shifts) == 2
+    assert sum(shift != (0, 0) for shift in shifts) > 40  # 64 images, each unshifted with probability 1/25
+    # The decoder learns to reconstruct the shifted image the network saw, not the original.
+    assert all(torch.equal(target, batch) for target, batch in zip(reconstruction_targets, train_batches, strict=True))
     torch.testing.assert_close(test_batch, trainer.test_images.float() / 255, rtol=0, atol=0)
+
+
+def test_the_papers_recipe_is_the_default_and_adam_is_its_optimizer(tmp_path, shared_data):
+    defaults = TrainConfig(output_dir=str(tmp_path))
+    recipe = (defaults.batch_size, defaults.lr, defaults.lr_decay, defaults.lr_decay_steps, defaults.max_shift,
+              defaults.reconstruction_weight, defaults.routing_iterations, defaults.reconstruction, defaults.model)
+    assert recipe == (128, 1e-3, 0.96, 2000, 2, 0.0005, 3, True, "capsnet-mnist")
+    trainer = Trainer(config(tmp_path, shared_data, epochs=1))
+    optimizer = trainer.optimizer
+    assert type(optimizer) is torch.optim.Adam
+    group = optimizer.param_groups[0]
+    assert (group["lr"], group["betas"], group["eps"], group["weight_decay"]) == (1e-3, (0.9, 0.999), 1e-8, 0)
 
 
 def test_python_api_is_one_call(tmp_path, shared_data):
