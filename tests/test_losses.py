@@ -116,3 +116,9 @@ def test_class_indices_outside_the_capsules_are_named():
         margin_loss(torch.rand(2, 5), torch.tensor([0, 5]))
     with pytest.raises(ValueError, match=r"targets must be class indices in \[0, 5\), got values from 0 to 9"):
         margin_loss(torch.rand(2, 5), torch.tensor([[0, 1], [9, 2]]))  # two objects each
+    with pytest.raises(ValueError, match=r"targets of shape \(b, k\) = \(2, 5\) are read as multi-hot, 0 or 1, got values "
+                                         r"from 0 to 4; pass k class indices per example as multi-hot"):
+        margin_loss(torch.rand(2, 5), torch.tensor([[0, 1, 2, 3, 4], [4, 3, 2, 1, 0]]))  # five objects each
+    one_hot = torch.nn.functional.one_hot(torch.tensor([1, 2]), 5)  # int64, read as multi-hot
+    lengths = torch.rand(2, 5)
+    assert margin_loss(lengths, one_hot) == margin_loss(lengths, torch.tensor([1, 2]))

@@ -28,6 +28,12 @@ def _multi_hot(targets: Tensor, lengths: Tensor) -> Tensor:
         raise ValueError(f"expected capsule lengths of shape (b, k), got {tuple(lengths.shape)}")
     batch, classes = lengths.shape
     if targets.shape == (batch, classes):
+        if not targets.is_floating_point() and values_are_cheap_to_read(targets) and targets.numel() \
+                and not 0 <= int(targets.min()) <= int(targets.max()) <= 1:
+            # (b, k) class indices (n = k objects) would be misread silently
+            raise ValueError(f"targets of shape (b, k) = ({batch}, {classes}) are read as multi-hot, 0 or 1, got "
+                             f"values from {int(targets.min())} to {int(targets.max())}; pass k class indices per "
+                             f"example as multi-hot")
         return targets.to(lengths.dtype)
     if targets.dim() in (1, 2) and len(targets) == batch and not targets.is_floating_point() \
             and targets.dtype != torch.bool:
@@ -56,7 +62,7 @@ def margin_loss(
         lengths: capsule lengths ``|v_k|``.
         targets: the class of each example, or the classes present when there are several (MultiMNIST):
             as ``n`` class indices per example or as a multi-hot matrix. A ``(b, k)`` tensor is read as
-            multi-hot.
+            multi-hot (integer ones must hold only 0 and 1: checked on the CPU).
         m_pos, m_neg, lambda_: the paper's 0.9, 0.1 and 0.5.
         halve: multiply the loss by 0.5, as the official TensorFlow code does (which doubles the
             relative weight of the reconstruction term). Off by default: the paper's formula.
