@@ -12,6 +12,10 @@ def python_blocks(path: Path) -> list[str]:
     return re.findall(r"^```python\n(.*?)^```", path.read_text(), flags=re.MULTILINE | re.DOTALL)
 
 
-@pytest.mark.parametrize("block", python_blocks(DOCS / "concepts.md"), ids=lambda block: block.splitlines()[-1][:40])
+CONCEPTS = python_blocks(DOCS / "concepts.md")
+assert CONCEPTS, "docs/concepts.md has no python example to run: was its fence renamed?"
+
+
+@pytest.mark.parametrize("block", CONCEPTS, ids=lambda block: block.splitlines()[-1][:40])
 def test_concepts_examples_run(block):
     exec(compile(block, str(DOCS / "concepts.md"), "exec"), {})

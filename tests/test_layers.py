@@ -129,7 +129,7 @@ def test_routing_must_be_a_module_not_a_name_or_a_function(routing):
 
 
 def test_primary_capsules_and_decoder_name_their_wrong_inputs():
-    with pytest.raises(ValueError, match=r"expected features of shape \(b, in_channels, H, W\) = \(\*, 3\), got \(3, 32, 32\)"):
+    with pytest.raises(ValueError, match=r"expected features of shape \(b, in_channels, H, W\) = \(\*, 3, \*, \*\), got \(3, 32, 32\)"):
         PrimaryCapsules(in_channels=3)(torch.randn(3, 32, 32))
     with pytest.raises(ValueError, match=r"expected features of shape .* got \(1, 4, 32, 32\)"):
         PrimaryCapsules(in_channels=3)(torch.randn(1, 4, 32, 32))

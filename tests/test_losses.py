@@ -122,3 +122,13 @@ def test_class_indices_outside_the_capsules_are_named():
     one_hot = torch.nn.functional.one_hot(torch.tensor([1, 2]), 5)  # int64, read as multi-hot
     lengths = torch.rand(2, 5)
     assert margin_loss(lengths, one_hot) == margin_loss(lengths, torch.tensor([1, 2]))
+
+
+def test_the_index_checks_stay_out_of_vmap_and_fake_tensors():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    lengths, labels = torch.rand(3, 5), torch.tensor([0, 1, 4])
+    per_example = torch.func.vmap(lambda l, t: margin_loss(l[None], t[None]))(lengths, labels)
+    torch.testing.assert_close(per_example.mean(), margin_loss(lengths, labels))
+    with FakeTensorMode():
+        assert margin_loss(torch.rand(3, 5), torch.tensor([0, 1, 4])).shape == ()

@@ -150,7 +150,13 @@ def test_registry_and_overrides():
         create_model("capsnet-cifar")
 
 
-def test_register_model_warns_on_redefinition():
+@pytest.fixture
+def own_registry(monkeypatch):
+    """Models registered by a test vanish after it."""
+    monkeypatch.setattr(capsnet.models.registry, "_MODELS", dict(capsnet.models.registry._MODELS))
+
+
+def test_register_model_warns_on_redefinition(own_registry):
     capsnet.register_model("test-tiny", tiny)
     with pytest.warns(UserWarning, match="registered twice"):
         capsnet.register_model("test-tiny", tiny)
@@ -226,7 +232,7 @@ def test_affine_robustness_cnn_pools_and_matches_the_capsnet_without_its_decoder
     assert model(torch.rand(2, 1, 40, 40)).shape == (2, 10)
 
 
-def test_a_builder_function_is_a_capsule_model_when_registered_as_one():
+def test_a_builder_function_is_a_capsule_model_when_registered_as_one(own_registry, tmp_path):
     def small(**kwargs):
         return CapsNet(conv_channels=8, primary_types=2, **kwargs)
 
@@ -238,9 +244,13 @@ def test_a_builder_function_is_a_capsule_model_when_registered_as_one():
     images = torch.rand(2, 1, 28, 28)
     with pytest.raises(TypeError, match="must return logits .* got CapsNetOutput; .* capsule_model=True"):
         CrossEntropyObjective()(create_model("test-small-function"), images, torch.tensor([1, 2]), images)
+    # Built as the Trainer builds it: with the capsule options besides the image shape.
+    settings = capsnet.TrainConfig(model="test-small-capsules", output_dir=str(tmp_path)).model_kwargs(10, 1, (28, 28))
+    assert {"routing_iterations", "reconstruction"} <= settings.keys()
+    assert create_model("test-small-capsules", **settings).digits.routing.iterations == 3
 
 
-def test_models_built_from_one_name_share_no_module_given_in_its_config():
+def test_models_built_from_one_name_share_no_module_given_in_its_config(own_registry):
     class LearnedTemperature(capsnet.routing.Routing):
         def __init__(self):
             super().__init__()

@@ -183,6 +183,21 @@ def test_what_a_routing_returns_is_checked_and_named_after_the_algorithm():
                                          r"got \(2, 3, 4\)"):
         Transposed()(random_u_hat())
 
+    class Flat(Routing):
+        def route(self, u_hat, bias):
+            return RoutingOutput(u_hat.mean(1), u_hat.new_ones(u_hat.shape[:2]))
+
+    with pytest.raises(ValueError, match=r"expected Flat.route's coupling of shape \(b, i, j\) = \(2, 6, 4\), got \(2, 6\)"):
+        Flat()(random_u_hat())
+
+    class PosesOnly(Routing):
+        def route(self, u_hat, bias):
+            return u_hat.mean(1)
+
+    with pytest.raises(TypeError, match=r"PosesOnly.route must return RoutingOutput\(poses, coupling\), two tensors; "
+                                        r"got Tensor"):
+        PosesOnly()(random_u_hat())
+
     class Unfinished(Routing):
         pass
 

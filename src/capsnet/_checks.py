@@ -70,7 +70,12 @@ def check_class_indices(indices: torch.Tensor, name: str, classes: int) -> None:
 
 
 def values_are_cheap_to_read(tensor: torch.Tensor) -> bool:
-    """Whether checking ``tensor``'s values costs little: in eager mode on the CPU. On an accelerator reading them
-    would make every step wait for it (torch's own device-side asserts catch bad indices there), and inside a
-    compiled graph it would break the graph."""
-    return tensor.device.type == "cpu" and not torch.compiler.is_compiling()
+    """Whether checking ``tensor``'s values costs little: a plain tensor in eager mode on the CPU. On an
+    accelerator reading them would make every step wait for it (torch's own device-side asserts catch bad indices
+    there); inside a compiled graph it would break the graph; under ``vmap`` and fake tensors there are no values."""
+    return (
+        tensor.device.type == "cpu"
+        and type(tensor) is torch.Tensor  # not a FakeTensor or another subclass
+        and not torch.compiler.is_compiling()
+        and not torch._C._functorch.is_functorch_wrapped_tensor(tensor)  # vmap's batched tensors
+    )

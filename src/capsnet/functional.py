@@ -76,7 +76,8 @@ def mask_capsules(poses: Tensor, labels: Tensor | None = None) -> Tensor:
 
     Args:
         poses: higher-capsule vectors.
-        labels: class index per example, or ``None`` to keep the longest capsule.
+        labels: class index per example, or ``None`` to keep the longest capsule (indices outside the
+            capsules raise a ``ValueError`` in eager mode on the CPU).
 
     Shape:
         ``poses``: ``(b, j, d)``; ``labels``: ``(b,)`` -> ``(b, j * d)``.

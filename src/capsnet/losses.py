@@ -62,7 +62,9 @@ def margin_loss(
         lengths: capsule lengths ``|v_k|``.
         targets: the class of each example, or the classes present when there are several (MultiMNIST):
             as ``n`` class indices per example or as a multi-hot matrix. A ``(b, k)`` tensor is read as
-            multi-hot (integer ones must hold only 0 and 1: checked on the CPU).
+            multi-hot (integer ones must hold only 0 and 1). Indices outside the capsules and such (b, k)
+            tensors raise a ``ValueError`` in eager mode on the CPU; reading the values elsewhere would cost a
+            sync per step or break a compiled graph.
         m_pos, m_neg, lambda_: the paper's 0.9, 0.1 and 0.5.
         halve: multiply the loss by 0.5, as the official TensorFlow code does (which doubles the
             relative weight of the reconstruction term). Off by default: the paper's formula.

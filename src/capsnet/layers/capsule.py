@@ -60,6 +60,11 @@ class RoutedCapsules(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        if not isinstance(routing, Routing | None):  # a name or a function would fail only at the first forward
+            raise TypeError(
+                f"routing must be a capsnet.routing.Routing module, e.g. create_routing('dynamic', iterations=3), "
+                f"got {routing!r} ({type(routing).__name__})"
+            )
         sizes = {"in_caps": in_caps, "in_dim": in_dim, "out_caps": out_caps, "out_dim": out_dim}
         self.in_caps, self.in_dim, self.out_caps, self.out_dim = (check_int(v, k, 1) for k, v in sizes.items())
         check_positive(weight_std, "weight_std")  # W = 0 would leave squash without a gradient
@@ -67,11 +72,6 @@ class RoutedCapsules(nn.Module):
         shape = (self.in_caps, self.out_caps, self.out_dim, self.in_dim)  # the checked ints, whatever type was given
         self.weight = nn.Parameter(torch.randn(shape, **factory) * weight_std)  # W[i, j]
         self.bias = nn.Parameter(torch.full((self.out_caps, self.out_dim), BIAS_INIT, **factory)) if bias else None
-        if not isinstance(routing, Routing | None):  # a name or a function would fail only at the first forward
-            raise TypeError(
-                f"routing must be a capsnet.routing.Routing module, e.g. create_routing('dynamic', iterations=3), "
-                f"got {routing!r} ({type(routing).__name__})"
-            )
         self.routing = routing if routing is not None else DynamicRouting()
 
     def predictions(self, u: Tensor) -> Tensor:

@@ -58,7 +58,7 @@ class PrimaryCapsules(nn.Module):
         return (height - kernel_h) // stride_h + 1, (width - kernel_w) // stride_w + 1
 
     def forward(self, features: Tensor) -> Tensor:
-        check_shape(features, "features", "(b, in_channels, H, W)", 4, (None, self.conv.in_channels))
+        check_shape(features, "features", "(b, in_channels, H, W)", 4, (None, self.conv.in_channels, None, None))
         out = self.conv(features)  # (b, types * out_dim, h, w)
         batch, _, height, width = out.shape
         capsules = out.view(batch, self.types, self.out_dim, height, width)  # (b, types, out_dim, h, w)

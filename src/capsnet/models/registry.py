@@ -13,10 +13,11 @@ from .._checks import check_choice
 
 __all__ = ["register_model", "create_model", "list_models", "is_capsule_model"]
 
+
 class _Entry(NamedTuple):
     builder: Callable[..., nn.Module]
     config: dict[str, Any]
-    capsules: bool
+    capsule_model: bool
 
 
 _MODELS: dict[str, _Entry] = {}
@@ -29,7 +30,9 @@ def register_model(
 
     ``capsule_model`` says whether the builder returns a :class:`~capsnet.CapsNet` (trained with the capsule
     losses, takes the capsule options) rather than a classifier returning logits; by default, whether ``builder``
-    is the ``CapsNet`` class or a subclass: a function returning a ``CapsNet`` needs ``capsule_model=True``.
+    is the ``CapsNet`` class or a subclass: a function returning a ``CapsNet`` needs ``capsule_model=True``, and
+    takes ``CapsNet``'s keyword arguments (the Trainer passes ``routing_iterations``, ``reconstruction`` and the
+    other capsule options besides the image shape), e.g. by passing ``**kwargs`` on to it.
     Module values in ``config`` (a routing, say) are copied for every model built, so that models built from one
     name share no parameters.
     """
@@ -69,4 +72,4 @@ def is_capsule_model(name: str) -> bool:
         >>> is_capsule_model("capsnet-mnist"), is_capsule_model("baseline-cnn")
         (True, False)
     """
-    return _MODELS[check_choice(name, "model", _MODELS)].capsules
+    return _MODELS[check_choice(name, "model", _MODELS)].capsule_model

@@ -39,11 +39,16 @@ class Routing(nn.Module):
 
     def forward(self, u_hat: Tensor, bias: Tensor | None = None) -> RoutingOutput:
         _check_routing_input(u_hat, bias)
-        poses, coupling = self.route(u_hat, bias)
+        result = self.route(u_hat, bias)
+        # A layer passes the result on unchecked, so a wrong one would surface far from the algorithm at fault.
+        name = type(self).__name__
+        if not (isinstance(result, tuple) and len(result) == 2 and all(isinstance(t, Tensor) for t in result)):
+            got = ", ".join(type(t).__name__ for t in result) if isinstance(result, tuple) else type(result).__name__
+            raise TypeError(f"{name}.route must return RoutingOutput(poses, coupling), two tensors; got {got}")
+        poses, coupling = result
         batch, in_caps, out_caps, out_dim = u_hat.shape
-        # A layer passes the result on unchecked, so a wrong shape would surface far from the algorithm at fault.
-        check_shape(poses, f"{type(self).__name__}.route's poses", "(b, j, d_out)", 3, (batch, out_caps, out_dim))
-        check_shape(coupling, f"{type(self).__name__}.route's coupling", "(b, i, j)", 3, (batch, in_caps, out_caps))
+        check_shape(poses, f"{name}.route's poses", "(b, j, d_out)", 3, (batch, out_caps, out_dim))
+        check_shape(coupling, f"{name}.route's coupling", "(b, i, j)", 3, (batch, in_caps, out_caps))
         return RoutingOutput(poses, coupling)
 
     def route(self, u_hat: Tensor, bias: Tensor | None) -> RoutingOutput:
