@@ -1,8 +1,10 @@
+import warnings
+
 import pytest
 import torch
 
 import capsnet
-from capsnet import CapsNet, CapsNetOutput, create_model, list_models
+from capsnet import CapsNet, CapsNetOutput, DynamicRouting, create_model, list_models
 
 
 def count(module: torch.nn.Module) -> int:
@@ -268,3 +270,12 @@ def test_models_built_from_one_name_share_no_module_given_in_its_config(own_regi
 def test_models_say_how_many_classes_they_tell_apart():
     assert create_model("capsnet-tiny", num_classes=5).num_classes == 5
     assert create_model("baseline-cnn-tiny", num_classes=7).num_classes == 7
+
+
+def test_dynamic_routing_options_next_to_a_routing_of_ones_own_are_flagged():
+    with pytest.warns(UserWarning, match="routing_iterations and detach_intermediate configure the built-in dynamic"):
+        model = CapsNet(routing=DynamicRouting(2), routing_iterations=5, device="meta")
+    assert model.digits.routing.iterations == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        CapsNet(routing=DynamicRouting(2), device="meta")  # the defaults alone say nothing
