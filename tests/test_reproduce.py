@@ -160,3 +160,21 @@ def test_results_table_shows_a_row_stopped_in_its_first_epoch_and_quotes_paths(t
     table = (tmp_path / "table1" / "results.md").read_text()
     assert "| Baseline CNN (35.4M parameters) | 0.39% | no epoch finished yet |" in table
     assert "capsnet train --data-dir '/my data' --output-dir '/my runs/r1'" in table
+
+
+def test_a_row_stopped_before_its_end_still_names_its_hardware(tmp_path, shared_data, monkeypatch):
+    from capsnet import experiments
+    from capsnet.runtime import describe_machine
+
+    fit = experiments.Trainer.fit
+
+    def stopped_after_an_epoch(self):
+        fit(self)
+        raise KeyboardInterrupt  # as SIGTERM or a kill would end the row, before its table is written
+
+    monkeypatch.setattr(experiments.Trainer, "fit", stopped_after_an_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        experiments.run_experiment("table1", tmp_path, rows=["routing1-reconstruction"], tiny=True, epochs=1,
+                                   data_dir=str(shared_data), limit_train=64, limit_test=100, progress=False)
+    row = experiment_results("table1", tmp_path)[2]
+    assert row["machines"] == [describe_machine("cpu")]

@@ -117,16 +117,17 @@ def run_experiment(
         if is_main:  # with --no-progress too: the parameter count belongs in a log
             print(f"[{experiment.name}] {row.label}: {config.model} ({trainer.parameter_count:,} parameters), "
                   f"run folder {config.output_dir}")
+            _write_row_facts(Path(config.output_dir), trainer)
         trainer.fit()
         trainer.distributed.barrier()  # rank 0 has written this row's files
         if is_main:
-            _write_row_facts(Path(config.output_dir), trainer)
             experiment_results(name, runs_dir)  # after every row, so a partial table exists if the session ends
     return experiment_results(name, runs_dir) if is_main else []
 
 
 def _write_row_facts(run_dir: Path, trainer: Trainer) -> None:
-    """Record on which machine and with which settings the row's epochs ran (appended per session)."""
+    """Record on which machine and with which settings the row trains, before it does: a row stopped by a signal,
+    or killed, names its hardware too. Appended each time the row starts or resumes."""
     facts = {"machine": describe_machine(trainer.device), **trainer.settings()}
     with open(run_dir / "machines.jsonl", "a") as f:
         f.write(json.dumps(facts) + "\n")
