@@ -273,9 +273,10 @@ def test_models_say_how_many_classes_they_tell_apart():
 
 
 def test_dynamic_routing_options_next_to_a_routing_of_ones_own_are_flagged():
-    with pytest.warns(UserWarning, match="routing_iterations and detach_intermediate configure the built-in dynamic"):
+    with pytest.warns(UserWarning, match="routing_iterations configures the built-in dynamic routing; it is ignored"):
         model = CapsNet(routing=DynamicRouting(2), routing_iterations=5, device="meta")
     assert model.digits.routing.iterations == 2
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         CapsNet(routing=DynamicRouting(2), device="meta")  # the defaults alone say nothing
+        create_model("capsnet-mnist-official", routing=DynamicRouting(2), device="meta")  # nor a registered config

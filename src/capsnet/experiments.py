@@ -117,8 +117,11 @@ def run_experiment(
         if is_main:  # with --no-progress too: the parameter count belongs in a log
             print(f"[{experiment.name}] {row.label}: {config.model} ({trainer.parameter_count:,} parameters), "
                   f"run folder {config.output_dir}")
-            _write_row_facts(Path(config.output_dir), trainer)
-        trainer.fit()
+        try:
+            trainer.fit()
+        finally:  # a row stopped by a signal names its hardware too
+            if is_main:
+                _write_row_facts(Path(config.output_dir), trainer)
         trainer.distributed.barrier()  # rank 0 has written this row's files
         if is_main:
             experiment_results(name, runs_dir)  # after every row, so a partial table exists if the session ends
@@ -126,8 +129,8 @@ def run_experiment(
 
 
 def _write_row_facts(run_dir: Path, trainer: Trainer) -> None:
-    """Record on which machine and with which settings the row trains, before it does: a row stopped by a signal,
-    or killed, names its hardware too. Appended each time the row starts or resumes."""
+    """Record on which machine and with which settings (as resolved: a compile that fell back says "off") the row
+    trained; appended each time it runs."""
     facts = {"machine": describe_machine(trainer.device), **trainer.settings()}
     with open(run_dir / "machines.jsonl", "a") as f:
         f.write(json.dumps(facts) + "\n")

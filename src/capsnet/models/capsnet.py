@@ -55,7 +55,7 @@ class CapsNet(nn.Module):
         out_dim: digit capsule dimension (16).
         routing_iterations: dynamic routing iterations (3); ignored, with a warning, when ``routing`` is given.
         detach_intermediate: stop-gradient through ``u_hat`` in all but the last routing iteration
-            (default ``True``; the official code: ``False``); ignored, with a warning, when ``routing`` is given. See
+            (default ``True``; the official code: ``False``); ignored when ``routing`` is given. See
             :func:`capsnet.dynamic_routing`.
         digit_bias: learned bias on each digit capsule's ``s[j]``, as in the official code (off: the
             paper has none; adds ``num_classes * out_dim`` parameters).
@@ -105,9 +105,9 @@ class CapsNet(nn.Module):
         height, width = self.image_size
         if min(height, width) < 17:
             raise ValueError(f"image_size must be at least 17 x 17 for the two 9x9 convolutions, got {height} x {width}")
-        if routing is not None and (routing_iterations != ROUTING_ITERATIONS or detach_intermediate is not True):
-            warnings.warn("routing_iterations and detach_intermediate configure the built-in dynamic routing; they are "
-                          "ignored when routing= is given (set them on that routing)", stacklevel=2)
+        if routing is not None and routing_iterations != ROUTING_ITERATIONS:
+            warnings.warn("routing_iterations configures the built-in dynamic routing; it is ignored when routing= is "
+                          "given (set it on that routing)", stacklevel=2)
         self.conv1 = nn.Conv2d(in_channels, conv_channels, kernel_size=9, **factory)
         self.primary = PrimaryCapsules(in_channels=conv_channels, types=primary_types, out_dim=primary_dim, **factory)
         grid_h, grid_w = self.primary_grid = self.primary.output_grid(height - 8, width - 8)  # (h, w) of capsules
