@@ -61,12 +61,19 @@ def check_image_size(size: int | Sequence[int], name: str = "image_size") -> tup
         raise ValueError(f"{name} must be an integer >= 1 or a pair of them (height, width), got {size!r}") from None
 
 
+def values_outside(tensor: torch.Tensor, low: int, high: int) -> tuple[int, int] | None:
+    """``(lowest, highest)`` of ``tensor``'s values when any falls outside ``[low, high]``, else ``None``."""
+    if tensor.numel():
+        lowest, highest = int(tensor.min()), int(tensor.max())
+        if not low <= lowest <= highest <= high:
+            return lowest, highest
+    return None
+
+
 def check_class_indices(indices: torch.Tensor, name: str, classes: int) -> None:
     """Raise a ``ValueError`` unless every value of ``indices`` is a class index in ``[0, classes)``."""
-    if indices.numel():
-        lowest, highest = int(indices.min()), int(indices.max())
-        if not 0 <= lowest <= highest < classes:
-            raise ValueError(f"{name} must be class indices in [0, {classes}), got values from {lowest} to {highest}")
+    if outside := values_outside(indices, 0, classes - 1):
+        raise ValueError(f"{name} must be class indices in [0, {classes}), got values from {outside[0]} to {outside[1]}")
 
 
 def values_are_cheap_to_read(tensor: torch.Tensor) -> bool:

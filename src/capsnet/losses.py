@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._checks import check_class_indices, values_are_cheap_to_read
+from ._checks import check_class_indices, values_are_cheap_to_read, values_outside
 from .functional import _compute_dtype
 
 if TYPE_CHECKING:  # only for annotations: the loss works on any output with these fields
@@ -28,12 +28,11 @@ def _multi_hot(targets: Tensor, lengths: Tensor) -> Tensor:
         raise ValueError(f"expected capsule lengths of shape (b, k), got {tuple(lengths.shape)}")
     batch, classes = lengths.shape
     if targets.shape == (batch, classes):
-        if not targets.is_floating_point() and values_are_cheap_to_read(targets) and targets.numel() \
-                and not 0 <= int(targets.min()) <= int(targets.max()) <= 1:
-            # (b, k) class indices (n = k objects) would be misread silently
+        # (b, k) class indices (n = k objects) would be misread silently
+        if not targets.is_floating_point() and values_are_cheap_to_read(targets) \
+                and (outside := values_outside(targets, 0, 1)):
             raise ValueError(f"targets of shape (b, k) = ({batch}, {classes}) are read as multi-hot, 0 or 1, got "
-                             f"values from {int(targets.min())} to {int(targets.max())}; pass k class indices per "
-                             f"example as multi-hot")
+                             f"values from {outside[0]} to {outside[1]}; pass k class indices per example as multi-hot")
         return targets.to(lengths.dtype)
     if targets.dim() in (1, 2) and len(targets) == batch and not targets.is_floating_point() \
             and targets.dtype != torch.bool:
