@@ -62,6 +62,17 @@ def test_routing_gradcheck_float64():
     assert torch.autograd.gradcheck(lambda b: dynamic_routing(u_hat.detach(), 3, bias=b).poses, (bias,))
 
 
+def test_large_agreements_give_finite_coupling_equal_to_the_reference():
+    # Votes this long make routing logits above 88, where float32 exp() overflows unless each row's max is
+    # taken out first.
+    u_hat = random_u_hat(batch=2, in_caps=6, out_caps=4, dim=3, dtype=torch.float32) * 40
+    v, c = dynamic_routing(u_hat, 3)
+    v_ref, c_ref = routing_reference(u_hat.double(), 3)
+    assert torch.isfinite(c).all() and torch.isfinite(v).all()
+    torch.testing.assert_close(c, c_ref.float(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(v, v_ref.float(), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("iterations", [1, 2, 3, 5])
 def test_coupling_rows_sum_to_one_over_higher_capsules(iterations):
     _, c = dynamic_routing(random_u_hat(batch=3, in_caps=20, out_caps=7), iterations)
