@@ -1,6 +1,8 @@
 """The command line: help text from the config, and one-line errors with exit status 2."""
 
 import fractions
+import json
+import os
 import stat
 import subprocess
 import sys
@@ -11,6 +13,7 @@ import torch
 import capsnet
 from capsnet import TrainConfig, create_model
 from capsnet.cli import main
+import capsnet.models.registry
 from capsnet.training import TrainingError, save_checkpoint
 
 
@@ -137,3 +140,69 @@ def test_version_names_capsnet_and_torch(capsys):
         main(["--version"])
     assert exit_info.value.code == 0
     assert capsys.readouterr().out == f"capsnet {capsnet.__version__} (torch {torch.__version__})\n"
+
+
+PLUGIN = """
+import capsnet
+from capsnet.routing import Routing, RoutingOutput
+
+
+class MeanRouting(Routing):
+    \"\"\"Every lower capsule sends an equal share to every higher capsule: one iteration, as a routing of its own.\"\"\"
+
+    def route(self, u_hat, bias):
+        coupling = u_hat.new_full(u_hat.shape[:3], 1 / u_hat.shape[2])  # (b, i, j)
+        return RoutingOutput(capsnet.squash(u_hat.mean(dim=1)), coupling)
+
+
+capsnet.register_model("test-plugin-capsnet", capsnet.CapsNet, conv_channels=8, primary_types=2, routing=MeanRouting())
+"""
+
+
+@pytest.fixture
+def plugin_module(tmp_path, monkeypatch):
+    """A module my_capsules.py in the current folder, not yet imported, that registers a model with its own routing;
+    the folder is off sys.path, as it is for the capsnet script."""
+    (tmp_path / "my_capsules.py").write_text(PLUGIN)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [path for path in sys.path if path not in ("", ".", os.getcwd())])
+    registry = dict(capsnet.models.registry._MODELS)
+    monkeypatch.setattr(capsnet.models.registry, "_MODELS", registry)
+
+    def forget():  # as a new process would start: neither imported nor registered
+        sys.modules.pop("my_capsules", None)
+        registry.pop("test-plugin-capsnet", None)
+
+    yield forget
+    forget()
+
+
+def test_plugins_let_the_cli_train_resume_and_evaluate_a_model_registered_in_python(capsys, tmp_path, shared_data,
+                                                                                     plugin_module):
+    common = ["--data-dir", str(shared_data), "--limit-train", "64", "--limit-test", "20", "--batch-size", "32",
+              "--no-progress", "--output-dir", str(tmp_path / "run")]
+    code, _, err = run(capsys, "train", "--model", "test-plugin-capsnet", "--epochs", "1", *common)
+    assert code == 2 and "unknown value 'test-plugin-capsnet' for --model" in err
+    code, out, _ = run(capsys, "train", "--plugins", "my_capsules", "--model", "test-plugin-capsnet", "--epochs", "1",
+                       *common)
+    assert code == 0 and out.startswith("training test-plugin-capsnet (") and "done: test error" in out
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["plugins"] == "my_capsules"
+    plugin_module()
+    code, out, _ = run(capsys, "train", "--resume", "--epochs", "2", "--output-dir", str(tmp_path / "run"))
+    assert code == 0 and "resuming after epoch 1" in out and "after 2 epochs" in out  # config.json's plugins
+    plugin_module()
+    code, _, err = run(capsys, "evaluate", str(tmp_path / "run"))
+    assert code == 2 and err == (f"capsnet: error: {tmp_path / 'run' / 'best.pt'} holds the model "
+                                 "'test-plugin-capsnet', which is not registered; its run imported --plugins "
+                                 "my_capsules: pass the same\n")
+    code, out, _ = run(capsys, "evaluate", str(tmp_path / "run"), "--plugins", "my_capsules", "--limit-test", "20")
+    assert code == 0 and "on 20 mnist test images" in out
+
+
+def test_plugins_that_cannot_be_imported_are_named(capsys, plugin_module, tmp_path):
+    code, _, err = run(capsys, "train", "--plugins", "my_capsules, no_such_plugin")
+    assert code == 2 and err.startswith("capsnet: error: --plugins: no module named 'no_such_plugin' here (")
+    (tmp_path / "needs_more.py").write_text("import no_such_dependency\n")
+    code, _, err = run(capsys, "train", "--plugins", "needs_more")
+    assert code == 2 and err == ("capsnet: error: --plugins: importing 'needs_more' failed: No module named "
+                                 "'no_such_dependency'\n")

@@ -749,9 +749,11 @@ def test_every_setting_is_classified_for_resume():
     engine = capsnet.training.engine
     may_change = {name for name in TrainConfig.setting_names()} - set(engine._RESUME_MUST_MATCH) - set(
         capsnet.training.runs._INVOCATION_SETTINGS)
-    assert may_change == {  # how and where it runs, how long, and the init that the checkpoint's weights replace
-        "channels_last", "compile", "data_dir", "device", "epochs", "eval_batch_size", "precision", "retain_memory",
-        "save_every", "stop_at_error", "weight_std",
+    # How and where it runs, how long, and the init that the checkpoint's weights replace; plugins: where the model's
+    # code lives (a module may move), while the model's name and layers must still match.
+    assert may_change == {
+        "channels_last", "compile", "data_dir", "device", "epochs", "eval_batch_size", "plugins", "precision",
+        "retain_memory", "save_every", "stop_at_error", "weight_std",
     }
 
 

@@ -21,12 +21,14 @@ import torch
 from torch import Tensor
 
 from . import __version__
-from .config import DEVICES, EXTRA_TEST_SETS, PRECISIONS, TrainConfig, check_positive_flag, flag_name
+from .config import (
+    DEVICES, EXTRA_TEST_SETS, PRECISIONS, TrainConfig, check_positive_flag, flag_name, import_plugins,
+)
 from .experiments import EXPERIMENTS, results_markdown, run_experiment
 from .data import DATASETS, DataError, download_dataset
 from .data.affnist import download_affnist
 from . import figures
-from .models import CapsNet, create_model
+from .models import CapsNet, create_model, list_models
 from .training import (
     CheckpointError, Trainer, TrainingError, TrainingInterrupted, checkpoint_file, config_from_file, evaluate,
     load_checkpoint, load_model_weights, read_metrics, resolve_device, resume_config,
@@ -147,7 +149,7 @@ def _epochs_and_batches(epochs: int, batches: int) -> str:
 def _evaluate(args: argparse.Namespace) -> None:
     check_positive_flag("--batch-size", args.batch_size)
     check_positive_flag("--limit-test", args.limit_test)
-    checkpoint, model, device = _load_trained(args.checkpoint, args.device)
+    checkpoint, model, device = _load_trained(args.checkpoint, args.device, args.plugins)
     config = checkpoint["config"]
     extra_test = args.extra_test or config.get("extra_test")
     test = _test_set(checkpoint, args.data_dir, args.limit_test, extra_test)
@@ -179,9 +181,16 @@ def _reproduce(args: argparse.Namespace) -> None:
         print(f"written to {Path(args.runs_dir) / args.experiment / 'results.md'}")
 
 
-def _load_trained(path: Path, device_name: str) -> tuple[dict, torch.nn.Module, torch.device]:
+def _load_trained(path: Path, device_name: str, plugins: str | None) -> tuple[dict, torch.nn.Module, torch.device]:
     """A checkpoint written by ``capsnet train`` and its model, weights loaded, in eval mode."""
     checkpoint = load_checkpoint(path)
+    import_plugins(plugins)
+    # Unlike --resume, which imports the plugins of the run's own config.json, a checkpoint names modules that
+    # are imported only when asked: checkpoints are read with weights_only, so that loading one runs no code.
+    if checkpoint["model_name"] not in list_models():
+        recorded = checkpoint["config"].get("plugins")
+        hint = f"; its run imported --plugins {recorded}: pass the same" if recorded else ""
+        raise CheckpointError(f"{path} holds the model {checkpoint['model_name']!r}, which is not registered{hint}")
     device = resolve_device(device_name)
     model = create_model(checkpoint["model_name"], **checkpoint["model_kwargs"]).to(device)
     load_model_weights(model, checkpoint, path)
@@ -203,7 +212,7 @@ def _test_set(checkpoint: dict, data_dir: str | None, limit: int | None, extra_t
 def _figures(args: argparse.Namespace) -> None:
     check_positive_flag("--examples", args.examples)
     check_positive_flag("--limit-test", args.limit_test)
-    checkpoint, model, device = _load_trained(args.checkpoint, args.device)
+    checkpoint, model, device = _load_trained(args.checkpoint, args.device, args.plugins)
     if not isinstance(model, CapsNet):
         raise ValueError(f"{args.checkpoint} holds a {checkpoint['model_name']}, not a CapsNet: no capsules to draw")
     images, labels = _test_split(checkpoint, args.data_dir, args.limit_test, device)
@@ -329,6 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
                              help="right and wrong examples in Fig. 3 (or 5), each (default: 8)")
     figures_cmd.add_argument("--limit-test", type=int, default=None, help="look only at the first N test images")
     figures_cmd.set_defaults(func=_figures)
+
+    for command in (evaluate_cmd, figures_cmd):
+        command.add_argument("--plugins", metavar="MODULES", help="Python modules to import first, comma-separated: "
+                             "those that registered the checkpoint's model (its run's --plugins)")
 
     curves = commands.add_parser("curves", help="plot the test error after every epoch of run folders (PNG)")
     curves.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="run folders (with metrics.jsonl)")

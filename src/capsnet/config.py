@@ -7,8 +7,10 @@ built from :class:`TrainConfig`, so a default changes here and nowhere else.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
+import importlib
 import math
 import os
+import sys
 import time
 from typing import Any
 
@@ -23,7 +25,8 @@ from .models import is_capsule_model, list_models
 from .routing import ROUTING_ITERATIONS
 
 __all__ = [
-    "TrainConfig", "DEVICES", "PRECISIONS", "EXTRA_TEST_SETS", "check_positive_flag", "flag_name", "reaches_error",
+    "TrainConfig", "DEVICES", "PRECISIONS", "EXTRA_TEST_SETS", "check_positive_flag", "flag_name", "import_plugins",
+    "reaches_error",
 ]
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -53,6 +56,22 @@ def reaches_error(error: float, target_percent: float | None) -> bool:
     return target_percent is not None and error * 100 <= target_percent + 1e-9
 
 
+def import_plugins(modules: str | None) -> None:
+    """Import the comma-separated Python ``modules`` (``--plugins``), so that the models and routings they register
+    can be named; a module in the current folder counts, as it does for ``python -m``."""
+    names = [name for name in (module.strip() for module in (modules or "").split(",")) if name]
+    if names and os.getcwd() not in sys.path:  # the capsnet script's sys.path starts at its own folder, not here
+        sys.path.append(os.getcwd())
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if name == exc.name or name.startswith(f"{exc.name}."):
+                raise ValueError(f"--plugins: no module named {name!r} here ({os.getcwd()}): give an installed "
+                                 f"module or one whose .py file is in the current folder") from None
+            raise ValueError(f"--plugins: importing {name!r} failed: {exc}") from exc
+
+
 def _absolute(path: str) -> str:
     return os.path.abspath(os.path.expanduser(path))  # without resolving links, unlike Path.resolve
 
@@ -72,6 +91,11 @@ class TrainConfig:
         None, "folder with the dataset files (default: $CAPSNET_DATA, else $XDG_CACHE_HOME/capsnet or ~/.cache/capsnet)"
     )
     model: str = _option("capsnet-mnist", "model configuration (capsnet.list_models()); baseline-cnn is the paper's CNN")
+    plugins: str | None = _option(
+        None, "Python modules to import first, comma-separated: the models they register with capsnet.register_model "
+              "(their own routings, layers, ...) can then be named by --model; --resume and --config import them "
+              "again, evaluate and figures take --plugins too", metavar="MODULES"
+    )
     init_from: str | None = _option(
         None, "start from the weights of this checkpoint (another run's last.pt or best.pt, or its folder: its "
               "best.pt; a model with the same layers): fine-tuning or a warm start; the optimizer, learning-rate "
@@ -160,6 +184,7 @@ class TrainConfig:
         check_choice(self.device, "--device", DEVICES)
         check_choice(self.precision, "--precision", PRECISIONS)
         check_extra_test(self.extra_test, self.dataset, self.canvas)
+        import_plugins(self.plugins)
         check_choice(self.model, "--model", list_models())
         # Recorded absolute, so that --resume, --config, evaluate and figures find them from any folder; "" clears
         # a recorded --init-from.
