@@ -171,14 +171,15 @@ def plugin_module(tmp_path, monkeypatch):
 
     def forget():  # as a new process would start: neither imported nor registered
         sys.modules.pop("my_capsules", None)
+        sys.modules.pop("moved_capsules", None)
         registry.pop("test-plugin-capsnet", None)
 
     yield forget
     forget()
 
 
-def test_plugins_let_the_cli_train_resume_and_evaluate_a_model_registered_in_python(capsys, tmp_path, shared_data,
-                                                                                     plugin_module):
+def test_plugins_let_the_cli_train_resume_evaluate_and_draw_a_model_registered_in_python(capsys, tmp_path, shared_data,
+                                                                                         plugin_module):
     common = ["--data-dir", str(shared_data), "--limit-train", "64", "--limit-test", "20", "--batch-size", "32",
               "--no-progress", "--output-dir", str(tmp_path / "run")]
     code, _, err = run(capsys, "train", "--model", "test-plugin-capsnet", "--epochs", "1", *common)
@@ -191,12 +192,22 @@ def test_plugins_let_the_cli_train_resume_and_evaluate_a_model_registered_in_pyt
     code, out, _ = run(capsys, "train", "--resume", "--epochs", "2", "--output-dir", str(tmp_path / "run"))
     assert code == 0 and "resuming after epoch 1" in out and "after 2 epochs" in out  # config.json's plugins
     plugin_module()
-    code, _, err = run(capsys, "evaluate", str(tmp_path / "run"))
-    assert code == 2 and err == (f"capsnet: error: {tmp_path / 'run' / 'best.pt'} holds the model "
+    (tmp_path / "my_capsules.py").rename(tmp_path / "moved_capsules.py")  # a module may move between sessions
+    code, out, _ = run(capsys, "train", "--resume", "--epochs", "3", "--plugins", "moved_capsules", "--output-dir",
+                       str(tmp_path / "run"))
+    assert code == 0 and "after 3 epochs" in out
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["plugins"] == "moved_capsules"
+    plugin_module()
+    code, _, err = run(capsys, "evaluate", str(tmp_path / "run" / "last.pt"))
+    assert code == 2 and err == (f"capsnet: error: {tmp_path / 'run' / 'last.pt'} holds the model "
                                  "'test-plugin-capsnet', which is not registered; its run imported --plugins "
-                                 "my_capsules: pass the same\n")
-    code, out, _ = run(capsys, "evaluate", str(tmp_path / "run"), "--plugins", "my_capsules", "--limit-test", "20")
+                                 "moved_capsules: pass the same\n")
+    code, out, _ = run(capsys, "evaluate", str(tmp_path / "run" / "last.pt"), "--plugins", "moved_capsules",
+                       "--limit-test", "20")
     assert code == 0 and "on 20 mnist test images" in out
+    code, out, _ = run(capsys, "figures", str(tmp_path / "run" / "last.pt"), "--plugins", "moved_capsules",
+                       "--limit-test", "20", "--examples", "1", "--out", str(tmp_path / "figures"))
+    assert code == 0 and "fig3_reconstructions.png" in out
 
 
 def test_plugins_that_cannot_be_imported_are_named(capsys, plugin_module, tmp_path):
@@ -206,3 +217,12 @@ def test_plugins_that_cannot_be_imported_are_named(capsys, plugin_module, tmp_pa
     code, _, err = run(capsys, "train", "--plugins", "needs_more")
     assert code == 2 and err == ("capsnet: error: --plugins: importing 'needs_more' failed: No module named "
                                  "'no_such_dependency'\n")
+    (tmp_path / "has_a_bug.py").write_text("raise ValueError('bad shape')\n")
+    code, _, err = run(capsys, "train", "--plugins", "has_a_bug")
+    assert code == 2 and err == "capsnet: error: --plugins: importing 'has_a_bug' failed: ValueError: bad shape\n"
+    code, _, err = run(capsys, "train", "--plugins", "my_capsules.py")
+    assert code == 2 and err.endswith(": name the module (my_capsules), not its file\n")
+    code, _, err = run(capsys, "train", "--model", "my-capsnet")
+    assert code == 2 and err.endswith("(a model of your own: --plugins MODULE)\n")
+    with pytest.raises(TypeError, match="plugins must be a string of comma-separated module names, got list"):
+        TrainConfig(plugins=["my_capsules"])

@@ -189,8 +189,9 @@ def _load_trained(path: Path, device_name: str, plugins: str | None) -> tuple[di
     # are imported only when asked: checkpoints are read with weights_only, so that loading one runs no code.
     if checkpoint["model_name"] not in list_models():
         recorded = checkpoint["config"].get("plugins")
-        hint = f"; its run imported --plugins {recorded}: pass the same" if recorded else ""
-        raise CheckpointError(f"{path} holds the model {checkpoint['model_name']!r}, which is not registered{hint}")
+        hint = (f"its run imported --plugins {recorded}: pass the same" if recorded
+                else "pass --plugins MODULE, the module that registers it")
+        raise CheckpointError(f"{path} holds the model {checkpoint['model_name']!r}, which is not registered; {hint}")
     device = resolve_device(device_name)
     model = create_model(checkpoint["model_name"], **checkpoint["model_kwargs"]).to(device)
     load_model_weights(model, checkpoint, path)

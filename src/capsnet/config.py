@@ -58,18 +58,24 @@ def reaches_error(error: float, target_percent: float | None) -> bool:
 
 def import_plugins(modules: str | None) -> None:
     """Import the comma-separated Python ``modules`` (``--plugins``), so that the models and routings they register
-    can be named; a module in the current folder counts, as it does for ``python -m``."""
+    can be named. A module whose .py file is in the current folder counts (after the installed ones)."""
+    if not isinstance(modules, str | None):
+        raise TypeError(f"plugins must be a string of comma-separated module names, got {type(modules).__name__}")
     names = [name for name in (module.strip() for module in (modules or "").split(",")) if name]
     if names and os.getcwd() not in sys.path:  # the capsnet script's sys.path starts at its own folder, not here
         sys.path.append(os.getcwd())
+    importlib.invalidate_caches()  # a module written since the last import in this process is found too
     for name in names:
         try:
             importlib.import_module(name)
         except ModuleNotFoundError as exc:
             if name == exc.name or name.startswith(f"{exc.name}."):
-                raise ValueError(f"--plugins: no module named {name!r} here ({os.getcwd()}): give an installed "
-                                 f"module or one whose .py file is in the current folder") from None
+                hint = f"name the module ({name.removesuffix('.py')}), not its file" if name.endswith(".py") else (
+                    "give an installed module or one whose .py file is in the current folder")
+                raise ValueError(f"--plugins: no module named {name!r} here ({os.getcwd()}): {hint}") from None
             raise ValueError(f"--plugins: importing {name!r} failed: {exc}") from exc
+        except Exception as exc:  # the plugin's own error: say whose, and keep it as the cause for --traceback
+            raise ValueError(f"--plugins: importing {name!r} failed: {type(exc).__name__}: {exc}") from exc
 
 
 def _absolute(path: str) -> str:
@@ -93,8 +99,9 @@ class TrainConfig:
     model: str = _option("capsnet-mnist", "model configuration (capsnet.list_models()); baseline-cnn is the paper's CNN")
     plugins: str | None = _option(
         None, "Python modules to import first, comma-separated: the models they register with capsnet.register_model "
-              "(their own routings, layers, ...) can then be named by --model; --resume and --config import them "
-              "again, evaluate and figures take --plugins too", metavar="MODULES"
+              "(their own routings, layers, ...) can then be named by --model; recorded, so that --resume and "
+              "--config import them again (as does every TrainConfig made with them); evaluate and figures take "
+              "--plugins too", metavar="MODULES"
     )
     init_from: str | None = _option(
         None, "start from the weights of this checkpoint (another run's last.pt or best.pt, or its folder: its "
@@ -185,7 +192,9 @@ class TrainConfig:
         check_choice(self.precision, "--precision", PRECISIONS)
         check_extra_test(self.extra_test, self.dataset, self.canvas)
         import_plugins(self.plugins)
-        check_choice(self.model, "--model", list_models())
+        if self.model not in list_models():
+            raise ValueError(f"unknown value {self.model!r} for --model; valid values are "
+                             f"{', '.join(map(repr, list_models()))} (a model of your own: --plugins MODULE)")
         # Recorded absolute, so that --resume, --config, evaluate and figures find them from any folder; "" clears
         # a recorded --init-from.
         self.data_dir = _absolute(self.data_dir) if self.data_dir else None

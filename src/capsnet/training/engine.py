@@ -487,7 +487,9 @@ class Trainer:
             save_checkpoint(self.run_dir / name, checkpoint)
 
     def _restore(self, checkpoint: dict[str, Any]) -> None:
-        saved = TrainConfig.from_dict(checkpoint["config"])  # fields newer than the file take their defaults
+        # Fields newer than the file take their defaults. Its plugins are not imported again: this run's own have
+        # registered the model, and a module that has moved since would fail the import.
+        saved = TrainConfig.from_dict({**checkpoint["config"], "plugins": None})
         mismatched = [
             f"{flag_name(key)} is {getattr(self.config, key)!r} but the checkpoint has {getattr(saved, key)!r}"
             for key in _RESUME_MUST_MATCH if getattr(saved, key) != getattr(self.config, key)
