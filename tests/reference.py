@@ -39,6 +39,27 @@ def routing_reference(u_hat: torch.Tensor, iterations: int, detach_intermediate:
     return torch.stack(vs), torch.stack(cs)
 
 
+
+def self_attention_reference(u_hat: torch.Tensor, prior=None, bias=None):
+    """Efficient-CapsNet's FCCaps routing (Mazzia et al. 2021), one example, one higher capsule at a time, with the
+    squash of Sabour et al. ``u_hat``: (b, i, j, d); ``prior``: (i, j); ``bias``: (j, d). Returns ``v``, ``c + prior``."""
+    batch, n_in, n_out, dim = u_hat.shape
+    vs, cs = [], []
+    for n in range(batch):
+        # The self-attention matrix of the votes for each higher capsule j, and each lower capsule's row sum.
+        attention = [u_hat[n, :, j] @ u_hat[n, :, j].T / dim**0.5 for j in range(n_out)]  # j x (i, i)
+        agreement = torch.stack([attention[j].sum(dim=1) for j in range(n_out)], dim=1)  # (i, j)
+        c = torch.stack([torch.softmax(agreement[i], dim=0) for i in range(n_in)])  # softmax over j, per i
+        if prior is not None:
+            c = c + prior
+        v = []
+        for j in range(n_out):
+            s = sum(c[i, j] * u_hat[n, i, j] for i in range(n_in)) + (0 if bias is None else bias[j])
+            v.append(squash_reference(s))
+        vs.append(torch.stack(v))
+        cs.append(c)
+    return torch.stack(vs), torch.stack(cs)
+
 def shifted(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
     """Reference: move the content of ``x`` right by ``dx`` and down by ``dy``, zero-filling, by slicing."""
     h, w = x.shape[-2:]

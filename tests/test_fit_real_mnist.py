@@ -1,15 +1,18 @@
 """A tiny real training run: the model, losses and optimizer must fit 64 real MNIST digits."""
 
+import pytest
 import torch
 
 import capsnet
 from capsnet.data import MNIST
 
 
-def test_fits_64_mnist_images_to_full_training_accuracy(shared_data):
+@pytest.mark.parametrize("routing", [capsnet.DynamicRouting, capsnet.SelfAttentionRouting])
+def test_fits_64_mnist_images_to_full_training_accuracy(shared_data, routing):
     train = MNIST(shared_data, train=True, download=False)
     images, labels = train.images[:64].float() / 255, train.labels[:64]
-    model = capsnet.CapsNet(conv_channels=32, primary_types=8)  # the paper's structure, narrower convolutions
+    # The paper's structure, narrower convolutions.
+    model = capsnet.CapsNet(conv_channels=32, primary_types=8, routing=routing())
     loss_fn = capsnet.CapsuleLoss()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     accuracy, step = 0.0, 0

@@ -5,7 +5,10 @@ from .functional import capsule_lengths, hits, mask_capsules, squash
 from .layers import CapsuleDecoder, PrimaryCapsules, RoutedCapsules
 from .losses import CapsuleLoss, LossTerms, margin_loss, reconstruction_loss
 from .models import BaselineCNN, CapsNet, CapsNetOutput, create_model, is_capsule_model, list_models, register_model
-from .routing import DynamicRouting, Routing, RoutingOutput, create_routing, dynamic_routing, list_routings, register_routing
+from .routing import (
+    DynamicRouting, Routing, RoutingOutput, SelfAttentionRouting, create_routing, dynamic_routing, list_routings,
+    register_routing,
+)
 from .config import TrainConfig
 from .training import Trainer, evaluate, train
 
@@ -21,6 +24,7 @@ __all__ = [
     "RoutingOutput",
     "DynamicRouting",
     "dynamic_routing",
+    "SelfAttentionRouting",
     "create_routing",
     "list_routings",
     "register_routing",

@@ -1,6 +1,6 @@
 """Model assembly and the registry of named configurations."""
 
-from .capsnet import CapsNet, CapsNetOutput
+from .capsnet import CapsNet, CapsNetOutput, capsnet_with_self_attention
 from .cnn import BaselineCNN
 from .registry import create_model, is_capsule_model, list_models, register_model
 
@@ -11,6 +11,8 @@ register_model("capsnet-mnist", CapsNet)
 register_model("capsnet-mnist-official", CapsNet, digit_bias=True, detach_intermediate=False, weight_std=0.1)
 # Same structure, narrow convolutions (1.9M parameters, most in the decoder): smoke tests, quick CPU runs.
 register_model("capsnet-tiny", CapsNet, conv_channels=32, primary_types=8)
+# Beyond the paper: its network with Efficient-CapsNet's self-attention routing (Mazzia et al. 2021) in DigitCaps.
+register_model("capsnet-self-attention", capsnet_with_self_attention, capsule_model=True)
 # The paper's baseline (Table 1): convolutions 256-256-128 5x5, FC 328-192, dropout; 35.4M parameters.
 register_model("baseline-cnn", BaselineCNN)
 # The CNN of the affine-robustness comparison (section 5.2, "with MaxPooling and DropOut" and "a similar number

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -12,9 +12,9 @@ from torch import Tensor, nn
 from .._checks import check_image_size, check_int, check_shape
 from ..functional import capsule_lengths
 from ..layers import WEIGHT_INIT_STD, CapsuleDecoder, PrimaryCapsules, RoutedCapsules
-from ..routing import ROUTING_ITERATIONS, DynamicRouting, Routing
+from ..routing import ROUTING_ITERATIONS, DynamicRouting, Routing, SelfAttentionRouting
 
-__all__ = ["CapsNet", "CapsNetOutput"]
+__all__ = ["CapsNet", "CapsNetOutput", "capsnet_with_self_attention"]
 
 
 class CapsNetOutput(NamedTuple):
@@ -160,3 +160,18 @@ class CapsNet(nn.Module):
         batch, objects = targets.shape
         copies = poses.unsqueeze(1).expand(batch, objects, *poses.shape[1:]).flatten(0, 1)  # (b * n, j, d)
         return self.decoder(copies, targets.flatten()).view(batch, objects, -1)  # (b, n, C * H * W)
+
+
+def capsnet_with_self_attention(**kwargs: Any) -> CapsNet:
+    """:class:`CapsNet` whose DigitCaps route by self-attention (:class:`~capsnet.SelfAttentionRouting`) with
+    Efficient-CapsNet's learned prior; ``kwargs`` as for :class:`CapsNet` (``routing_iterations`` does not apply).
+
+    Example:
+        >>> capsnet_with_self_attention().digits.routing
+        SelfAttentionRouting(in_caps=1152, out_caps=10)
+    """
+    model = CapsNet(routing=SelfAttentionRouting(), **kwargs)  # warns of a routing_iterations given, as for any routing
+    digits = model.digits
+    # The prior's size is the number of primary capsules, which CapsNet derives from the image size.
+    digits.routing = SelfAttentionRouting(digits.in_caps, digits.out_caps).to(digits.weight)
+    return model
