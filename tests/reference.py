@@ -39,10 +39,14 @@ def routing_reference(u_hat: torch.Tensor, iterations: int, detach_intermediate:
     return torch.stack(vs), torch.stack(cs)
 
 
+def self_attention_reference(u_hat: torch.Tensor, prior: torch.Tensor | None = None,
+                             bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Efficient-CapsNet's FCCaps routing (Mazzia et al. 2021), one example and one higher capsule at a time, with
+    the squash of Sabour et al.
 
-def self_attention_reference(u_hat: torch.Tensor, prior=None, bias=None):
-    """Efficient-CapsNet's FCCaps routing (Mazzia et al. 2021), one example, one higher capsule at a time, with the
-    squash of Sabour et al. ``u_hat``: (b, i, j, d); ``prior``: (i, j); ``bias``: (j, d). Returns ``v``, ``c + prior``."""
+    ``u_hat``: (b, i, j, d); ``prior``: (i, j); ``bias``: (j, d). Returns ``v`` (b, j, d) and the softmax ``c``
+    (b, i, j); the votes are summed with ``c + prior``.
+    """
     batch, n_in, n_out, dim = u_hat.shape
     vs, cs = [], []
     for n in range(batch):
@@ -50,15 +54,15 @@ def self_attention_reference(u_hat: torch.Tensor, prior=None, bias=None):
         attention = [u_hat[n, :, j] @ u_hat[n, :, j].T / dim**0.5 for j in range(n_out)]  # j x (i, i)
         agreement = torch.stack([attention[j].sum(dim=1) for j in range(n_out)], dim=1)  # (i, j)
         c = torch.stack([torch.softmax(agreement[i], dim=0) for i in range(n_in)])  # softmax over j, per i
-        if prior is not None:
-            c = c + prior
+        weights = c if prior is None else c + prior
         v = []
         for j in range(n_out):
-            s = sum(c[i, j] * u_hat[n, i, j] for i in range(n_in)) + (0 if bias is None else bias[j])
+            s = sum(weights[i, j] * u_hat[n, i, j] for i in range(n_in)) + (0 if bias is None else bias[j])
             v.append(squash_reference(s))
         vs.append(torch.stack(v))
         cs.append(c)
     return torch.stack(vs), torch.stack(cs)
+
 
 def shifted(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
     """Reference: move the content of ``x`` right by ``dx`` and down by ``dy``, zero-filling, by slicing."""

@@ -80,6 +80,10 @@ def test_prior_starts_at_zero_learns_and_checks_its_shape():
     assert not routing.prior.any() and repr(routing) == "SelfAttentionRouting(in_caps=6, out_caps=4)"
     u_hat = random_u_hat().float()
     torch.testing.assert_close(routing(u_hat).poses, SelfAttentionRouting()(u_hat).poses)  # a prior of 0 adds nothing
+    learned = routing_with_prior().float()
+    v, c = learned(u_hat)
+    torch.testing.assert_close(c, SelfAttentionRouting()(u_hat).coupling)  # the coupling is the softmax alone
+    assert not torch.allclose(v, SelfAttentionRouting()(u_hat).poses)
     routing(u_hat).poses.square().sum().backward()
     assert routing.prior.grad is not None and routing.prior.grad.abs().sum() > 0
     with pytest.raises(ValueError, match=r"SelfAttentionRouting has a prior for \(6, 4\) \(in_caps, out_caps\), but "
@@ -104,10 +108,27 @@ def test_registered_and_usable_in_the_paper_model():
 
 def test_registered_model_sizes_its_prior_from_the_image():
     for size, primary in ((28, 1152), (40, 4608)):  # 32 types on 6x6 and 12x12 grids
-        model = capsnet.create_model("capsnet-self-attention", image_size=size, num_classes=10, routing_iterations=3)
+        model = capsnet.create_model("capsnet-self-attention", image_size=size, routing_iterations=3, device="meta")
         assert repr(model.digits.routing) == f"SelfAttentionRouting(in_caps={primary}, out_caps=10)"
     assert capsnet.is_capsule_model("capsnet-self-attention")
-    with pytest.warns(UserWarning, match="routing_iterations configures the built-in dynamic routing"):
-        capsnet.create_model("capsnet-self-attention", routing_iterations=1)
+    with pytest.warns(UserWarning, match=r"routing_iterations does not apply to self-attention routing \(one pass\)"):
+        capsnet.create_model("capsnet-self-attention", routing_iterations=1, device="meta")
+    with pytest.raises(TypeError, match="routes by self-attention; for another routing: CapsNet"):
+        capsnet.create_model("capsnet-self-attention", routing=SelfAttentionRouting())
     model = capsnet.models.capsnet.capsnet_with_self_attention(conv_channels=8, primary_types=2, dtype=torch.float64)
     assert model.digits.routing.prior.dtype == torch.float64
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_votes_are_summed_in_float32(dtype):
+    # Votes for one capsule that agree: their sum over 1152 lower capsules overflows float16 (max 65504).
+    u_hat = torch.full((2, 1152, 10, 16), 3.0) + torch.randn(2, 1152, 10, 16) * 0.01
+    for routing in (SelfAttentionRouting(), SelfAttentionRouting(1152, 10)):
+        v, c = routing(u_hat.to(dtype))
+        v_wide, c_wide = routing(u_hat.to(dtype).float())
+        assert v.dtype == c.dtype == dtype and torch.isfinite(c).all() and torch.isfinite(v).all()
+        torch.testing.assert_close(c.float(), c_wide, atol=1e-2, rtol=0)
+        torch.testing.assert_close(v.float(), v_wide, atol=1e-2, rtol=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as --precision bf16 runs it
+        v, c = SelfAttentionRouting()(u_hat[:, :, :, :8] * 0.1)
+    assert torch.isfinite(v).all() and torch.isfinite(c).all()

@@ -164,14 +164,21 @@ class CapsNet(nn.Module):
 
 def capsnet_with_self_attention(**kwargs: Any) -> CapsNet:
     """:class:`CapsNet` whose DigitCaps route by self-attention (:class:`~capsnet.SelfAttentionRouting`) with
-    Efficient-CapsNet's learned prior; ``kwargs`` as for :class:`CapsNet` (``routing_iterations`` does not apply).
+    Efficient-CapsNet's learned prior; ``kwargs`` as for :class:`CapsNet`, but for ``routing`` and
+    ``routing_iterations`` (one pass; a value other than 3 is ignored with a warning).
 
     Example:
         >>> capsnet_with_self_attention().digits.routing
         SelfAttentionRouting(in_caps=1152, out_caps=10)
     """
-    model = CapsNet(routing=SelfAttentionRouting(), **kwargs)  # warns of a routing_iterations given, as for any routing
+    if "routing" in kwargs:
+        raise TypeError("capsnet_with_self_attention routes by self-attention; for another routing: CapsNet(routing=...)")
+    if kwargs.pop("routing_iterations", ROUTING_ITERATIONS) != ROUTING_ITERATIONS:
+        warnings.warn("routing_iterations does not apply to self-attention routing (one pass); it is ignored",
+                      stacklevel=2)
+    model = CapsNet(routing=SelfAttentionRouting(), **kwargs)
     digits = model.digits
     # The prior's size is the number of primary capsules, which CapsNet derives from the image size.
-    digits.routing = SelfAttentionRouting(digits.in_caps, digits.out_caps).to(digits.weight)
+    digits.routing = SelfAttentionRouting(digits.in_caps, digits.out_caps, device=digits.weight.device,
+                                          dtype=digits.weight.dtype)
     return model
