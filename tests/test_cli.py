@@ -202,6 +202,9 @@ def test_plugins_let_the_cli_train_resume_evaluate_and_draw_a_model_registered_i
     assert code == 2 and err == (f"capsnet: error: {tmp_path / 'run' / 'last.pt'} holds the model "
                                  "'test-plugin-capsnet', which is not registered; its run imported --plugins "
                                  "moved_capsules: pass the same\n")
+    with pytest.raises(capsnet.training.CheckpointError, match="'test-plugin-capsnet', which is not registered; "
+                       "import moved_capsules, which its run imported, first"):
+        capsnet.load_model(tmp_path / "run" / "last.pt")  # Python's way to the same checkpoint
     code, out, _ = run(capsys, "evaluate", str(tmp_path / "run" / "last.pt"), "--plugins", "moved_capsules",
                        "--limit-test", "20")
     assert code == 0 and "on 20 mnist test images" in out

@@ -238,6 +238,11 @@ def test_python_api_is_one_call(tmp_path, shared_data):
     history = capsnet.train(**QUICK, epochs=1, data_dir=str(shared_data), output_dir=str(tmp_path / "api"))
     assert [m["epoch"] for m in history] == [1]
     assert 0 <= history[0]["test_error"] <= 1
+    model = capsnet.load_model(tmp_path / "api")  # the run folder: its best.pt
+    assert isinstance(model, capsnet.CapsNet) and not model.training
+    test = capsnet.data.MNIST(shared_data, train=False)
+    report = capsnet.evaluate(model, test.images[:QUICK["limit_test"]], test.labels[:QUICK["limit_test"]])
+    assert report["error"] == pytest.approx(history[0]["test_error"], abs=1e-12)
     with pytest.raises(TypeError, match="'epoch'"):  # misspelt: an error, not the default 10 epochs
         capsnet.train(**QUICK, epoch=1, data_dir=str(shared_data), output_dir=str(tmp_path / "typo"))
 

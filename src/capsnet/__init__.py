@@ -10,7 +10,7 @@ from .routing import (
     register_routing,
 )
 from .config import TrainConfig
-from .training import Trainer, evaluate, train
+from .training import Trainer, evaluate, load_model, train
 
 __version__ = "0.1.0"
 
@@ -46,4 +46,5 @@ __all__ = [
     "Trainer",
     "train",
     "evaluate",
+    "load_model",
 ]

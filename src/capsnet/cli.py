@@ -28,10 +28,10 @@ from .experiments import EXPERIMENTS, results_markdown, run_experiment
 from .data import DATASETS, DataError, download_dataset
 from .data.affnist import download_affnist
 from . import figures
-from .models import CapsNet, create_model, list_models
+from .models import CapsNet
 from .training import (
     CheckpointError, Trainer, TrainingError, TrainingInterrupted, checkpoint_file, config_from_file, evaluate,
-    load_checkpoint, load_model_weights, read_metrics, resolve_device, resume_config,
+    build_model, load_checkpoint, read_metrics, resolve_device, resume_config,
 )
 from .training.distributed import shutdown_distributed
 from .data.testsets import TestSet, load_test_set
@@ -187,15 +187,12 @@ def _load_trained(path: Path, device_name: str, plugins: str | None) -> tuple[di
     import_plugins(plugins)
     # Unlike --resume, which imports the plugins of the run's own config.json, a checkpoint names modules that
     # are imported only when asked: checkpoints are read with weights_only, so that loading one runs no code.
-    if checkpoint["model_name"] not in list_models():
-        recorded = checkpoint["config"].get("plugins")
-        hint = (f"its run imported --plugins {recorded}: pass the same" if recorded
-                else "pass --plugins MODULE, the module that registers it")
-        raise CheckpointError(f"{path} holds the model {checkpoint['model_name']!r}, which is not registered; {hint}")
+    recorded = checkpoint["config"].get("plugins")
+    hint = (f"its run imported --plugins {recorded}: pass the same" if recorded
+            else "pass --plugins MODULE, the module that registers it")
     device = resolve_device(device_name)
-    model = create_model(checkpoint["model_name"], **checkpoint["model_kwargs"]).to(device)
-    load_model_weights(model, checkpoint, path)
-    return checkpoint, model.eval(), device
+    model = build_model(checkpoint, path, plugin_hint=hint).to(device)
+    return checkpoint, model, device
 
 
 def _test_split(checkpoint: dict, data_dir: str | None, limit: int | None, device: torch.device) -> tuple[Tensor, Tensor]:

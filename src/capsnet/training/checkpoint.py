@@ -9,8 +9,12 @@ import torch
 from torch import nn
 
 from .._files import write_atomically
+from ..models import create_model, list_models
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_model_weights", "checkpoint_file"]
+__all__ = [
+    "CheckpointError", "save_checkpoint", "load_checkpoint", "load_model", "build_model", "load_model_weights",
+    "checkpoint_file",
+]
 
 FORMAT = "capsnet-checkpoint"
 VERSION = 2  # 2: one random state per process ("rng" is a list); 1 held a single one
@@ -77,3 +81,35 @@ def load_model_weights(
         else:
             target = f"the model {model_name!r} of this run (they are from {saved_name!r})"
         raise CheckpointError(f"{path}: its weights do not fit {target}: {'; '.join(details[:2]) or exc}") from None
+
+
+def build_model(checkpoint: dict[str, Any], path: str | Path, plugin_hint: str | None = None) -> nn.Module:
+    """The model of a checkpoint read by :func:`load_checkpoint` (from ``path``), built by the name and settings
+    it records, its weights loaded, in eval mode and on the CPU.
+
+    A model registered outside capsnet must be registered again first (import the module that does it);
+    ``plugin_hint`` says how in the error for one that is not.
+    """
+    name = checkpoint["model_name"]
+    if name not in list_models():
+        recorded = checkpoint["config"].get("plugins")
+        hint = plugin_hint or (f"import {recorded}, which its run imported, first" if recorded
+                               else "import the module that registers it first")
+        raise CheckpointError(f"{path} holds the model {name!r}, which is not registered; {hint}")
+    model = create_model(name, **checkpoint["model_kwargs"])
+    load_model_weights(model, checkpoint, path)
+    return model.eval()
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """The trained model in a checkpoint written by ``capsnet train`` (a run folder: its ``best.pt``), weights
+    loaded, in eval mode, on ``device``.
+
+    Example::
+
+        model = capsnet.load_model("runs/mnist")          # its best.pt
+        test = capsnet.data.MNIST(train=False)
+        capsnet.evaluate(model, test.images, test.labels)  # {"error": ..., "examples": 10000, ...}
+    """
+    path = checkpoint_file(path)
+    return build_model(load_checkpoint(path), path).to(device)
