@@ -1,6 +1,7 @@
 """The command line: help text from the config, and one-line errors with exit status 2."""
 
 import fractions
+import importlib
 import json
 import os
 import stat
@@ -179,7 +180,7 @@ def plugin_module(tmp_path, monkeypatch):
 
 
 def test_plugins_let_the_cli_train_resume_evaluate_and_draw_a_model_registered_in_python(capsys, tmp_path, shared_data,
-                                                                                         plugin_module):
+                                                                                         plugin_module, monkeypatch):
     common = ["--data-dir", str(shared_data), "--limit-train", "64", "--limit-test", "20", "--batch-size", "32",
               "--no-progress", "--output-dir", str(tmp_path / "run")]
     code, _, err = run(capsys, "train", "--model", "test-plugin-capsnet", "--epochs", "1", *common)
@@ -205,6 +206,10 @@ def test_plugins_let_the_cli_train_resume_evaluate_and_draw_a_model_registered_i
     with pytest.raises(capsnet.training.CheckpointError, match="'test-plugin-capsnet', which is not registered; "
                        "import moved_capsules, which its run imported, first"):
         capsnet.load_model(tmp_path / "run" / "last.pt")  # Python's way to the same checkpoint
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.import_module("moved_capsules")
+    model = capsnet.load_model(tmp_path / "run" / "last.pt")
+    assert [type(m).__module__ for m in model.modules() if type(m).__name__ == "MeanRouting"] == ["moved_capsules"]
     code, out, _ = run(capsys, "evaluate", str(tmp_path / "run" / "last.pt"), "--plugins", "moved_capsules",
                        "--limit-test", "20")
     assert code == 0 and "on 20 mnist test images" in out

@@ -185,7 +185,7 @@ def test_public_api_is_exported():
         "squash", "dynamic_routing", "routing", "PrimaryCapsules", "RoutedCapsules", "CapsuleDecoder", "CapsNet",
         "CapsNetOutput", "create_model", "margin_loss", "reconstruction_loss", "CapsuleLoss", "DynamicRouting",
         "train", "Trainer", "TrainConfig", "create_routing", "list_routings", "register_routing", "list_models",
-        "register_model",
+        "register_model", "load_model", "evaluate",
     }
     assert promised <= set(capsnet.__all__)
     for name in capsnet.__all__:

@@ -15,7 +15,7 @@ from capsnet import cli
 from capsnet.cli import main
 from capsnet.data.testsets import load_test_set
 from capsnet.training import (
-    CheckpointError, TrainingError, TrainingInterrupted, load_checkpoint, read_metrics, resume_config,
+    CheckpointError, TrainingError, TrainingInterrupted, load_checkpoint, read_metrics, resume_config, save_checkpoint,
 )
 from reference import recover_shifts
 
@@ -238,11 +238,24 @@ def test_python_api_is_one_call(tmp_path, shared_data):
     history = capsnet.train(**QUICK, epochs=1, data_dir=str(shared_data), output_dir=str(tmp_path / "api"))
     assert [m["epoch"] for m in history] == [1]
     assert 0 <= history[0]["test_error"] <= 1
-    model = capsnet.load_model(tmp_path / "api")  # the run folder: its best.pt
+
+
+def test_load_model_gives_a_runs_trained_model_ready_to_evaluate(tmp_path, shared_data):
+    history = capsnet.train(**QUICK, epochs=1, data_dir=str(shared_data), output_dir=str(tmp_path / "run"))
+    (tmp_path / "run" / "last.pt").unlink()  # the folder must mean its best.pt
+    rng_state = torch.get_rng_state()
+    model = capsnet.load_model(tmp_path / "run")
+    assert torch.equal(torch.get_rng_state(), rng_state)  # building the model drew no random numbers of the caller's
     assert isinstance(model, capsnet.CapsNet) and not model.training
     test = capsnet.data.MNIST(shared_data, train=False)
     report = capsnet.evaluate(model, test.images[:QUICK["limit_test"]], test.labels[:QUICK["limit_test"]])
     assert report["error"] == pytest.approx(history[0]["test_error"], abs=1e-12)
+    assert {p.device.type for p in capsnet.load_model(tmp_path / "run", device="meta").parameters()} == {"meta"}
+    checkpoint = load_checkpoint(tmp_path / "run")
+    save_checkpoint(tmp_path / "renamed.pt", {**checkpoint, "model_name": "capsnet-gone"})
+    with pytest.raises(CheckpointError, match="holds the model 'capsnet-gone', which is not registered; import the "
+                                              "module that registers it first"):
+        capsnet.load_model(tmp_path / "renamed.pt")
     with pytest.raises(TypeError, match="'epoch'"):  # misspelt: an error, not the default 10 epochs
         capsnet.train(**QUICK, epoch=1, data_dir=str(shared_data), output_dir=str(tmp_path / "typo"))
 

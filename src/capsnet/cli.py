@@ -31,8 +31,9 @@ from . import figures
 from .models import CapsNet
 from .training import (
     CheckpointError, Trainer, TrainingError, TrainingInterrupted, checkpoint_file, config_from_file, evaluate,
-    build_model, load_checkpoint, read_metrics, resolve_device, resume_config,
+    load_checkpoint, read_metrics, resolve_device, resume_config,
 )
+from .training.checkpoint import build_model
 from .training.distributed import shutdown_distributed
 from .data.testsets import TestSet, load_test_set
 from .training.precision import resolve_precision
@@ -187,11 +188,8 @@ def _load_trained(path: Path, device_name: str, plugins: str | None) -> tuple[di
     import_plugins(plugins)
     # Unlike --resume, which imports the plugins of the run's own config.json, a checkpoint names modules that
     # are imported only when asked: checkpoints are read with weights_only, so that loading one runs no code.
-    recorded = checkpoint["config"].get("plugins")
-    hint = (f"its run imported --plugins {recorded}: pass the same" if recorded
-            else "pass --plugins MODULE, the module that registers it")
     device = resolve_device(device_name)
-    model = build_model(checkpoint, path, plugin_hint=hint).to(device)
+    model = build_model(checkpoint, checkpoint_file(path), command_line=True).to(device)
     return checkpoint, model, device
 
 

@@ -1,9 +1,10 @@
 """The training application: loop, evaluation, run folders and checkpoints on top of the core library."""
 
 from .checkpoint import (
-    CheckpointError, build_model, checkpoint_file, load_checkpoint, load_model, load_model_weights, save_checkpoint,
+    CheckpointError, checkpoint_file, load_checkpoint, load_model, load_model_weights, save_checkpoint,
 )
-from .engine import Trainer, resolve_device, train
+from .devices import resolve_device
+from .engine import Trainer, train
 from .errors import TrainingError, TrainingInterrupted
 from .evaluation import evaluate
 from .runs import config_from_file, read_metrics, resume_config
@@ -11,6 +12,6 @@ from .runs import config_from_file, read_metrics, resume_config
 __all__ = [
     "Trainer", "TrainingError", "TrainingInterrupted", "train", "resume_config", "config_from_file", "evaluate",
     "read_metrics", "resolve_device",
-    "CheckpointError", "build_model", "checkpoint_file", "load_checkpoint", "load_model", "load_model_weights",
+    "CheckpointError", "checkpoint_file", "load_checkpoint", "load_model", "load_model_weights",
     "save_checkpoint",
 ]

@@ -10,6 +10,7 @@ from torch import nn
 
 from .._files import write_atomically
 from ..models import create_model, list_models
+from .devices import resolve_device
 
 __all__ = [
     "CheckpointError", "save_checkpoint", "load_checkpoint", "load_model", "build_model", "load_model_weights",
@@ -83,33 +84,38 @@ def load_model_weights(
         raise CheckpointError(f"{path}: its weights do not fit {target}: {'; '.join(details[:2]) or exc}") from None
 
 
-def build_model(checkpoint: dict[str, Any], path: str | Path, plugin_hint: str | None = None) -> nn.Module:
+def build_model(checkpoint: dict[str, Any], path: str | Path, *, command_line: bool = False) -> nn.Module:
     """The model of a checkpoint read by :func:`load_checkpoint` (from ``path``), built by the name and settings
     it records, its weights loaded, in eval mode and on the CPU.
 
-    A model registered outside capsnet must be registered again first (import the module that does it);
-    ``plugin_hint`` says how in the error for one that is not.
+    A model registered outside capsnet must be registered again first; the error for one that is not says how,
+    with an import or, for ``command_line``, with ``--plugins``.
     """
     name = checkpoint["model_name"]
     if name not in list_models():
         recorded = checkpoint["config"].get("plugins")
-        hint = plugin_hint or (f"import {recorded}, which its run imported, first" if recorded
-                               else "import the module that registers it first")
+        if command_line:
+            hint = (f"its run imported --plugins {recorded}: pass the same" if recorded
+                    else "pass --plugins MODULE, the module that registers it")
+        else:
+            hint = (f"import {recorded}, which its run imported, first" if recorded
+                    else "import the module that registers it first")
         raise CheckpointError(f"{path} holds the model {name!r}, which is not registered; {hint}")
-    model = create_model(name, **checkpoint["model_kwargs"])
+    with torch.random.fork_rng(devices=[]):  # its random initial weights are overwritten: leave the caller's seed be
+        model = create_model(name, **checkpoint["model_kwargs"])
     load_model_weights(model, checkpoint, path)
     return model.eval()
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """The trained model in a checkpoint written by ``capsnet train`` (a run folder: its ``best.pt``), weights
-    loaded, in eval mode, on ``device``.
+    loaded, in eval mode, on ``device`` (``"auto"``: CUDA when available).
 
     Example::
 
-        model = capsnet.load_model("runs/mnist")          # its best.pt
+        model = capsnet.load_model("runs/mnist/last.pt")
         test = capsnet.data.MNIST(train=False)
         capsnet.evaluate(model, test.images, test.labels)  # {"error": ..., "examples": 10000, ...}
     """
     path = checkpoint_file(path)
-    return build_model(load_checkpoint(path), path).to(device)
+    return build_model(load_checkpoint(path), path).to(resolve_device(device))

@@ -29,6 +29,7 @@ from ..config import TrainConfig, flag_name, reaches_error
 from ..functional import hits
 from ..runtime import retain_freed_memory
 from .checkpoint import CheckpointError, checkpoint_file, load_checkpoint, load_model_weights, save_checkpoint
+from .devices import resolve_device
 from .distributed import in_process_group, init_distributed, shutdown_distributed
 from .errors import TrainingError, TrainingInterrupted
 from .evaluation import class_tallies, error_report
@@ -38,7 +39,7 @@ from .precision import (
 )
 from .runs import append_metrics, check_run_dir, make_run_dir, truncate_metrics, write_run_config
 
-__all__ = ["Trainer", "train", "resolve_device"]
+__all__ = ["Trainer", "train"]
 
 # Settings a resumed run must share with its checkpoint, or the continuation would not be the same run.
 _RESUME_MUST_MATCH = (
@@ -49,15 +50,6 @@ _RESUME_MUST_MATCH = (
 _POSTFIX_EVERY = 20  # progress-bar updates read the device's running sums (a sync on GPU): not every step
 # Ctrl-C; torchrun and cluster schedulers send SIGTERM; a closing terminal (a dropped ssh session) SIGHUP.
 _STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
-
-
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` without a GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("--device cuda was asked for, but PyTorch sees no CUDA GPU")
-    return torch.device(name)
 
 
 @dataclass
