@@ -238,6 +238,8 @@ def test_python_api_is_one_call(tmp_path, shared_data):
     history = capsnet.train(**QUICK, epochs=1, data_dir=str(shared_data), output_dir=str(tmp_path / "api"))
     assert [m["epoch"] for m in history] == [1]
     assert 0 <= history[0]["test_error"] <= 1
+    with pytest.raises(TypeError, match="'epoch'"):  # misspelt: an error, not the default 10 epochs
+        capsnet.train(**QUICK, epoch=1, data_dir=str(shared_data), output_dir=str(tmp_path / "typo"))
 
 
 def test_load_model_gives_a_runs_trained_model_ready_to_evaluate(tmp_path, shared_data):
@@ -256,8 +258,6 @@ def test_load_model_gives_a_runs_trained_model_ready_to_evaluate(tmp_path, share
     with pytest.raises(CheckpointError, match="holds the model 'capsnet-gone', which is not registered; import the "
                                               "module that registers it first"):
         capsnet.load_model(tmp_path / "renamed.pt")
-    with pytest.raises(TypeError, match="'epoch'"):  # misspelt: an error, not the default 10 epochs
-        capsnet.train(**QUICK, epoch=1, data_dir=str(shared_data), output_dir=str(tmp_path / "typo"))
 
 
 def test_run_folder_guards(tmp_path, shared_data):
