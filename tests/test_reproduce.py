@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from capsnet import cli, create_model
+from capsnet import DynamicRouting, SelfAttentionRouting, cli, create_model, load_model
 from capsnet.cli import main
 from capsnet.experiments import EXPERIMENTS, Experiment, _row_config, experiment_results
 
@@ -98,6 +98,24 @@ def test_reproduce_multimnist_trains_on_pairs_and_counts_both_digits(tmp_path, s
     assert config["dataset"] == "multimnist" and config["model_kwargs"]["image_size"] == [36, 36]
     assert "| CapsNet, 3 routing iterations, reconstruction of each digit († the first 64 training images and the " \
         "first 100 test images) | 5.2% |" in (tmp_path / "multimnist" / "results.md").read_text()
+
+
+def test_reproduce_routing_compares_routings_in_the_same_network(tmp_path, shared_data):
+    argv = ["reproduce", "routing", "--tiny", "--data-dir", str(shared_data), "--runs-dir", str(tmp_path),
+            "--limit-train", "64", "--limit-test", "100", "--batch-size", "32", "--epochs", "1", "--no-progress"]
+    assert main(argv) == 0
+    results = json.loads((tmp_path / "routing" / "results.json").read_text())
+    assert [r["model"] for r in results] == ["capsnet-tiny", "capsnet-self-attention-tiny"]
+    assert [r["epochs"] for r in results] == [1, 1]
+    dynamic, attention = (load_model(tmp_path / "routing" / row.name / "last.pt") for row in EXPERIMENTS["routing"].rows)
+    assert (type(dynamic.digits.routing), type(attention.digits.routing)) == (DynamicRouting, SelfAttentionRouting)
+    # Only the routing differs: the same layers, plus the self-attention prior (1152 -> 128 primary capsules here).
+    extra = {name: p.shape for name, p in attention.named_parameters()}.items() - \
+        {name: p.shape for name, p in dynamic.named_parameters()}.items()
+    assert extra == {("digits.routing.prior", (dynamic.digits.in_caps, 10))}
+    table = (tmp_path / "routing" / "results.md").read_text()
+    assert "| CapsNet, self-attention routing (Efficient-CapsNet's), reconstruction († the first 64 training images " \
+        "and the first 100 test images) | not in the paper |" in table
 
 
 def test_affnist_rows_stop_early_at_the_papers_accuracy_unless_told_otherwise(tmp_path):

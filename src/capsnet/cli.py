@@ -302,7 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_cmd.set_defaults(func=_evaluate)
 
     reproduce = commands.add_parser(
-        "reproduce", help="run one of the paper's experiments (resumable: run it again to continue)",
+        "reproduce", help="run one of the paper's experiments, or the routing comparison (resumable: run it "
+                          "again to continue)",
         description="Train every row of an experiment in RUNS_DIR/EXPERIMENT/ROW and write a results table. "
                     "Running the same command again continues unfinished rows from their last checkpoint.",
         epilog="rows: " + "; ".join(f"{name}: {', '.join(row.name for row in experiment.rows)}"

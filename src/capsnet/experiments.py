@@ -23,7 +23,8 @@ __all__ = ["Experiment", "ExperimentRow", "EXPERIMENTS", "run_experiment", "expe
 
 # Quick versions of the paper's models: they check the whole pipeline on a CPU in seconds, nothing more.
 _TINY_MODELS = {
-    "capsnet-mnist": "capsnet-tiny", "baseline-cnn": "baseline-cnn-tiny", "baseline-cnn-affnist-11m": "baseline-cnn-tiny",
+    "capsnet-mnist": "capsnet-tiny", "capsnet-self-attention": "capsnet-self-attention-tiny",
+    "baseline-cnn": "baseline-cnn-tiny", "baseline-cnn-affnist-11m": "baseline-cnn-tiny",
 }
 # Section 5.2: MNIST placed at random on a 40x40 canvas for training, affine-transformed digits for testing.
 _AFFINE_ROBUSTNESS = {"canvas": 40, "max_shift": 6}
@@ -75,6 +76,12 @@ EXPERIMENTS = {
     # set": both models are compared at the same accuracy there, reached first. The real affNIST test set
     # (--extra-test affnist) cannot be downloaded everywhere; the synthetic one can always be drawn.
     ), defaults={"stop_at_error": 0.78, "extra_test": "affnist-synthetic"}),
+    # Beyond the paper: the same network and recipe, only the routing between PrimaryCaps and DigitCaps differs.
+    "routing": Experiment("routing", "MNIST test error by routing algorithm (beyond the paper)", (
+        ExperimentRow("dynamic", "CapsNet, dynamic routing (3 iterations), reconstruction", "0.25% ± 0.005", {}),
+        ExperimentRow("self-attention", "CapsNet, self-attention routing (Efficient-CapsNet's), reconstruction",
+                      "not in the paper", {"model": "capsnet-self-attention"}),
+    )),
 }
 
 

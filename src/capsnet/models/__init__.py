@@ -13,6 +13,9 @@ register_model("capsnet-mnist-official", CapsNet, digit_bias=True, detach_interm
 register_model("capsnet-tiny", CapsNet, conv_channels=32, primary_types=8)
 # Beyond the paper: its network with Efficient-CapsNet's self-attention routing (Mazzia et al. 2021) in DigitCaps.
 register_model("capsnet-self-attention", capsnet_with_self_attention, capsule_model=True)
+# Its narrow version, as capsnet-tiny: the pipeline of `capsnet reproduce routing --tiny`.
+register_model("capsnet-self-attention-tiny", capsnet_with_self_attention, capsule_model=True, conv_channels=32,
+               primary_types=8)
 # The paper's baseline (Table 1): convolutions 256-256-128 5x5, FC 328-192, dropout; 35.4M parameters.
 register_model("baseline-cnn", BaselineCNN)
 # The CNN of the affine-robustness comparison (section 5.2, "with MaxPooling and DropOut" and "a similar number
