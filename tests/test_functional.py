@@ -87,6 +87,14 @@ def test_mask_capsules_keeps_label_or_longest():
     assert longest[1, 1:].abs().sum() == 0
 
 
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.uint8])
+def test_mask_capsules_takes_labels_of_any_integer_type(dtype):
+    # one_hot takes only int64: labels read from numpy or a uint8 file must not crash there.
+    poses = torch.rand(2, 3, 4)
+    labels = torch.tensor([2, 0])
+    assert torch.equal(mask_capsules(poses, labels.to(dtype)), mask_capsules(poses, labels))
+
+
 def test_mask_capsules_rejects_wrong_label_shape():
     with pytest.raises(ValueError, match=r"expected labels of shape \(b,\) = \(2,\), got \(2, 3\)"):
         mask_capsules(torch.rand(2, 3, 4), torch.zeros(2, 3, dtype=torch.long))
@@ -114,3 +122,22 @@ def test_hits_refuses_scores_and_targets_of_different_batches():
 
     with pytest.raises(ValueError, match=r"expected scores \(b, k\) and targets \(b,\) or \(b, n\), got \(3, 4\) and \(2,\)"):
         hits(torch.rand(3, 4), torch.tensor([1, 2]))
+
+
+def test_label_functions_refuse_float_and_bool_labels_instead_of_misreading_multi_hot():
+    import capsnet
+    from capsnet.functional import hits
+
+    multi_hot = torch.tensor([[0.0, 1.0, 1.0], [1.0, 0.0, 1.0]])  # what margin_loss also takes
+    message = r"targets must be integer class indices, got torch.float32; .* targets.nonzero\(\)\[:, 1\].view\(-1, n\)"
+    with pytest.raises(TypeError, match=message):
+        hits(torch.rand(2, 3), multi_hot)
+    with pytest.raises(TypeError, match="targets must be integer class indices, got torch.bool"):
+        hits(torch.rand(2, 3), multi_hot.bool())
+    with pytest.raises(TypeError, match="labels must be integer class indices, got torch.float32"):
+        mask_capsules(torch.rand(2, 3, 4), torch.tensor([1.0, 2.0]))  # would be truncated to indices otherwise
+    with pytest.raises(TypeError, match="targets must be integer class indices, got torch.float32"):
+        capsnet.create_model("capsnet-tiny")(torch.rand(2, 1, 28, 28), torch.eye(10)[:2])
+    # The hint's own recipe gives the indices that hits takes.
+    indices = multi_hot.nonzero()[:, 1].view(-1, 2)
+    assert hits(torch.tensor([[0.1, 0.9, 0.8], [0.7, 0.9, 0.1]]), indices).tolist() == [True, False]

@@ -56,6 +56,16 @@ def test_routed_capsules_default_routing_and_gradients():
     assert torch.isfinite(u.grad).all() and u.grad.abs().sum() > 0
 
 
+def test_a_model_moved_to_channels_last_computes_the_same_outputs():
+    # model.to(memory_format=channels_last) re-lays out every 4-D parameter, W[i, j] of shape (i, j, d_out, d_in) too.
+    model = capsnet.create_model("capsnet-tiny")
+    images = torch.rand(3, 1, 28, 28)
+    expected = model(images).lengths
+    model.to(memory_format=torch.channels_last)
+    assert not model.digits.weight.is_contiguous()
+    torch.testing.assert_close(model(images.contiguous(memory_format=torch.channels_last)).lengths, expected)
+
+
 def test_routed_capsules_rejects_wrong_input():
     layer = RoutedCapsules(in_caps=1152, in_dim=8, out_caps=10, out_dim=16)
     with pytest.raises(ValueError, match=r"expected u of shape \(b, in_caps, in_dim\) = \(\*, 1152, 8\), got \(2, 1152, 16\)"):

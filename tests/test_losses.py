@@ -46,6 +46,19 @@ def test_margin_loss_reads_n_class_indices_per_example_as_multi_hot():
     assert margin_loss(LENGTHS, torch.tensor([[2], [0]])) == margin_loss(LENGTHS, torch.tensor([2, 0]))
 
 
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.uint8])
+def test_margin_loss_and_the_model_take_labels_of_any_integer_type(dtype):
+    indices, pairs = torch.tensor([0, 2]), torch.tensor([[1, 0], [0, 2]])
+    assert margin_loss(LENGTHS, indices.to(dtype)) == margin_loss(LENGTHS, indices)
+    assert margin_loss(LENGTHS, pairs.to(dtype)) == margin_loss(LENGTHS, pairs)
+    model = capsnet.create_model("capsnet-tiny")
+    images = torch.rand(2, 1, 28, 28)
+    for targets in (indices, pairs):
+        assert torch.equal(model(images, targets.to(dtype)).reconstructions, model(images, targets).reconstructions)
+    output = model(images, indices)
+    assert torch.equal(CapsuleLoss()(output, images, indices.to(dtype)), CapsuleLoss()(output, images, indices))
+
+
 def test_margin_loss_rejects_bad_targets_and_lengths():
     with pytest.raises(ValueError, match=r"class indices of shape \(b,\) = \(2,\) or \(b, n\), or multi-hot .* "
                        r"got \(3,\)"):

@@ -73,6 +73,17 @@ def test_large_agreements_give_finite_coupling_equal_to_the_reference():
     torch.testing.assert_close(v, v_ref.float(), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("iterations", [1, 3])
+def test_half_precision_votes_are_summed_in_float32(iterations, dtype):
+    # 1152 votes of ~100 sum to ~1e5, past float16's largest value (65504), though s = sum_i c_ij u_hat stays below.
+    u_hat = torch.full((2, 1152, 10, 16), 100.0) + torch.randn(2, 1152, 10, 16)
+    v, c = dynamic_routing(u_hat.to(dtype), iterations)
+    v_wide, _ = dynamic_routing(u_hat.to(dtype).float(), iterations)
+    assert v.dtype == c.dtype == dtype and torch.isfinite(v).all() and torch.isfinite(c).all()
+    torch.testing.assert_close(v.float(), v_wide, atol=1e-2, rtol=0)
+
+
 @pytest.mark.parametrize("iterations", [1, 2, 3, 5])
 def test_coupling_rows_sum_to_one_over_higher_capsules(iterations):
     _, c = dynamic_routing(random_u_hat(batch=3, in_caps=20, out_caps=7), iterations)

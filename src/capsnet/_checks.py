@@ -70,6 +70,14 @@ def values_outside(tensor: torch.Tensor, low: int, high: int) -> tuple[int, int]
     return None
 
 
+def check_integer_dtype(indices: torch.Tensor, name: str) -> None:
+    """Raise a ``TypeError`` unless ``indices`` holds integers (not bool): float labels would be truncated silently,
+    and a float or bool ``(b, k)`` matrix is likely multi-hot, which index-only functions would misread."""
+    if indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool:
+        raise TypeError(f"{name} must be integer class indices, got {indices.dtype}; for a multi-hot (b, k) matrix "
+                        f"with n ones per row pass its indices: {name}.nonzero()[:, 1].view(-1, n)")
+
+
 def check_class_indices(indices: torch.Tensor, name: str, classes: int) -> None:
     """Raise a ``ValueError`` unless every value of ``indices`` is a class index in ``[0, classes)``."""
     if outside := values_outside(indices, 0, classes - 1):

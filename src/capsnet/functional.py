@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._checks import check_class_indices, values_are_cheap_to_read
+from ._checks import check_class_indices, check_integer_dtype, values_are_cheap_to_read
 
 __all__ = ["squash", "capsule_lengths", "mask_capsules", "hits"]
 
@@ -63,6 +63,9 @@ def squash(s: Tensor, dim: int = -1) -> Tensor:
 def capsule_lengths(poses: Tensor) -> Tensor:
     """Euclidean length of each capsule vector: the probability that its entity is present.
 
+    Args:
+        poses: capsule vectors along the last dimension.
+
     Shape:
         ``poses``: ``(b, j, d)`` -> ``(b, j)``, in float32 or wider whatever the input dtype.
     """
@@ -76,8 +79,8 @@ def mask_capsules(poses: Tensor, labels: Tensor | None = None) -> Tensor:
 
     Args:
         poses: higher-capsule vectors.
-        labels: class index per example, or ``None`` to keep the longest capsule (indices outside the
-            capsules raise a ``ValueError`` in eager mode on the CPU).
+        labels: class index per example, of any integer dtype, or ``None`` to keep the longest capsule
+            (indices outside the capsules raise a ``ValueError`` in eager mode on the CPU).
 
     Shape:
         ``poses``: ``(b, j, d)``; ``labels``: ``(b,)`` -> ``(b, j * d)``.
@@ -93,17 +96,25 @@ def mask_capsules(poses: Tensor, labels: Tensor | None = None) -> Tensor:
         labels = capsule_lengths(poses).argmax(dim=-1)
     elif labels.shape != poses.shape[:1]:
         raise ValueError(f"expected labels of shape (b,) = ({poses.shape[0]},), got {tuple(labels.shape)}")
-    elif values_are_cheap_to_read(labels):
-        check_class_indices(labels, "labels", poses.shape[1])
-    keep = torch.nn.functional.one_hot(labels, poses.shape[1]).to(poses.dtype)  # (b, j)
+    else:
+        check_integer_dtype(labels, "labels")
+        if values_are_cheap_to_read(labels):
+            check_class_indices(labels, "labels", poses.shape[1])
+    keep = torch.nn.functional.one_hot(labels.long(), poses.shape[1]).to(poses.dtype)  # (b, j); one_hot wants int64
     return (poses * keep.unsqueeze(-1)).flatten(1)  # (b, j * d)
 
 
 def hits(scores: Tensor, targets: Tensor) -> Tensor:
-    """Which examples are right, ``(b,)`` bool: the top class is the label, or, for ``(b, n)`` labels of n
-    objects per image (MultiMNIST), the n top classes are exactly the n labels.
+    """Which examples are right: the top class is the label, or, for ``(b, n)`` labels of n objects per image
+    (MultiMNIST), the n top classes are exactly the n labels.
 
-    ``scores`` are per-class scores whose argmax is the prediction (capsule lengths or logits), ``(b, k)``.
+    Args:
+        scores: per-class scores whose argmax is the prediction (capsule lengths or logits).
+        targets: class indices of any integer dtype, one or n per example. Not multi-hot: a float or bool
+            ``targets`` raises a ``TypeError`` that says how to get the indices of a multi-hot matrix.
+
+    Shape:
+        ``scores``: ``(b, k)``; ``targets``: ``(b,)`` or ``(b, n)`` -> ``(b,)`` bool.
 
     Example:
         >>> hits(torch.tensor([[0.1, 0.9, 0.3], [0.2, 0.1, 0.9]]), torch.tensor([1, 0]))
@@ -114,6 +125,7 @@ def hits(scores: Tensor, targets: Tensor) -> Tensor:
     if scores.dim() != 2 or targets.dim() not in (1, 2) or len(targets) != len(scores):
         raise ValueError(f"expected scores (b, k) and targets (b,) or (b, n), got {tuple(scores.shape)} and "
                          f"{tuple(targets.shape)}")
+    check_integer_dtype(targets, "targets")
     if targets.dim() == 1:
         return scores.argmax(-1) == targets
     top = scores.topk(targets.shape[1], dim=-1).indices.sort(-1).values

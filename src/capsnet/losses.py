@@ -39,7 +39,7 @@ def _multi_hot(targets: Tensor, lengths: Tensor) -> Tensor:
         indices = targets.view(batch, -1)  # (b, n): the n classes present in each example
         if values_are_cheap_to_read(indices):
             check_class_indices(indices, "targets", classes)
-        return F.one_hot(indices, classes).amax(1).to(lengths.dtype)
+        return F.one_hot(indices.long(), classes).amax(1).to(lengths.dtype)  # one_hot takes int64 only
     raise ValueError(
         f"expected targets as class indices of shape (b,) = ({batch},) or (b, n), or multi-hot of shape "
         f"(b, k) = ({batch}, {classes}), got {tuple(targets.shape)} ({targets.dtype})"

@@ -82,7 +82,8 @@ class RoutedCapsules(nn.Module):
         """
         check_shape(u, "u", "(b, in_caps, in_dim)", 3, (None, self.in_caps, self.in_dim))
         batch = u.shape[0]
-        weight = self.weight.view(self.in_caps, self.out_caps * self.out_dim, self.in_dim)
+        # reshape, not view: model.to(memory_format=torch.channels_last) also re-lays this 4-D weight out
+        weight = self.weight.reshape(self.in_caps, self.out_caps * self.out_dim, self.in_dim)
         u_hat = torch.bmm(u.transpose(0, 1), weight.transpose(1, 2))  # (i, b, j * d_out)
         return u_hat.view(self.in_caps, batch, self.out_caps, self.out_dim).transpose(0, 1)  # (b, i, j, d_out)
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_image_size, check_int, check_shape
+from .._checks import check_image_size, check_int, check_integer_dtype, check_shape
 from ..functional import capsule_lengths
 from ..layers import WEIGHT_INIT_STD, CapsuleDecoder, PrimaryCapsules, RoutedCapsules
 from ..routing import ROUTING_ITERATIONS, DynamicRouting, Routing, SelfAttentionRouting
@@ -134,7 +134,8 @@ class CapsNet(nn.Module):
         """Classify ``images``; reconstruct from the ``targets`` capsule(s) if given, else the longest one.
 
         Shape:
-            ``images``: ``(b, C, H, W)``; ``targets``: ``(b,)``, ``(b, n)`` (n objects) or ``None`` ->
+            ``images``: ``(b, C, H, W)``; ``targets``: ``(b,)``, ``(b, n)`` (n objects; integer class indices,
+            not multi-hot) or ``None`` ->
             :class:`CapsNetOutput` with
             ``lengths`` ``(b, j)``, ``poses`` ``(b, j, out_dim)``, ``reconstructions`` ``(b, C * H * W)``,
             ``coupling`` ``(b, i, j)``, ``primary`` ``(b, i, primary_dim)``.
@@ -154,6 +155,8 @@ class CapsNet(nn.Module):
         """
         if self.decoder is None:
             return None
+        if targets is not None:
+            check_integer_dtype(targets, "targets")  # a multi-hot (b, k) would be decoded as k indices 0 and 1
         if targets is None or targets.dim() == 1:
             return self.decoder(poses, targets)  # (b, C * H * W)
         # Several objects per image (MultiMNIST): decode each from its own capsule, in one batched call.

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_int
-from ..functional import squash
+from ..functional import _compute_dtype, squash
 from .base import Routing, RoutingOutput, _check_routing_input, register_routing
 
 __all__ = ["DynamicRouting", "dynamic_routing", "ROUTING_ITERATIONS"]
@@ -18,13 +18,15 @@ def _weighted_sum(coupling: Tensor | None, votes: Tensor, bias: Tensor | None) -
     """``s[j] = sum_i c[i, j] * u_hat[j|i] (+ bias[j])`` for every example; ``coupling=None`` means uniform.
 
     Shape:
-        ``coupling``: ``(i, b, j)``; ``votes``: ``(i, b, j, d_out)``; ``bias``: ``(j, d_out)`` -> ``(b, j, d_out)``.
+        ``coupling``: ``(i, b, j)``; ``votes``: ``(i, b, j, d_out)``; ``bias``: ``(j, d_out)`` -> ``(b, j, d_out)``,
+        in at least float32: sums over ~1000 lower capsules overflow float16 and blur bfloat16.
     """
+    wide = _compute_dtype(votes.dtype)
     if coupling is None:
         # Routing logits all 0 give c = 1/j exactly: skip the softmax and the multiply.
-        s = votes.sum(dim=0) / votes.shape[2]  # (b, j, d_out)
+        s = votes.sum(dim=0, dtype=wide) / votes.shape[2]  # (b, j, d_out)
     else:
-        s = (coupling.unsqueeze(-1) * votes).sum(dim=0)  # (b, j, d_out)
+        s = (coupling.unsqueeze(-1) * votes).sum(dim=0, dtype=wide)  # (b, j, d_out)
     return s if bias is None else s + bias
 
 
@@ -79,7 +81,7 @@ def _route(u_hat: Tensor, iterations: int, detach_intermediate: bool, bias: Tens
         last = iteration == iterations - 1
         if logits is not None:
             coupling = logits.softmax(dim=-1)  # (i, b, j): softmax over the higher capsules j
-        v = squash(_weighted_sum(coupling, votes if last else frozen, bias))  # (b, j, d_out)
+        v = squash(_weighted_sum(coupling, votes if last else frozen, bias)).to(votes.dtype)  # (b, j, d_out)
         if not last:
             agreement = (frozen * v).sum(dim=-1)  # (i, b, j)
             logits = agreement if logits is None else logits + agreement
