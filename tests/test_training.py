@@ -61,7 +61,9 @@ def test_capsnet_train_quick_run_reaches_stated_test_accuracy(tmp_path, shared_d
     assert "epoch 2/2: train loss" in out and f"done: test error {metrics[-1]['test_error']:.2%}" in out
     assert main(argv + ["--resume"]) == 0
     out = capsys.readouterr().out
-    assert "resuming after epoch 2\n" in out and "nothing to do" in out
+    assert "resuming after epoch 2\n" in out and f"nothing to do: {run} has already trained 2 epochs" in out
+    assert main(argv + ["--resume", "--epochs", "1"]) == 0
+    assert "has already trained 2 epochs; raise --epochs" in capsys.readouterr().out
 
 
 def test_resume_after_an_epoch_matches_an_uninterrupted_run(tmp_path, shared_data):
@@ -672,6 +674,19 @@ def test_init_from_and_data_dir_are_recorded_absolute_and_config_carries_them(tm
     config = capsnet.training.config_from_file(tmp_path / "old")
     assert (config.data_dir, config.init_from) == (str(tmp_path / "elsewhere" / "data"), str(tmp_path / "elsewhere" / "w.pt"))
     assert capsnet.training.config_from_file(tmp_path / "old", init_from="").init_from is None
+
+
+def test_a_capsnet_registered_as_a_classifier_is_refused_before_the_run_folder_is_made(tmp_path, shared_data,
+                                                                                      monkeypatch):
+    monkeypatch.setattr(capsnet.models.registry, "_MODELS", dict(capsnet.models.registry._MODELS))
+    def small(**kwargs):  # a function, not the class: the registry cannot tell that it returns capsules
+        return capsnet.CapsNet(conv_channels=8, primary_types=2, **kwargs)
+
+    capsnet.register_model("test-function-capsnet", small)
+    with pytest.raises(TrainingError, match=r"model 'test-function-capsnet' builds a CapsNet but is registered as a "
+                       r"classifier .*register_model\('test-function-capsnet', builder, capsule_model=True\)"):
+        Trainer(config(tmp_path, shared_data, "new/run", model="test-function-capsnet", limit_train=32))
+    assert not (tmp_path / "new").exists()
 
 
 def test_init_from_weights_that_do_not_fit_names_the_settings_that_differ(tmp_path, shared_data):

@@ -118,10 +118,10 @@ def _run_training(config: TrainConfig) -> None:
         raise SystemExit(128 + stop.signum) from None  # as a shell reports a process that the signal ended
     if not history:
         done = (f"reached --stop-at-error {config.stop_at_error}%" if trainer.reached_target
-                else f"has already trained {trainer.progress.epoch} epochs; raise --epochs")
+                else f"has already trained {_epochs(trainer.progress.epoch)}; raise --epochs")
         say(f"nothing to do: {trainer.run_dir} {done}")
     else:
-        epochs = f"{trainer.progress.epoch} epoch{'' if trainer.progress.epoch == 1 else 's'}"
+        epochs = _epochs(trainer.progress.epoch)
         say(f"done: test error {history[-1]['test_error']:.2%} after {epochs}; "
             f"best {trainer.progress.best_error:.2%}; checkpoints in {trainer.run_dir}")
         if trainer.progress.epoch < config.epochs:
@@ -141,6 +141,10 @@ def _where_it_starts(trainer: Trainer) -> str | None:
                  else f" (saved after {_epochs_and_batches(source['epoch'], source['batch'])})")
         return f"starting from the weights of {trainer.config.init_from}{saved}"
     return None
+
+
+def _epochs(count: int) -> str:
+    return f"{count} epoch{'' if count == 1 else 's'}"
 
 
 def _epochs_and_batches(epochs: int, batches: int) -> str:

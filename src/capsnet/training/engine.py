@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from ..data import TensorLoader, get_dataset_class, overlay_pairs, place_on_canvas, random_shift
 from ..data.testsets import base_dataset, load_test_set
 from ..losses import CapsuleLoss
-from ..models import create_model, is_capsule_model
+from ..models import CapsNet, create_model, is_capsule_model
 from ..config import TrainConfig, flag_name, reaches_error
 from ..functional import hits
 from ..runtime import retain_freed_memory
@@ -123,6 +123,12 @@ class Trainer:
         config = self.config
         torch.manual_seed(config.seed)
         self.model = create_model(config.model, **self.model_kwargs).to(self.device)
+        if isinstance(self.model, CapsNet) and not is_capsule_model(config.model):  # before the run folder is made
+            raise TrainingError(
+                f"model {config.model!r} builds a CapsNet but is registered as a classifier that returns logits, to "
+                f"be trained with cross-entropy; register it with register_model({config.model!r}, builder, "
+                f"capsule_model=True) to train it with the capsule losses"
+            )
         # Before DDP wraps the model: it then copies rank 0's weights to every rank.
         self.initial_weights = None if initial is None else self._load_initial_weights(initial)
         self.parameter_count = sum(p.numel() for p in self.model.parameters())
