@@ -24,6 +24,14 @@ def shared_data() -> Path:
 
 
 @pytest.fixture
+def own_registry(monkeypatch):
+    """Models registered by a test vanish after it."""
+    import capsnet.models.registry
+
+    monkeypatch.setattr(capsnet.models.registry, "_MODELS", dict(capsnet.models.registry._MODELS))
+
+
+@pytest.fixture
 def group_readable_umask():
     """umask 027, as in a folder shared with a group: new files are 0640."""
     previous = os.umask(0o027)

@@ -152,12 +152,6 @@ def test_registry_and_overrides():
         create_model("capsnet-cifar")
 
 
-@pytest.fixture
-def own_registry(monkeypatch):
-    """Models registered by a test vanish after it."""
-    monkeypatch.setattr(capsnet.models.registry, "_MODELS", dict(capsnet.models.registry._MODELS))
-
-
 def test_register_model_warns_on_redefinition(own_registry):
     capsnet.register_model("test-tiny", tiny)
     with pytest.warns(UserWarning, match="registered twice"):

@@ -677,8 +677,7 @@ def test_init_from_and_data_dir_are_recorded_absolute_and_config_carries_them(tm
 
 
 def test_a_capsnet_registered_as_a_classifier_is_refused_before_the_run_folder_is_made(tmp_path, shared_data,
-                                                                                      monkeypatch):
-    monkeypatch.setattr(capsnet.models.registry, "_MODELS", dict(capsnet.models.registry._MODELS))
+                                                                                      own_registry):
     def small(**kwargs):  # a function, not the class: the registry cannot tell that it returns capsules
         return capsnet.CapsNet(conv_channels=8, primary_types=2, **kwargs)
 
