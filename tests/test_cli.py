@@ -161,19 +161,17 @@ capsnet.register_model("test-plugin-capsnet", capsnet.CapsNet, conv_channels=8, 
 
 
 @pytest.fixture
-def plugin_module(tmp_path, monkeypatch):
+def plugin_module(tmp_path, monkeypatch, own_registry):
     """A module my_capsules.py in the current folder, not yet imported, that registers a model with its own routing;
     the folder is off sys.path, as it is for the capsnet script."""
     (tmp_path / "my_capsules.py").write_text(PLUGIN)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", [path for path in sys.path if path not in ("", ".", os.getcwd())])
-    registry = dict(capsnet.models.registry._MODELS)
-    monkeypatch.setattr(capsnet.models.registry, "_MODELS", registry)
 
     def forget():  # as a new process would start: neither imported nor registered
         sys.modules.pop("my_capsules", None)
         sys.modules.pop("moved_capsules", None)
-        registry.pop("test-plugin-capsnet", None)
+        capsnet.models.registry._MODELS.pop("test-plugin-capsnet", None)
 
     yield forget
     forget()

@@ -70,8 +70,8 @@ def test_pick_examples_finds_right_and_wrong_ones():
 
 def test_plots_write_pngs_of_the_expected_size(tmp_path):
     model, images, labels = tiny_model(), torch.rand(30, 1, 28, 28), torch.randint(0, 10, (30,))
-    assert png_size(figures.plot_perturbations(model, images[0], tmp_path / "p.png")) == (720, 1040)
-    assert png_size(figures.plot_perturbations(model, images[0], tmp_path / "p3.png", capsule=3)) == (720, 1040)
+    assert png_size(figures.plot_perturbations(model, images[0], tmp_path / "p.png")) == (780, 1040)
+    assert png_size(figures.plot_perturbations(model, images[0], tmp_path / "p3.png", capsule=3)) == (780, 1040)
     assert png_size(figures.plot_coupling(model, images[0], tmp_path / "c.png")) == (1430, 190)
     path = figures.plot_reconstructions(model, images, labels, tmp_path / "r.png", count=4)
     right, wrong = figures.pick_examples(model, images, labels, 4)
@@ -81,6 +81,17 @@ def test_plots_write_pngs_of_the_expected_size(tmp_path):
 def test_model_without_decoder_has_no_reconstructions_to_draw(tmp_path):
     with pytest.raises(ValueError, match="without the reconstruction decoder"):
         figures.perturbation_grid(tiny_model(reconstruction=False), torch.rand(1, 28, 28))
+
+
+def test_fig4_shows_the_input_beside_the_perturbed_reconstructions(tmp_path, monkeypatch):
+    model, image = tiny_model(), torch.rand(1, 28, 28)
+    shown, original = [], figures._show
+    monkeypatch.setattr(figures, "_show", lambda axis, picture, title="", **kw: shown.append((picture, title))
+                        or original(axis, picture, title, **kw))
+    figures.plot_perturbations(model, image, tmp_path / "p.png", capsule=2)
+    grid = figures.perturbation_grid(model, image, capsule=2)
+    assert len(shown) == 1 + 16 * 11 and shown[0][1] == "input" and torch.equal(shown[0][0], image)
+    assert torch.equal(shown[1][0], grid[0, 0]) and shown[1][1] == "-0.25" and torch.equal(shown[-1][0], grid[-1, -1])
 
 
 def test_perturbation_of_a_capsule_that_does_not_exist_is_refused():
@@ -176,6 +187,10 @@ def test_learning_curves_draw_every_run_and_the_target(tmp_path, monkeypatch):
     drawn.clear()
     figures.plot_learning_curves({"one": [0.5]}, tmp_path / "e.png")
     assert drawn == [("one: 50.00% after 1 epoch", [50.0])]
+    drawn.clear()
+    figures.plot_learning_curves({"x": [0.5, 0.4], "y": [0.5, 0.3], "z": [0.5, 0.4]}, tmp_path / "f.png")
+    assert [label for label, _ in drawn] == ["x: 40.00% after 2 epochs", "y: 30.00% after 2 epochs",
+                                             "z: 40.00% after 2 epochs (the same as x)"]
     for bad, message in (({"a": []}, "'a' has no epochs to draw"), ({}, "no curves to draw")):
         with pytest.raises(ValueError, match=message):
             figures.plot_learning_curves(bad, tmp_path / "d.png")
@@ -207,6 +222,12 @@ def test_capsnet_curves_draws_each_error_of_each_run_folder(tmp_path, capsys):
     write_metrics(tmp_path / "other" / "mnist", [0.05])
     assert main(["curves", str(tmp_path / "mnist"), str(tmp_path / "other" / "mnist"), "--out", str(out)]) == 2
     assert "several runs would share the label 'mnist': name them with --labels" in capsys.readouterr().err
+    write_metrics(tmp_path / "quick", [0.1, 0.05], test_examples=[500, 500])
+    (tmp_path / "quick" / "config.json").write_text('{"limit_test": 500}')
+    write_metrics(tmp_path / "all", [0.1], test_examples=[10000])
+    (tmp_path / "all" / "config.json").write_text('{"limit_test": 20000}')  # above the test set's size: no cut
+    assert main(["curves", str(tmp_path / "quick"), str(tmp_path / "all"), "--out", str(out)]) == 0
+    assert f"wrote {out}: quick, first 500 test images, all\n" in capsys.readouterr().out
     (tmp_path / "started").mkdir()
     (tmp_path / "started" / "metrics.jsonl").write_text('{"epoch": 1, "test_er')  # torn by a crash
     assert main(["curves", str(tmp_path / "started"), "--out", str(out)]) == 2

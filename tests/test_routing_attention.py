@@ -111,8 +111,10 @@ def test_registered_model_sizes_its_prior_from_the_image():
         model = capsnet.create_model("capsnet-self-attention", image_size=size, routing_iterations=3, device="meta")
         assert repr(model.digits.routing) == f"SelfAttentionRouting(in_caps={primary}, out_caps=10)"
     assert capsnet.is_capsule_model("capsnet-self-attention")
-    with pytest.warns(UserWarning, match=r"routing_iterations does not apply to self-attention routing \(one pass\)"):
+    with pytest.warns(UserWarning, match=r"routing_iterations does not apply to self-attention routing \(one pass\)") \
+            as caught:
         capsnet.create_model("capsnet-self-attention", routing_iterations=1, device="meta")
+    assert [warning.filename for warning in caught] == [__file__]  # the caller's line, not the registry's
     with pytest.raises(TypeError, match="routes by self-attention; for another routing: CapsNet"):
         capsnet.create_model("capsnet-self-attention", routing=SelfAttentionRouting())
     model = capsnet.models.capsnet.capsnet_with_self_attention(conv_channels=8, primary_types=2, dtype=torch.float64)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import math
 import sys
 import typing
@@ -241,7 +242,7 @@ def _figures(args: argparse.Namespace) -> None:
     run_dir = Path(args.checkpoint).parent
     epochs = read_metrics(run_dir) if (run_dir / "metrics.jsonl").is_file() else []
     if epochs:  # none finished yet when the checkpoint was saved by Ctrl-C in the first epoch
-        written.append(figures.plot_learning_curves(_error_curves(epochs, run_dir.name), out / "learning_curve.png"))
+        written.append(figures.plot_learning_curves(_error_curves(run_dir, epochs, run_dir.name), out / "learning_curve.png"))
     for path in written:
         print(f"wrote {path}")
 
@@ -258,15 +259,20 @@ def _curves(args: argparse.Namespace) -> None:
         epochs = read_metrics(run)
         if not epochs:
             raise ValueError(f"{run} has no finished epoch yet")
-        curves.update(_error_curves(epochs, label))
+        curves.update(_error_curves(run, epochs, label))
     target = None if args.target is None else args.target / 100
     args.out.parent.mkdir(parents=True, exist_ok=True)
     path = figures.plot_learning_curves(curves, args.out, target=target)
     print(f"wrote {path}: {', '.join(curves)}")
 
 
-def _error_curves(epochs: list[dict[str, typing.Any]], label: str) -> dict[str, list[float]]:
-    """The test error after every epoch of a run (its ``read_metrics``), and the extra test set's if it has one."""
+def _error_curves(run_dir: Path, epochs: list[dict[str, typing.Any]], label: str) -> dict[str, list[float]]:
+    """The test error after every epoch of a run (its ``read_metrics``), and the extra test set's if it has one;
+    the labels say so when ``--limit-test`` cut the test sets short."""
+    config = run_dir / "config.json"
+    limit = json.loads(config.read_text()).get("limit_test") if config.is_file() else None
+    if limit is not None and epochs[-1].get("test_examples") == limit:  # a limit above the set's size cuts nothing
+        label = f"{label}, first {limit} test images"
     names = dict.fromkeys(key for epoch in epochs for key in epoch if key.endswith("_error"))
     return {label if name == "test_error" else f"{label} ({name.removesuffix('_error')})":
             [epoch[name] for epoch in epochs if name in epoch] for name in names}

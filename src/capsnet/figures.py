@@ -197,7 +197,8 @@ def plot_reconstructions(model: CapsNet, images: Tensor, labels: Tensor, path: s
 def plot_perturbations(model: CapsNet, image: Tensor, path: str | Path, *, classes: list[str] | None = None,
                        capsule: int | None = None) -> Path:
     """Fig. 4: one row per dimension of the longest capsule (or of the class ``capsule``), columns from -0.25 to
-    +0.25 in steps of 0.05; the title names the capsule's class (from ``classes`` if given) and its length."""
+    +0.25 in steps of 0.05, after a first column with the input image on top; the title names the capsule's class
+    (from ``classes`` if given) and its length."""
     model.eval()
     poses = model(image.unsqueeze(0)).poses[0]  # (j, out_dim)
     chosen = _chosen_capsule(poses, capsule)
@@ -205,7 +206,11 @@ def plot_perturbations(model: CapsNet, image: Tensor, path: str | Path, *, class
     rows, columns = grid.shape[:2]
     plt = _pyplot()
     height = 0.6 * rows + 0.8
-    figure, axes = plt.subplots(rows, columns, figsize=(0.6 * columns + 0.6, height), squeeze=False)
+    figure, all_axes = plt.subplots(rows, columns + 1, figsize=(0.6 * columns + 1.2, height), squeeze=False)
+    _show(all_axes[0, 0], image, "input")
+    for axis in all_axes[1:, 0]:
+        axis.axis("off")
+    axes = all_axes[:, 1:]
     which = "the longest capsule" if capsule is None else "the capsule"
     figure.suptitle(f"{which} ({classes[chosen] if classes else chosen}, length "
                     f"{float(capsule_lengths(poses)[chosen]):.2f}) decoded with one of its {rows} dimensions (row)\n"
@@ -286,7 +291,8 @@ def plot_learning_curves(
 ) -> Path:
     """Error after every epoch, one line per entry of ``curves`` (label -> errors as fractions, epoch 1 first),
     on a log scale (late epochs move by hundredths of a percent; linear if an error is 0), with ``target`` (a
-    positive fraction) as a dashed line."""
+    positive fraction) as a dashed line. A curve with the same errors as an earlier one would hide under it: it
+    is drawn dashed, and its legend entry names the earlier one."""
     if not curves:
         raise ValueError("no curves to draw")
     for label, errors in curves.items():
@@ -296,9 +302,13 @@ def plot_learning_curves(
         raise ValueError(f"the target must be a positive error, got {target}")
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(7, 4.5))
+    first_with: dict[tuple[float, ...], str] = {}  # errors -> the first label drawn with them
     for label, errors in curves.items():
+        twin = first_with.setdefault(tuple(errors), label)
         axis.plot(range(1, len(errors) + 1), [100 * e for e in errors], marker="." if len(errors) < 40 else None,
-                  label=f"{label}: {100 * errors[-1]:.2f}% after {len(errors)} epoch{'' if len(errors) == 1 else 's'}")
+                  linestyle="-" if twin == label else "--",
+                  label=f"{label}: {100 * errors[-1]:.2f}% after {len(errors)} epoch{'' if len(errors) == 1 else 's'}"
+                        + ("" if twin == label else f" (the same as {twin})"))
     if target is not None:
         axis.axhline(100 * target, color="black", linestyle="--", linewidth=1, label=f"target {100 * target:.2f}%")
     values = [e for errors in curves.values() for e in errors] + ([] if target is None else [target])

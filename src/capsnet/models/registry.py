@@ -56,7 +56,12 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
     """
     builder, config, _ = _MODELS[check_choice(name, "model", _MODELS)]
     own = {key: copy.deepcopy(value) if isinstance(value, nn.Module) else value for key, value in config.items()}
-    return builder(**{**own, **{key: value for key, value in overrides.items() if value is not None}})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = builder(**{**own, **{key: value for key, value in overrides.items() if value is not None}})
+    for warning in caught:  # the builder's warnings about its arguments point at this file: move them to the caller
+        warnings.warn(warning.message, warning.category, stacklevel=2)
+    return model
 
 
 def list_models() -> list[str]:
