@@ -295,3 +295,24 @@ def test_file_of_the_other_dataset_is_named(tmp_path):
     with pytest.raises(DataError, match="it is fashion-mnist's t10k-labels-idx1-ubyte"):
         MNIST(tmp_path, train=False, download=False)
     assert len(os.listdir(folder)) == 2  # nothing removed
+
+
+@needs_shared_data
+def test_mnist_files_directly_in_root_are_not_taken_for_fashion_mnist(tmp_path, monkeypatch):
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        (tmp_path / name).symlink_to(SHARED_DATA / "mnist" / name)
+    assert MNIST(tmp_path, train=False, download=False).folder == tmp_path  # its checksums now cached as MNIST's
+    with pytest.raises(DataError, match=r"fashion-mnist test files .* not found in .*fashion-mnist or .*; run .* "
+                                        r"\(.* holds mnist's t10k-images-idx3-ubyte under the same name\)"):
+        FashionMNIST(tmp_path, train=False, download=False)
+    fetched = []
+
+    def download_file(urls, dest, sha256, progress):  # a mirror serving the real files
+        fetched.append(dest.name)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        return Path(shutil.copy(SHARED_DATA / "fashion-mnist" / dest.name, dest))
+
+    monkeypatch.setattr(datasets_module, "download_file", download_file)
+    fashion = FashionMNIST(tmp_path, train=False, progress=False)
+    assert fashion.folder == tmp_path / "fashion-mnist" and len(fetched) == 2 and len(fashion) == 10000
+    assert fashion.images.float().mean() > 70  # clothes cover more of the image than digits (MNIST: ~33)

@@ -39,8 +39,10 @@ __all__ = [
 ENV_VAR = "CAPSNET_DATA"
 IMAGE_SIZE = (28, 28)
 
-# (path, size, mtime_ns) of files whose checksum matched in this process; never stored on disk.
-_VERIFIED: set[tuple[str, int, int]] = set()
+# ((path, size, mtime_ns), the published SHA-256) of files that matched it in this process; never stored on disk.
+# The published file is part of the key: Fashion-MNIST's files have MNIST's names, and a file that passed as one
+# must not pass as the other.
+_VERIFIED: set[tuple[tuple[str, int, int], str]] = set()
 
 
 class Resource(NamedTuple):
@@ -177,10 +179,21 @@ class MNIST:
 
     @classmethod
     def _ensure_split(cls, root: Path, split: str, *, download: bool, progress: bool) -> Path:
-        """Return the folder holding ``split``'s files, downloading missing ones into ``root/name`` if allowed."""
+        """Return the folder holding ``split``'s files, downloading missing ones into ``root/name`` if allowed.
+
+        Files directly in ``root`` that are another dataset's (MNIST's, for Fashion-MNIST: the names are the same)
+        are passed over, not reported as corrupt: ``root`` may be MNIST's folder and hold other datasets below it.
+        """
         for folder in (root / cls.name, root):
-            if all(_present(folder, r) is not None for r in cls.resources[split]):
+            paths = [_present(folder, r) for r in cls.resources[split]]
+            if None in paths:
+                continue
+            other = None if folder != root else next(
+                filter(None, (_other_datasets_file(path, r) for path, r in zip(paths, cls.resources[split]))), None)
+            if other is None:
                 return folder
+            if not download:
+                raise DataError(f"{cls._not_found(root, split)} ({root} holds {other} under the same name)")
         if not download:
             raise cls._not_found(root, split)
         target = root / cls.name
@@ -190,7 +203,7 @@ class MNIST:
                     [mirror + resource.filename for mirror in cls.mirrors], target / resource.filename,
                     resource.sha256, progress=progress,
                 )
-                _remember(dest)
+                _remember(dest, resource)
         return target
 
     @classmethod
@@ -303,8 +316,16 @@ def _key(path: Path) -> tuple[str, int, int]:
     return str(path.resolve()), stat.st_size, stat.st_mtime_ns
 
 
-def _remember(path: Path) -> None:
-    _VERIFIED.add(_key(path))
+def _remember(path: Path, resource: Resource) -> None:
+    _VERIFIED.add((_key(path), resource.sha256))
+
+
+def _other_datasets_file(path: Path, resource: Resource) -> str | None:
+    """What ``path`` is when it is another dataset's file (``_owner_of``), else ``None``: ``resource``'s, unknown."""
+    if (_key(path), resource.sha256) in _VERIFIED:
+        return None
+    digest = sha256_file(path)
+    return None if digest in (resource.sha256, resource.raw_sha256) else _owner_of(digest)
 
 
 def _verify(path: Path, resource: Resource) -> None:
@@ -312,7 +333,7 @@ def _verify(path: Path, resource: Resource) -> None:
 
     The form is told from the content, not the name, as :func:`read_idx` reads it.
     """
-    if _key(path) in _VERIFIED:
+    if (_key(path), resource.sha256) in _VERIFIED:
         return
     expected = resource.sha256 if path.name == resource.filename else resource.raw_sha256
     try:
@@ -327,7 +348,7 @@ def _verify(path: Path, resource: Resource) -> None:
         other = _owner_of(digest)
         why = f"it is {other}" if other else f"its SHA-256 is {digest}, expected {expected}"
         raise DataError(f"{path} is corrupt or the wrong file: {why}; remove or replace it (nothing was deleted)")
-    _remember(path)
+    _remember(path, resource)
 
 
 def _content_sha256(path: Path) -> str | None:
