@@ -72,8 +72,27 @@ def test_multimnist_decays_the_learning_rate_ten_times_slower_unless_told(tmp_pa
 
 def test_multimnist_records_its_own_shift_and_rejects_others(tmp_path):
     assert TrainConfig(dataset="multimnist", output_dir=str(tmp_path)).max_shift == 4
-    with pytest.raises(ValueError, match="shifts each digit by up to 4 px"):
-        TrainConfig(dataset="multimnist", max_shift=3, output_dir=str(tmp_path))
+    for shift in (3, 2):  # 2, MNIST's default, too: given explicitly, it is not silently made 4
+        with pytest.raises(ValueError, match=f"shifts each digit by up to 4 px .*; --max-shift {shift} does not apply"):
+            TrainConfig(dataset="multimnist", max_shift=shift, output_dir=str(tmp_path))
+
+
+def test_a_runs_config_given_another_dataset_derives_its_recipe_anew(tmp_path):
+    from capsnet.training.runs import config_from_file, resume_config, write_run_config
+
+    for dataset, other, recipe in (("mnist", "multimnist", (20000, 4)), ("multimnist", "mnist", (2000, 2))):
+        run = tmp_path / dataset
+        run.mkdir()
+        write_run_config(run, TrainConfig(dataset=dataset, output_dir=str(run)), parameters=1)
+        assert json.loads((run / "config.json").read_text())["derived"] == ["lr_decay_steps", "max_shift"]
+        again = config_from_file(run, dataset=other, output_dir=str(tmp_path / "new"))
+        assert (again.lr_decay_steps, again.max_shift) == recipe
+        resumed = resume_config(run)  # keeps the recorded values, and records them as derived when it saves
+        assert resumed.derived == {"lr_decay_steps", "max_shift"}
+    run = tmp_path / "chosen"
+    run.mkdir()
+    write_run_config(run, TrainConfig(lr_decay_steps=500, output_dir=str(run)), parameters=1)
+    assert config_from_file(run, dataset="multimnist", output_dir=str(tmp_path / "new")).lr_decay_steps == 500
 
 
 def test_the_paper_model_does_not_saturate_in_its_first_multimnist_steps(tmp_path, shared_data):

@@ -590,6 +590,22 @@ def test_config_file_errors_say_what_is_wrong(tmp_path, content, message):
         capsnet.training.config_from_file(path)
 
 
+@pytest.mark.parametrize(
+    "settings, message",
+    [({"reconstruction": "false"}, r"--reconstruction \('reconstruction' in a settings file\) must be true or false, "
+                                   r"got 'false'"),
+     ({"epochs": "2"}, "--epochs .* must be an integer, got '2'"), ({"epochs": 1.5}, "must be an integer, got 1.5"),
+     ({"lr": True}, "--lr .* must be a number, got True"), ({"limit_train": 2.0}, "must be an integer or null, got 2.0"),
+     ({"data_dir": 3}, "--data-dir .* must be a string or null, got 3")],
+)
+def test_settings_of_the_wrong_type_are_refused_not_misread(tmp_path, settings, message):
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps(settings))
+    with pytest.raises(ValueError, match=message):  # "false" would be true: a decoder trained after all
+        capsnet.training.config_from_file(path)
+    assert TrainConfig(lr=1, output_dir=tmp_path / "run").lr == 1  # an int is a number; a Path a folder name
+
+
 def test_config_file_and_resume_do_not_mix(tmp_path, capsys):
     for output_dir in (["--output-dir", str(tmp_path)], []):
         assert main(["train", "--config", "x.json", "--resume", *output_dir]) == 2

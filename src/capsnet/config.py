@@ -12,6 +12,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from ._checks import check_choice
@@ -35,6 +36,9 @@ DATASET_CHOICES = (*DATASETS, "multimnist")
 LR_DECAY_STEPS = 2000  # the official code's decay period
 # Section 6: MultiMNIST decays "10x" slower, "because the training dataset is larger" (60M pairs).
 MULTIMNIST_LR_DECAY_STEPS = 10 * LR_DECAY_STEPS
+# What each annotation of a setting accepts (paths may be Path objects), and how an error message calls it.
+_SETTING_TYPES = {"bool": ((bool,), "true or false"), "int": ((int,), "an integer"),
+                  "float": ((int, float), "a number"), "str": ((str, os.PathLike), "a string")}
 # Settings whose default depends on others: TrainConfig.replace() derives them anew when those change.
 _DERIVED_FROM = {"lr_decay_steps": {"dataset"}, "max_shift": {"dataset"}, "output_dir": {"model", "dataset"}}
 
@@ -149,7 +153,10 @@ class TrainConfig:
     reconstruction: bool = _option(True, "train the reconstruction decoder (paper: yes)")
     reconstruction_weight: float = _option(RECONSTRUCTION_WEIGHT, "weight of the reconstruction loss (paper: 0.0005)")
     halve_margin: bool = _option(False, "multiply the margin loss by 0.5, as the official code does")
-    max_shift: int = _option(MAX_SHIFT, "random shift augmentation in pixels, zero padded (paper: 2)")
+    max_shift: int | None = _option(
+        None, f"random shift augmentation in pixels, zero padded (default: {MAX_SHIFT}, as the paper; multimnist: "
+              f"{MULTIMNIST_SHIFT} for each digit, the paper's section 6)"
+    )
     canvas: int | None = _option(
         None, "centre the images on a black CANVAS x CANVAS background, train and test (affine robustness: 40, "
               "with --max-shift 6)"
@@ -184,9 +191,8 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
-        self._derived = {name for name in _DERIVED_FROM if getattr(self, name) is None}  # max_shift: below
-        if self.dataset == "multimnist" and self.max_shift == TrainConfig.max_shift:
-            self._derived.add("max_shift")
+        self._check_types()
+        self._derived = {name for name in _DERIVED_FROM if getattr(self, name) is None}
         check_choice(self.dataset, "--dataset", DATASET_CHOICES)
         check_choice(self.device, "--device", DEVICES)
         check_choice(self.precision, "--precision", PRECISIONS)
@@ -201,8 +207,11 @@ class TrainConfig:
         self.init_from = _absolute(self.init_from) if self.init_from else None
         if self.dataset == "multimnist":
             self._check_multimnist()
-        if self.lr_decay_steps is None:  # what the run does, so config.json says it
+        # What the run does, so config.json says it.
+        if self.lr_decay_steps is None:
             self.lr_decay_steps = MULTIMNIST_LR_DECAY_STEPS if self.dataset == "multimnist" else LR_DECAY_STEPS
+        if self.max_shift is None:
+            self.max_shift = MULTIMNIST_SHIFT if self.dataset == "multimnist" else MAX_SHIFT
         if self.output_dir is None:
             if self.resume:
                 raise ValueError("--resume needs the --output-dir of the run to continue")
@@ -231,14 +240,24 @@ class TrainConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"{flag_name(name)} must not be negative, got {getattr(self, name)}")
 
+    def _check_types(self) -> None:
+        """Refuse a value of the wrong type (from a JSON file or Python): ``"false"`` is true, ``1.5`` epochs are 2."""
+        for setting in fields(self):
+            value = getattr(self, setting.name)
+            kind, _, optional = setting.type.partition(" | ")
+            accepted, described = _SETTING_TYPES[kind]
+            if value is None and optional or isinstance(value, accepted) and (kind == "bool") == isinstance(value, bool):
+                continue
+            raise ValueError(f"{flag_name(setting.name)} ({setting.name!r} in a settings file) must be {described}"
+                             f"{' or null' if optional else ''}, got {value!r}")
+
     def _check_multimnist(self) -> None:
         if self.canvas is not None or not is_capsule_model(self.model):
             raise ValueError("--dataset multimnist places its digits on a 36x36 canvas itself (no --canvas) and needs a "
                              "CapsNet model")
-        if self.max_shift not in (TrainConfig.max_shift, MULTIMNIST_SHIFT):
+        if self.max_shift not in (None, MULTIMNIST_SHIFT):
             raise ValueError(f"--dataset multimnist shifts each digit by up to {MULTIMNIST_SHIFT} px (paper); "
                              f"--max-shift {self.max_shift} does not apply")
-        self.max_shift = MULTIMNIST_SHIFT  # what the run does, so config.json says it
 
     def model_kwargs(self, num_classes: int, in_channels: int, image_size: tuple[int, int]) -> dict[str, Any]:
         """The overrides passed to ``create_model(self.model, ...)``: what a checkpoint must match."""
@@ -258,6 +277,13 @@ class TrainConfig:
         """Every setting by field name, as ``config.json`` stores them."""
         return asdict(self)
 
+    @property
+    def derived(self) -> frozenset[str]:
+        """The settings this config derived from others, not given: the decay period and shift from ``dataset``,
+        the run folder from ``model`` and ``dataset``. A run's ``config.json`` records them, so that ``--config``
+        derives them anew for another dataset."""
+        return frozenset(self._derived)
+
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with ``changes``. A setting this config derived from others (the decay period and shift of
         MultiMNIST from ``dataset``, the run folder's name from ``model`` and ``dataset``) is derived anew when
@@ -276,7 +302,10 @@ class TrainConfig:
         return frozenset(f.name for f in fields(cls))
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        """A config of the known settings in ``values``; other keys are ignored (a run saved by another version)."""
+    def from_dict(cls, values: dict[str, Any], derived: Iterable[str] = ()) -> TrainConfig:
+        """A config of the known settings in ``values``; other keys are ignored (a run saved by another version).
+        The names in ``derived`` (a run's recorded :attr:`derived`) count as derived, though their values are kept."""
         known = cls.setting_names()
-        return cls(**{key: value for key, value in values.items() if key in known})
+        config = cls(**{key: value for key, value in values.items() if key in known})
+        config._derived |= set(derived) & _DERIVED_FROM.keys()
+        return config

@@ -21,7 +21,7 @@ __all__ = [
 # Settings of one invocation rather than of the run: a resumed run does not read them back from its folder.
 _INVOCATION_SETTINGS = ("output_dir", "resume", "time_limit", "progress")
 # In config.json beside the settings, but not TrainConfig fields.
-_RECORDED_BESIDE_SETTINGS = ("model_kwargs", "parameters", "resolved", "initial_weights")
+_RECORDED_BESIDE_SETTINGS = ("model_kwargs", "parameters", "resolved", "initial_weights", "derived")
 
 
 def resume_config(run_dir: str | Path, **changes: Any) -> TrainConfig:
@@ -34,7 +34,9 @@ def resume_config(run_dir: str | Path, **changes: Any) -> TrainConfig:
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise TrainingError(f"nothing to resume: {path} does not exist")
-    return TrainConfig.from_dict({**_saved_settings(path), **changes, "output_dir": str(run_dir), "resume": True})
+    saved = _read_settings(path)
+    return TrainConfig.from_dict({**_saved_settings(saved), **changes, "output_dir": str(run_dir), "resume": True},
+                                 derived=saved.get("derived", ()))
 
 
 def config_from_file(path: str | Path, **changes: Any) -> TrainConfig:
@@ -54,7 +56,8 @@ def config_from_file(path: str | Path, **changes: Any) -> TrainConfig:
         raise ValueError("config_from_file starts a new run; resume_config continues one")
     settings = _read_settings(path)
     if any(key in settings for key in _RECORDED_BESIDE_SETTINGS):  # a run's config.json
-        settings = _saved_settings(path)
+        derived = settings.get("derived", ())  # derived anew, from the dataset given now if it is another
+        settings = {key: value for key, value in _saved_settings(settings).items() if key not in derived}
     elif settings.get("resume"):
         raise TrainingError(f"{path} sets resume: a file of settings starts a new run; continue one with capsnet "
                             f"train --resume --output-dir RUN_FOLDER")
@@ -66,10 +69,9 @@ def config_from_file(path: str | Path, **changes: Any) -> TrainConfig:
     return TrainConfig.from_dict({**settings, **changes})
 
 
-def _saved_settings(path: Path) -> dict[str, Any]:
-    """The settings in a run's ``config.json``, less those of one invocation and what a run records beside them."""
-    return {key: value for key, value in _read_settings(path).items()
-            if key not in (*_INVOCATION_SETTINGS, *_RECORDED_BESIDE_SETTINGS)}
+def _saved_settings(saved: dict[str, Any]) -> dict[str, Any]:
+    """The settings of a run's ``config.json``, less those of one invocation and what a run records beside them."""
+    return {key: value for key, value in saved.items() if key not in (*_INVOCATION_SETTINGS, *_RECORDED_BESIDE_SETTINGS)}
 
 
 def _read_settings(path: Path) -> dict[str, Any]:
@@ -124,12 +126,13 @@ def _new_folder(path: Path) -> Path:
 
 def write_run_config(run_dir: Path, config: TrainConfig, **recorded: Any) -> None:
     """``config.json``: the settings and, beside them, what the run records (``model_kwargs``, ``parameters``,
-    ``resolved``, ``initial_weights``), which a resumed or repeated run does not read back as settings. Written
+    ``resolved``, ``initial_weights``, ``derived``), which a resumed or repeated run does not read back as settings
+    (``derived`` names the settings that ``--config`` derives anew). Written
     whole or not at all: ``resume_config`` may read it while rank 0 rewrites it."""
     unknown = recorded.keys() - set(_RECORDED_BESIDE_SETTINGS)
     if unknown:
         raise TypeError(f"config.json records no {sorted(unknown)}; a setting belongs in TrainConfig")
-    values = {**config.to_dict(), **recorded}
+    values = {**config.to_dict(), **recorded, "derived": sorted(config.derived - set(_INVOCATION_SETTINGS))}
     write_atomically(run_dir / "config.json", lambda file: file.write((json.dumps(values, indent=2) + "\n").encode()))
 
 
