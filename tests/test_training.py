@@ -432,6 +432,12 @@ def test_stop_at_error_ends_the_run_at_the_first_epoch_that_reaches_it(tmp_path,
     assert f"nothing to do: {run} reached --stop-at-error 99.5%" in capsys.readouterr().out
     assert main(argv + ["--stop-at-error", "0.01", "--resume"]) == 0  # a lower target trains on
     assert [m["epoch"] for m in read_metrics(run)] == [1, 2, 3]
+    trainer = Trainer(capsnet.training.resume_config(run, progress=False))
+    assert trainer.progress.last_error == read_metrics(run)[-1]["test_error"]
+    trainer.progress.best_error, trainer.progress.last_error = 0.2, 0.3  # an earlier epoch met 25%, the last did not
+    for target, reached in ((25, False), (30, True), (35, True)):
+        trainer.config.stop_at_error = target
+        assert trainer.reached_target is reached
 
 
 @pytest.mark.parametrize("percent", [-1, 100, float("nan")])

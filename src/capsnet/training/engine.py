@@ -60,6 +60,7 @@ class _Progress:
     batch: int = 0  # batches done within the current epoch
     step: int = 0  # optimizer steps in total
     best_error: float = math.inf
+    last_error: float = math.inf  # the last finished epoch's: what --stop-at-error reads
     sums: dict[str, float] = field(default_factory=dict)  # running sums of the current epoch
     seconds: float = 0.0  # training seconds spent in the current epoch
 
@@ -240,8 +241,10 @@ class Trainer:
 
     @property
     def reached_target(self) -> bool:
-        """Whether an epoch has ended at or below ``config.stop_at_error`` (the same answer on every rank)."""
-        return reaches_error(self.progress.best_error, self.config.stop_at_error)
+        """Whether the last finished epoch ended at or below ``config.stop_at_error`` (the same answer on every
+        rank). The last, not the best: a run resumed with a target that an earlier epoch met but the last one does
+        not trains on, as the results table (which reads the last epoch) would expect."""
+        return reaches_error(self.progress.last_error, self.config.stop_at_error)
 
     def _out_of_time(self, started: float) -> bool:
         """Whether ``--time-limit`` has passed (agreed by all ranks: their clocks differ slightly)."""
@@ -428,6 +431,7 @@ class Trainer:
         }
         improved = metrics["test_error"] < progress.best_error
         progress.best_error = min(progress.best_error, metrics["test_error"])
+        progress.last_error = metrics["test_error"]
         progress.batch, progress.sums, progress.seconds = 0, {}, 0.0
         if self.distributed.is_main:
             self._record(metrics)
@@ -511,6 +515,7 @@ class Trainer:
             self.scaler.load_state_dict(checkpoint["grad_scaler"])
         saved_progress = dict(checkpoint["progress"])
         self._augment_generator.set_state(saved_progress.pop("augment_rng").cpu())
+        saved_progress.setdefault("last_error", saved_progress["best_error"])  # saved before 2026-11-29: the nearest
         self.progress = _Progress(**saved_progress)
         self.initial_weights = checkpoint.get("initial_weights")
         if self.distributed.is_main:
