@@ -153,3 +153,6 @@ def test_training_reports_the_real_affnist_error_and_evaluate_can_ask_for_it(tmp
     assert "affnist-synthetic: error" in capsys.readouterr().out
     assert main(["evaluate", str(run / "last.pt"), "--limit-test", "20"]) == 0
     assert re.search(r"^  affnist: error \d+\.\d\d% on 20 images$", capsys.readouterr().out, re.M)  # cut to 20 of 30
+    (root / "affnist").rename(root / "gone")  # the real set out of reach: the run's own test set still evaluates
+    assert main(["evaluate", str(run / "last.pt"), "--limit-test", "20", "--extra-test", "none"]) == 0
+    assert "test error" in (out := capsys.readouterr().out) and "affnist: error" not in out

@@ -215,6 +215,8 @@ def test_capsnet_curves_draws_each_error_of_each_run_folder(tmp_path, capsys):
     assert f"wrote {out}: mnist, affine, affine (affnist-synthetic)" in capsys.readouterr().out
     assert main(["curves", str(tmp_path / "mnist"), "--labels", "CPU", "--out", str(out)]) == 0
     assert f"wrote {out}: CPU\n" in capsys.readouterr().out
+    assert main(["curves", str(tmp_path / "mnist"), "--target", "-1", "--out", str(out)]) == 2
+    assert "--target must be a test error in percent, above 0 and below 100, got -1.0" in capsys.readouterr().err
     assert main(["curves", str(tmp_path / "mnist"), "--labels", "a", "b", "--out", str(out)]) == 2
     assert "--labels names 2 runs, but 1 run folders were given" in capsys.readouterr().err
     assert main(["curves", str(tmp_path), "--out", str(out)]) == 2

@@ -261,6 +261,12 @@ def test_models_built_from_one_name_share_no_module_given_in_its_config(own_regi
     assert first(torch.rand(2, 1, 28, 28)).lengths.shape == (2, 10)
 
 
+def test_baseline_cnn_refuses_to_pool_after_a_convolution_it_does_not_have():
+    with pytest.raises(ValueError, match=r"pool_after must name convolutions by their index, 0 to 2, got \(1, 3\)"):
+        capsnet.BaselineCNN(channels=(4, 4, 4), hidden=(8,), pool_after=(1, 3), device="meta")
+    assert len(capsnet.BaselineCNN(channels=(4, 4, 4), hidden=(8,), pool_after=(2,), device="meta").features) == 7
+
+
 def test_models_say_how_many_classes_they_tell_apart():
     assert create_model("capsnet-tiny", num_classes=5).num_classes == 5
     assert create_model("baseline-cnn-tiny", num_classes=7).num_classes == 7

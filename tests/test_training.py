@@ -636,6 +636,9 @@ def test_evaluate_counts_errors_of_a_known_model_and_refuses_what_it_would_misco
     assert result["error"] == pytest.approx(2 / 5) and result["examples"] == 5
     assert result["per_class_accuracy"][:4] == [0.0, 0.0, pytest.approx(math.nan, nan_ok=True), 1.0]
     assert capsnet.evaluate(always_three.double(), images, labels.to(torch.uint8))["error"] == pytest.approx(2 / 5)
+    assert capsnet.evaluate(always_three, images, labels, precision="auto")["error"] == pytest.approx(2 / 5)
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got 0"):
+        capsnet.evaluate(always_three, images, labels, batch_size=0)
     with pytest.raises(TypeError, match="evaluate takes uint8 images"):
         capsnet.evaluate(always_three, images.float() / 255, labels)
     with pytest.raises(TypeError, match="labels must be integer class indices, got torch.float32"):

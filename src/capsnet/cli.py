@@ -155,18 +155,17 @@ def _epochs_and_batches(epochs: int, batches: int) -> str:
 def _evaluate(args: argparse.Namespace) -> None:
     check_positive_flag("--batch-size", args.batch_size)
     check_positive_flag("--limit-test", args.limit_test)
-    checkpoint, model, device = _load_trained(args.checkpoint, args.device, args.plugins)
+    checkpoint, model, _ = _load_trained(args.checkpoint, args.device, args.plugins)
     config = checkpoint["config"]
-    extra_test = args.extra_test or config.get("extra_test")
+    extra_test = None if args.extra_test == "none" else args.extra_test or config.get("extra_test")
     test = _test_set(checkpoint, args.data_dir, args.limit_test, extra_test)
-    labels = test.labels.to(device)
     options = dict(batch_size=args.batch_size, num_classes=len(checkpoint["classes"]),
                    precision=resolve_precision(args.precision))
-    result = evaluate(model, test.images.to(device), labels, progress=sys.stderr.isatty(), **options)
+    result = evaluate(model, test.images, test.labels, progress=sys.stderr.isatty(), **options)  # batches to the device
     print(f"{args.checkpoint}: test error {result['error']:.2%} on {result['examples']} {config['dataset']} test images "
           f"(saved after {_epochs_and_batches(checkpoint['progress']['epoch'], checkpoint['progress']['batch'])})")
     if test.extra_images is not None:
-        extra = evaluate(model, test.extra_images.to(device), test.extra_labels.to(device), **options)
+        extra = evaluate(model, test.extra_images, test.extra_labels, **options)
         print(f"  {extra_test}: error {extra['error']:.2%} on {extra['examples']} images")
     print(f"  accuracy per class ({config['dataset']} test set):")
     for name, accuracy in zip(checkpoint["classes"], result["per_class_accuracy"]):
@@ -260,6 +259,8 @@ def _curves(args: argparse.Namespace) -> None:
         if not epochs:
             raise ValueError(f"{run} has no finished epoch yet")
         curves.update(_error_curves(run, epochs, label))
+    if args.target is not None and not 0 < args.target < 100:
+        raise ValueError(f"--target must be a test error in percent, above 0 and below 100, got {args.target}")
     target = None if args.target is None else args.target / 100
     args.out.parent.mkdir(parents=True, exist_ok=True)
     path = figures.plot_learning_curves(curves, args.out, target=target)
@@ -307,8 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_cmd.add_argument("--precision", default=TrainConfig.precision, choices=PRECISIONS,
                               help="autocast precision (auto: 32; bf16 pays on GPUs from batch 512)")
     evaluate_cmd.add_argument("--limit-test", type=int, default=None, help="only the first N test images")
-    evaluate_cmd.add_argument("--extra-test", choices=EXTRA_TEST_SETS, default=None,
-                              help="also report this 40x40 test set (default: the run's --extra-test)")
+    evaluate_cmd.add_argument("--extra-test", choices=(*EXTRA_TEST_SETS, "none"), default=None,
+                              help="also report this 40x40 test set (default: the run's --extra-test; none: no "
+                                   "other set than the run's own test set)")
     evaluate_cmd.set_defaults(func=_evaluate)
 
     reproduce = commands.add_parser(

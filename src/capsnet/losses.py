@@ -154,7 +154,9 @@ class CapsuleLoss(nn.Module):
 
         Shape:
             ``output.lengths``: ``(b, k)``; ``output.reconstructions``: ``(b, C * H * W)`` or ``None``;
-            ``images``: ``(b, C, H, W)``; ``targets``: as :func:`margin_loss`'s -> scalar.
+            ``images``: ``(b, C, H, W)``; ``targets``: as :func:`margin_loss`'s -> scalar. For several objects per
+            image (MultiMNIST): ``(b, n)`` targets, ``(b, n, C * H * W)`` reconstructions and ``(b, n, C, H, W)``
+            images, each object's own (as :func:`reconstruction_loss`).
         """
         return self.terms(output, images, targets).total
 

@@ -137,8 +137,9 @@ class CapsNet(nn.Module):
             ``images``: ``(b, C, H, W)``; ``targets``: ``(b,)``, ``(b, n)`` (n objects; integer class indices,
             not multi-hot) or ``None`` ->
             :class:`CapsNetOutput` with
-            ``lengths`` ``(b, j)``, ``poses`` ``(b, j, out_dim)``, ``reconstructions`` ``(b, C * H * W)``,
-            ``coupling`` ``(b, i, j)``, ``primary`` ``(b, i, primary_dim)``.
+            ``lengths`` ``(b, j)``, ``poses`` ``(b, j, out_dim)``, ``reconstructions`` ``(b, C * H * W)``
+            (``(b, n, C * H * W)`` for ``(b, n)`` targets), ``coupling`` ``(b, i, j)``, ``primary``
+            ``(b, i, primary_dim)``.
         """
         check_shape(images, "images", "(b, C, H, W)", 4, (None, self.in_channels, *self.image_size))
         features = F.relu(self.conv1(images))  # (b, conv_channels, H - 8, W - 8)

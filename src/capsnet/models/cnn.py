@@ -64,6 +64,9 @@ class BaselineCNN(nn.Module):
             check_int(size, name, 1)  # here, so that errors name this constructor's arguments, not a layer's
         if kernel_size % 2 != 1:
             raise ValueError(f"kernel_size must be odd for same padding, got {kernel_size}")
+        if not set(pool_after) <= set(range(len(channels))):
+            raise ValueError(f"pool_after must name convolutions by their index, 0 to {len(channels) - 1}, got "
+                             f"{tuple(pool_after)}")
         height, width = self.image_size = check_image_size(image_size)
         self.num_classes, self.in_channels = int(num_classes), int(in_channels)
         factory = {"device": device, "dtype": dtype}

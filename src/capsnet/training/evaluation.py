@@ -10,11 +10,11 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .._checks import check_class_indices
+from .._checks import check_class_indices, check_int
 from ..config import TrainConfig
 from ..functional import hits
 from .objectives import class_scores
-from .precision import autocast
+from .precision import autocast, resolve_precision
 
 __all__ = ["evaluate", "class_tallies", "error_report"]
 
@@ -29,13 +29,14 @@ def evaluate(
     precision: str = "32",
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Test error and per-class accuracy of ``model`` (eval mode) on uint8 ``images``.
+    """Test error and per-class accuracy of ``model`` (eval mode) on uint8 ``images``, in batches moved to the
+    model's device (the test set may stay on the CPU).
 
     Returns ``{"error", "examples", "per_class_accuracy"}``; a class without test images has accuracy ``nan``.
     The prediction is the longest capsule of a CapsNet, or the largest logit of a model returning logits.
     ``num_classes`` defaults to the model's ``num_classes`` attribute (``CapsNet`` and ``BaselineCNN`` have one).
 
-    ``precision`` is one of ``"32"``, ``"bf16"``, ``"16-mixed"`` (autocast while predicting).
+    ``precision`` is one of ``"32"``, ``"bf16"``, ``"16-mixed"`` (autocast while predicting) or ``"auto"`` (``"32"``).
 
     Shape:
         ``images``: ``(n, C, H, W)`` uint8; ``labels``: ``(n,)``, or ``(n, objects)`` (MultiMNIST).
@@ -45,8 +46,8 @@ def evaluate(
         if not isinstance(num_classes, int):
             raise ValueError(f"{type(model).__name__} has no num_classes attribute: pass num_classes=")
     _check_evaluation_set(images, labels, num_classes)
-    tallies = class_tallies(model, images, labels, batch_size=batch_size, num_classes=num_classes,
-                            precision=precision, progress=progress)
+    tallies = class_tallies(model, images, labels, batch_size=check_int(batch_size, "batch_size", 1),
+                            num_classes=num_classes, precision=resolve_precision(precision), progress=progress)
     return error_report(tallies)
 
 
@@ -67,19 +68,20 @@ def _check_evaluation_set(images: Tensor, labels: Tensor, num_classes: int) -> N
 def class_tallies(
     model: nn.Module, images: Tensor, labels: Tensor, *, batch_size: int, num_classes: int, precision: str, progress: bool
 ) -> Tensor:
-    """``(2, num_classes + 1)`` counts on the labels' device: row 0 right, row 1 all; columns: per class, then
+    """``(2, num_classes + 1)`` counts on the model's device: row 0 right, row 1 all; columns: per class, then
     per example. With ``(n, objects)`` labels (MultiMNIST) an example counts under each of its classes."""
     was_training = model.training
     model.eval()
-    labels = labels.long()  # index_add_ and bincount take int64 indices
+    device = next((p.device for p in model.parameters()), labels.device)
+    labels = labels.to(device).long()  # index_add_ and bincount take int64 indices
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)  # float64 models too
-    correct = torch.zeros(num_classes + 1, dtype=torch.long, device=labels.device)
+    correct = torch.zeros(num_classes + 1, dtype=torch.long, device=device)
     counts = torch.bincount(labels.flatten(), minlength=num_classes)
     starts = range(0, len(labels), batch_size)
     for start in tqdm(starts, desc="evaluating", unit="batch", disable=not progress, leave=False, dynamic_ncols=True):
         batch_labels = labels[start : start + batch_size]
-        with autocast(precision, labels.device):
-            scores = class_scores(model(images[start : start + batch_size].to(dtype).div_(255)))
+        with autocast(precision, device):
+            scores = class_scores(model(images[start : start + batch_size].to(device, dtype).div_(255)))
         right = hits(scores, batch_labels)  # (b,)
         # index_add_ rather than bincount(labels[right]): a boolean mask would make the host wait for the GPU.
         right_per_label = right.view(-1, *[1] * (batch_labels.dim() - 1)).expand_as(batch_labels)
