@@ -612,6 +612,16 @@ def test_settings_of_the_wrong_type_are_refused_not_misread(tmp_path, settings, 
     assert TrainConfig(lr=1, output_dir=tmp_path / "run").lr == 1  # an int is a number; a Path a folder name
 
 
+def test_zero_or_none_unsets_what_a_quick_runs_config_set(tmp_path):
+    quick = TrainConfig(limit_train=256, limit_test=100, canvas=40, max_shift=6, extra_test="affnist-synthetic",
+                        save_every=5, time_limit=30, stop_at_error=1.0, output_dir=str(tmp_path / "quick"))
+    (tmp_path / "quick.json").write_text(json.dumps({**quick.to_dict(), "output_dir": None}))
+    unset = dict(limit_train=0, limit_test=0, canvas=0, save_every=0, time_limit=0, stop_at_error=0, extra_test="none")
+    full = capsnet.training.config_from_file(tmp_path / "quick.json", max_shift=2, **unset)
+    assert all(getattr(full, name) is None for name in unset)  # and config.json will say so
+    assert full.to_dict() == TrainConfig(output_dir=full.output_dir).to_dict()
+
+
 def test_config_file_and_resume_do_not_mix(tmp_path, capsys):
     for output_dir in (["--output-dir", str(tmp_path)], []):
         assert main(["train", "--config", "x.json", "--resume", *output_dir]) == 2

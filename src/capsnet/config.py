@@ -39,6 +39,8 @@ MULTIMNIST_LR_DECAY_STEPS = 10 * LR_DECAY_STEPS
 # What each annotation of a setting accepts (paths may be Path objects), and how an error message calls it.
 _SETTING_TYPES = {"bool": ((bool,), "true or false"), "int": ((int,), "an integer"),
                   "float": ((int, float), "a number"), "str": ((str, os.PathLike), "a string")}
+# Settings that 0 unsets (None): no limit, no canvas, no periodic save, no time limit, no early stopping.
+_ZERO_UNSETS = ("limit_train", "limit_test", "canvas", "save_every", "time_limit", "stop_at_error")
 # Settings whose default depends on others: TrainConfig.replace() derives them anew when those change.
 _DERIVED_FROM = {"lr_decay_steps": {"dataset"}, "max_shift": {"dataset"}, "output_dir": {"model", "dataset"}}
 
@@ -116,12 +118,12 @@ class TrainConfig:
     time_limit: float | None = _option(
         None, "stop after the first epoch that ends past this many minutes of training and testing (start-up not "
               "counted; it may overrun by an epoch); continue with capsnet train --resume, or by rerunning capsnet "
-              "reproduce"
+              "reproduce; 0: none"
     )
     save_every: float | None = _option(
         None, "also save last.pt every this many minutes within an epoch, so that a run killed without warning "
               "(SIGKILL, a power cut) resumes from there; without it, last.pt is saved at epoch ends and on Ctrl-C, "
-              "SIGTERM or SIGHUP"
+              "SIGTERM or SIGHUP; 0: off"
     )
     stop_at_error: float | None = _option(
         None, "early stopping: stop at the first epoch end whose test error is at or below this many percent; 0: "
@@ -159,13 +161,13 @@ class TrainConfig:
     )
     canvas: int | None = _option(
         None, "centre the images on a black CANVAS x CANVAS background, train and test (affine robustness: 40, "
-              "with --max-shift 6)"
+              "with --max-shift 6; 0: none)"
     )
     extra_test: str | None = _option(
         None, "also report the error on this 40x40 test set after every epoch (needs --canvas 40): affnist-synthetic "
               "(drawn from MNIST's test digits) or affnist (the real set; needs scipy); capsnet reproduce affnist "
-              "uses affnist-synthetic",
-        choices=EXTRA_TEST_SETS,
+              "uses affnist-synthetic; none: no extra test set",
+        choices=(*EXTRA_TEST_SETS, "none"),
     )
     seed: int = _option(0, "random seed: model init, data order and augmentation")
     device: str = _option("auto", "auto (cuda if available), cpu or cuda", choices=DEVICES)
@@ -182,8 +184,8 @@ class TrainConfig:
         None, "run folder for config.json, metrics.jsonl, last.pt, best.pt (default: runs/MODEL-DATASET-TIMESTAMP, "
               "with -2, -3, ... for runs started in the same second)"
     )
-    limit_train: int | None = _option(None, "use only the first N training images (quick runs)")
-    limit_test: int | None = _option(None, "evaluate on only the first N test images")
+    limit_train: int | None = _option(None, "use only the first N training images (quick runs; 0: all)")
+    limit_test: int | None = _option(None, "evaluate on only the first N test images (0: all)")
     resume: bool = _option(False, "continue the run in --output-dir from its last.pt")
     progress: bool = _option(True, "show progress bars")
     retain_memory: bool = _option(
@@ -192,6 +194,12 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self._check_types()
+        # 0 (none for --extra-test) unsets a value, e.g. one that --config read from a quick run's config.json.
+        for name in _ZERO_UNSETS:
+            if getattr(self, name) == 0:
+                setattr(self, name, None)  # what the run does, so config.json says it
+        if self.extra_test == "none":
+            self.extra_test = None
         self._derived = {name for name in _DERIVED_FROM if getattr(self, name) is None}
         check_choice(self.dataset, "--dataset", DATASET_CHOICES)
         check_choice(self.device, "--device", DEVICES)
@@ -227,11 +235,9 @@ class TrainConfig:
             minutes = getattr(self, name)
             if minutes is not None and not minutes > 0:
                 raise ValueError(f"{flag_name(name)} must be a positive number of minutes, got {minutes}")
-        if self.stop_at_error is not None and not 0 <= self.stop_at_error < 100:
+        if self.stop_at_error is not None and not 0 < self.stop_at_error < 100:
             raise ValueError(f"--stop-at-error must be a test error in percent, from 0 (off) to below 100, got "
                              f"{self.stop_at_error}")
-        if self.stop_at_error == 0:
-            self.stop_at_error = None  # what the run does, so config.json says it
         if self.lr <= 0 or not 0 < self.lr_decay <= 1:
             raise ValueError(f"--lr must be > 0 and --lr-decay in (0, 1], got {self.lr} and {self.lr_decay}")
         if self.canvas is not None and self.canvas < 28:
