@@ -77,7 +77,9 @@ def import_plugins(modules: str | None) -> None:
         except ModuleNotFoundError as exc:
             if name == exc.name or name.startswith(f"{exc.name}."):
                 hint = f"name the module ({name.removesuffix('.py')}), not its file" if name.endswith(".py") else (
-                    "give an installed module or one whose .py file is in the current folder")
+                    "give an installed module or one whose .py file is in the current folder (--resume and --config "
+                    "import a run's --plugins again: run them in the folder it was trained in, or put the module's "
+                    "folder on PYTHONPATH)")
                 raise ValueError(f"--plugins: no module named {name!r} here ({os.getcwd()}): {hint}") from None
             raise ValueError(f"--plugins: importing {name!r} failed: {exc}") from exc
         except Exception as exc:  # the plugin's own error: say whose, and keep it as the cause for --traceback
