@@ -230,5 +230,7 @@ def test_plugins_that_cannot_be_imported_are_named(capsys, plugin_module, tmp_pa
     assert code == 2 and err.endswith(": name the module (my_capsules), not its file\n")
     code, _, err = run(capsys, "train", "--model", "my-capsnet")
     assert code == 2 and err.endswith("(a model of your own: --plugins MODULE)\n")
-    with pytest.raises(TypeError, match="plugins must be a string of comma-separated module names, got list"):
+    with pytest.raises(ValueError, match=r"--plugins .* must be a string or null, got \['my_capsules'\]"):
         TrainConfig(plugins=["my_capsules"])
+    with pytest.raises(TypeError, match="plugins must be a string of comma-separated module names, got list"):
+        capsnet.config.import_plugins(["my_capsules"])
