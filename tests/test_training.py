@@ -142,10 +142,11 @@ def test_save_every_saves_mid_epoch_so_a_run_killed_without_warning_resumes_exac
     assert strip_times(read_metrics(tmp_path / "split")) == strip_times(read_metrics(tmp_path / "straight"))
 
 
-@pytest.mark.parametrize("minutes", [0, -1, float("nan")])
+@pytest.mark.parametrize("minutes", [-1, float("nan")])
 def test_save_every_must_be_positive(tmp_path, minutes):
     with pytest.raises(ValueError, match="--save-every must be a positive number of minutes"):
         TrainConfig(output_dir=str(tmp_path), save_every=minutes)
+    assert TrainConfig(output_dir=str(tmp_path), save_every=0).save_every is None  # 0: off
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, shared_data, monkeypatch):
@@ -453,10 +454,11 @@ def test_checkpoint_of_an_unknown_version_is_refused_by_name(tmp_path):
         load_checkpoint(tmp_path / "new.pt")
 
 
-@pytest.mark.parametrize("minutes", [0, -1, float("nan")])
+@pytest.mark.parametrize("minutes", [-1, float("nan")])
 def test_time_limit_must_be_positive(tmp_path, minutes):
     with pytest.raises(ValueError, match="--time-limit must be a positive number of minutes"):
         TrainConfig(output_dir=str(tmp_path), time_limit=minutes)
+    assert TrainConfig(output_dir=str(tmp_path), time_limit=0).time_limit is None  # 0: off
 
 
 @pytest.mark.parametrize("model", ["capsnet-tiny", "baseline-cnn-tiny"])
