@@ -114,6 +114,23 @@ def test_download_records_the_checksum_and_later_loads_check_it(served, tmp_path
         affnist.load_affnist_test(root, progress=False)
 
 
+def test_a_download_again_is_checked_against_the_record(served, tmp_path, monkeypatch):
+    base, _, _ = served
+    monkeypatch.setattr(affnist, "AFFNIST_URLS", (base + "test.mat.zip",))
+    root = tmp_path / "data"
+    root.mkdir()
+    with pytest.warns(UserWarning, match="checksum is not pinned"):
+        archive = affnist.download_affnist(root, progress=False)
+    archive.unlink()  # the record stays; the mirror now serves other bytes
+    write_affnist(tmp_path / "www", *sample(8, seed=5))
+    with pytest.raises(DataError, match="SHA-256 mismatch"):
+        affnist.load_affnist_test(root, progress=False)
+    assert not archive.exists()  # nothing unverified kept, nor read
+    archive.write_bytes((tmp_path / "www" / "test.mat.zip").read_bytes())  # placed by hand: download checks it too
+    with pytest.raises(DataError, match=f"{archive} is corrupt or the wrong file.*recorded in {archive}.sha256"):
+        affnist.download_affnist(root, progress=False)
+
+
 def test_a_damaged_download_is_removed_and_not_recorded(served, tmp_path, monkeypatch):
     base, _, _ = served
     (tmp_path / "www" / "cut.zip").write_bytes((tmp_path / "www" / "test.mat.zip").read_bytes()[:-300])

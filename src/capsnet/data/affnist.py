@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from capsnet._files import write_atomically
 from capsnet.data.datasets import checked_data_root, resolve_data_root
 from capsnet.data.download import download_file, sha256_file
 from capsnet.data.idx import DataError
@@ -58,15 +59,20 @@ def load_affnist_test(root: str | Path | None = None, *, download: bool = True,
 
 
 def download_affnist(root: str | Path | None = None, *, progress: bool = True) -> Path:
-    """Fetch ``test.mat.zip`` into ``root/affnist`` unless it is there; record its SHA-256 (see the module doc),
-    also for an archive that a download killed before the record left behind."""
+    """Fetch ``test.mat.zip`` into ``root/affnist`` unless it is there; check it against the pinned or recorded
+    SHA-256, or record its SHA-256 (see the module doc), also for an archive that a download killed before the
+    record left behind."""
     dest = resolve_data_root(root) / FOLDER / ARCHIVE
+    expected = _expected_digest(dest)
     if not dest.is_file():
-        download_file(AFFNIST_URLS, dest, PINNED_SHA256, progress=progress)
-    if PINNED_SHA256 is None and not _record_path(dest).is_file():
+        # Against the record too: a mirror that now serves other bytes fails like a corrupt transfer, keeping nothing.
+        download_file(AFFNIST_URLS, dest, expected, progress=progress)
+    elif expected is not None:
+        _check_recorded_digest(dest)
+    if expected is None:
         _check_archive_complete(dest)  # nothing else vouches for it: a cut transfer must not become the record
         digest = sha256_file(dest)
-        _record_path(dest).write_text(digest + "\n")
+        write_atomically(_record_path(dest), lambda file: file.write(f"{digest}\n".encode()))
         warnings.warn(f"affNIST's checksum is not pinned in capsnet yet: the SHA-256 of the downloaded {dest} is "
                       f"{digest}, recorded in {_record_path(dest)} and checked on every later load", stacklevel=2)
     return dest
@@ -121,13 +127,17 @@ def _record_path(archive: Path) -> Path:
     return archive.with_name(archive.name + ".sha256")
 
 
+def _expected_digest(archive: Path) -> str | None:
+    """The pinned SHA-256, else the one recorded beside ``archive`` at its first download, else ``None``."""
+    record = _record_path(archive)
+    return PINNED_SHA256 or (record.read_text().strip() if record.is_file() else None) or None
+
+
 def _check_recorded_digest(path: Path) -> None:
     """Compare the archive with the pinned or recorded SHA-256; without either (or for an unzipped ``test.mat``,
     which no digest covers), say that it is unverified."""
     record = _record_path(path)
-    expected = None  # an unzipped test.mat
-    if path.name == ARCHIVE:
-        expected = PINNED_SHA256 or (record.read_text().strip() if record.is_file() else None)
+    expected = _expected_digest(path) if path.name == ARCHIVE else None  # no digest covers an unzipped test.mat
     digest = sha256_file(path)
     if expected is None:
         warnings.warn(f"{path} is not verified: capsnet has no pinned affNIST checksum yet (its SHA-256 is "
