@@ -173,3 +173,14 @@ def test_shutdown_frees_a_ddp_wrapper_left_in_a_reference_cycle(tmp_path):
     finally:
         gc.enable()
         shutdown_distributed()
+
+
+def test_more_processes_than_gpus_is_refused_with_the_counts(monkeypatch):
+    from capsnet.training import TrainingError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(TrainingError, match="started process 1 of this machine, but it has 1 GPUs: --nproc-per-node"):
+        init_distributed(torch.device("cuda"))

@@ -196,3 +196,64 @@ def test_a_row_stopped_before_its_end_still_names_its_hardware(tmp_path, shared_
                                    data_dir=str(shared_data), limit_train=64, limit_test=100, progress=False)
     row = experiment_results("table1", tmp_path)[2]
     assert row["machines"] == [describe_machine("cpu")]
+
+
+def test_a_finished_row_is_left_alone_and_a_row_that_cannot_go_on_is_refused(tmp_path, shared_data, capsys):
+    from capsnet.experiments import run_experiment
+    from capsnet.training import TrainingError
+
+    common = dict(rows=["routing1-reconstruction"], data_dir=str(shared_data), limit_train=64, limit_test=100,
+                  batch_size=32, progress=False)
+    run_experiment("table1", tmp_path, tiny=True, epochs=1, **common)
+    run = tmp_path / "table1" / "routing1-reconstruction"
+    recorded = {name: (run / name).read_bytes() for name in ("config.json", "machines.jsonl", "metrics.jsonl")}
+    capsys.readouterr()
+    run_experiment("table1", tmp_path, tiny=True, epochs=1, precision="bf16", **common)  # nothing left to train
+    out = capsys.readouterr().out
+    assert "capsnet-tiny (" not in out and "[table1] CapsNet, 1 routing iteration, reconstruction: finished" in out
+    assert {name: (run / name).read_bytes() for name in recorded} == recorded  # its settings and hardware kept
+    with open(run / "machines.jsonl", "a") as torn:
+        torn.write('{"machine": "AMD EP')  # a crash while appending
+    assert experiment_results("table1", tmp_path)[2]["machines"] == [json.loads(recorded["machines.jsonl"])["machine"]]
+    with pytest.raises(TrainingError, match=r"holds a --tiny run \(capsnet-tiny\): give --tiny, or choose another"):
+        run_experiment("table1", tmp_path, tiny=False, epochs=2, **common)
+    (run / "last.pt").unlink()  # e.g. to save disk space: the row is finished at 1 epoch, unfinished at 2
+    run_experiment("table1", tmp_path, tiny=True, epochs=1, **common)
+    with pytest.raises(TrainingError, match="holds 1 finished epochs .* but no last.pt to continue them from"):
+        run_experiment("table1", tmp_path, tiny=True, epochs=2, **common)
+    assert (run / "metrics.jsonl").read_bytes() == recorded["metrics.jsonl"]  # not started afresh over its results
+
+
+def test_a_row_that_fails_is_named_with_a_way_to_go_on(tmp_path, monkeypatch):
+    from capsnet import experiments
+    from capsnet.training import TrainingError
+
+    class Failing:
+        def __init__(self, config):
+            self.distributed, self.progress, self.parameter_count = self, self, 1
+            self.is_main, self.step = False, 0
+
+        def fit(self):
+            raise TrainingError("the loss became nan")
+
+    monkeypatch.setattr(experiments, "Trainer", Failing)
+    with pytest.raises(TrainingError, match=r"^row routing1-reconstruction of table1: the loss became nan \(the other "
+                                            r"rows alone: --rows baseline-cnn routing1-no-reconstruction "
+                                            r"routing3-no-reconstruction routing3-reconstruction\)$"):
+        experiments.run_experiment("table1", tmp_path, rows=["routing1-reconstruction"], epochs=1)
+
+
+def test_extra_test_none_is_no_extra_test_for_every_experiment(tmp_path, monkeypatch):
+    from capsnet import experiments
+
+    with pytest.raises(ValueError, match="--extra-test applies to the 40x40 rows"):
+        experiments.run_experiment("table1", tmp_path, extra_test="affnist", epochs=1)
+    def reached_training(config):
+        raise LookupError(config.extra_test)
+
+    monkeypatch.setattr(experiments, "Trainer", reached_training)
+    with pytest.raises(LookupError, match="None"):  # past the checks, at the first row's training
+        experiments.run_experiment("table1", tmp_path, extra_test="none", epochs=1)
+    config = _row_config(EXPERIMENTS["affnist"], EXPERIMENTS["affnist"].rows[0], tmp_path, {"extra_test": "none"},
+                         tiny=True)
+    assert config.extra_test is None

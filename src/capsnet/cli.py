@@ -46,6 +46,9 @@ _REPRODUCE_SETTINGS = ("data_dir", "epochs", "time_limit", "save_every", "stop_a
                        "limit_train", "limit_test", "progress")
 # Where an experiment sets a setting for its rows, the flag's help says so.
 _REPRODUCE_HELP = {
+    "time_limit": "stop each row after the first epoch that ends past this many minutes of its training and testing "
+                  "(a limit per row, not for the whole command: with several rows, give --rows one at a time to "
+                  "budget them); run the command again to continue; 0: none",
     "extra_test": "affnist only: the 40x40 test set reported besides 40x40 MNIST: affnist-synthetic (the default; "
                   "drawn from MNIST's test digits) or affnist (the real set; needs scipy)",
     "stop_at_error": "early stopping: stop each row at the first epoch end whose test error is at or below this many "

@@ -9,6 +9,7 @@ session that ends mid-run loses at most the current epoch) and skips finished on
 from __future__ import annotations
 
 import json
+import os
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,8 @@ from typing import Any
 from ._checks import check_choice
 from .config import TrainConfig, flag_name, reaches_error
 from .runtime import describe_machine
-from .training import Trainer, read_metrics
+from ._files import write_atomically
+from .training import Trainer, TrainingError, read_metrics
 
 __all__ = ["Experiment", "ExperimentRow", "EXPERIMENTS", "run_experiment", "experiment_results"]
 
@@ -111,7 +113,7 @@ def run_experiment(
     known = [row.name for row in experiment.rows]
     for wanted in rows or []:
         check_choice(wanted, "row", known)
-    if settings.get("extra_test") is not None and "extra_test" not in experiment.defaults:
+    if settings.get("extra_test") not in (None, "none") and "extra_test" not in experiment.defaults:
         raise ValueError(f"--extra-test applies to the 40x40 rows of an experiment that tests on an extra set "
                          f"(affnist), not to {name}")
     chosen = experiment.rows if rows is None else sorted(
@@ -119,15 +121,25 @@ def run_experiment(
     is_main = True
     for row in chosen:
         config = _row_config(experiment, row, runs_dir, settings, tiny)
+        if _finished(config, tiny):
+            if os.environ.get("RANK", "0") == "0":  # torchrun's rank; no process group is set up for a finished row
+                print(f"[{experiment.name}] {row.label}: finished, in {config.output_dir}")
+            continue
         trainer = Trainer(config)
-        is_main = trainer.distributed.is_main
+        is_main, steps_before = trainer.distributed.is_main, trainer.progress.step
         if is_main:  # with --no-progress too: the parameter count belongs in a log
+            if not config.resume:  # a row started afresh: the machines of an earlier start did not train it
+                (Path(config.output_dir) / "machines.jsonl").unlink(missing_ok=True)
             print(f"[{experiment.name}] {row.label}: {config.model} ({trainer.parameter_count:,} parameters), "
                   f"run folder {config.output_dir}")
         try:
             trainer.fit()
+        except TrainingError as exc:
+            others = " ".join(r.name for r in experiment.rows if r is not row)
+            raise TrainingError(f"row {row.name} of {experiment.name}: {exc}"
+                                + (f" (the other rows alone: --rows {others})" if others else "")) from exc
         finally:  # a row stopped by a signal names its hardware too
-            if is_main:
+            if is_main and trainer.progress.step > steps_before:
                 _write_row_facts(Path(config.output_dir), trainer)
         trainer.distributed.barrier()  # rank 0 has written this row's files
         if is_main:
@@ -135,11 +147,31 @@ def run_experiment(
     return experiment_results(name, runs_dir) if is_main else []
 
 
+def _finished(config: TrainConfig, tiny: bool) -> bool:
+    """Whether the row in ``config.output_dir`` has trained its epochs or met its early-stopping target, so that
+    running the experiment again leaves it (and its recorded settings and hardware) alone. Refuses a folder that
+    cannot be continued: epochs recorded but no ``last.pt``, or a run of the other size (``--tiny`` or not)."""
+    run_dir = Path(config.output_dir)
+    metrics = read_metrics(run_dir) if (run_dir / "metrics.jsonl").is_file() else []
+    if metrics and (metrics[-1]["epoch"] >= config.epochs or reaches_error(metrics[-1]["test_error"],
+                                                                           config.stop_at_error)):
+        return True
+    if metrics and not config.resume:
+        raise TrainingError(f"{run_dir} holds {metrics[-1]['epoch']} finished epochs (metrics.jsonl) but no last.pt "
+                            f"to continue them from: put last.pt back, or move the folder away to train the row anew")
+    saved = run_dir / "config.json"
+    model = json.loads(saved.read_text()).get("model") if config.resume and saved.is_file() else None
+    if model in (*_TINY_MODELS, *_TINY_MODELS.values()) and (model in _TINY_MODELS.values()) != tiny:
+        raise TrainingError(f"{run_dir} holds a {'--tiny' if not tiny else 'full-size'} run ({model}): "
+                            f"{'give' if not tiny else 'drop'} --tiny, or choose another --runs-dir")
+    return False
+
+
 def _write_row_facts(run_dir: Path, trainer: Trainer) -> None:
     """Record on which machine and with which settings (as resolved: a compile that fell back says "off") the row
     trained; appended each time it runs."""
     facts = {"machine": describe_machine(trainer.device), **trainer.settings()}
-    with open(run_dir / "machines.jsonl", "a") as f:
+    with open(run_dir / "machines.jsonl", "a") as f:  # appended: one line per invocation that trained
         f.write(json.dumps(facts) + "\n")
 
 
@@ -148,8 +180,9 @@ def experiment_results(name: str, runs_dir: str | Path) -> list[dict[str, Any]]:
     experiment = EXPERIMENTS[name]
     folder = Path(runs_dir) / experiment.name
     results = [_row_result(row, folder / row.name) for row in experiment.rows]
-    (folder / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (folder / "results.md").write_text(results_markdown(experiment, results))
+    folder.mkdir(parents=True, exist_ok=True)
+    write_atomically(folder / "results.json", lambda file: file.write((json.dumps(results, indent=2) + "\n").encode()))
+    write_atomically(folder / "results.md", lambda file: file.write(results_markdown(experiment, results).encode()))
     return results
 
 
@@ -160,8 +193,8 @@ def _row_result(row: ExperimentRow, run_dir: Path) -> dict[str, Any]:
         return {**result, "started": True} if (run_dir / "last.pt").exists() else result
     config = json.loads((run_dir / "config.json").read_text())
     machines_file = run_dir / "machines.jsonl"
-    machines = sorted({json.loads(line)["machine"] for line in machines_file.read_text().splitlines()}) \
-        if machines_file.exists() else []
+    machines = sorted({facts["machine"] for facts in map(_json_or_none, machines_file.read_text().splitlines())
+                       if facts}) if machines_file.exists() else []
     best = min(metrics, key=lambda m: m["test_error"])
     return {
         **result,
@@ -184,6 +217,14 @@ def _row_result(row: ExperimentRow, run_dir: Path) -> dict[str, Any]:
         "machines": machines,
         "command": _train_command(config),
     }
+
+
+def _json_or_none(line: str) -> Any:
+    """The JSON value of ``line``, or ``None`` for a line torn by a crash while it was written."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:
+        return None
 
 
 def _train_command(config: dict[str, Any]) -> str:

@@ -17,6 +17,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from .errors import TrainingError
+
 __all__ = ["DistributedContext", "init_distributed", "in_process_group", "shutdown_distributed"]
 
 _T = TypeVar("_T")
@@ -93,6 +95,9 @@ def init_distributed(device: torch.device) -> DistributedContext:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
         if device.type == "cuda":
+            if local_rank >= torch.cuda.device_count():
+                raise TrainingError(f"torchrun started process {local_rank} of this machine, but it has "
+                                    f"{torch.cuda.device_count()} GPUs: --nproc-per-node must be at most that")
             torch.cuda.set_device(local_rank)  # before NCCL starts, so each process talks from its own GPU
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return DistributedContext(
