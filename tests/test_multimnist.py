@@ -89,6 +89,12 @@ def test_a_runs_config_given_another_dataset_derives_its_recipe_anew(tmp_path):
         assert (again.lr_decay_steps, again.max_shift) == recipe
         resumed = resume_config(run)  # keeps the recorded values, and records them as derived when it saves
         assert resumed.derived == {"lr_decay_steps", "max_shift"}
+    legacy = tmp_path / "legacy"  # a config.json written before "derived" was recorded
+    legacy.mkdir()
+    (legacy / "config.json").write_text(json.dumps({"dataset": "mnist", "lr_decay_steps": 2000, "max_shift": 2,
+                                                    "parameters": 1}))
+    again = config_from_file(legacy, dataset="multimnist", output_dir=str(tmp_path / "new"))
+    assert (again.lr_decay_steps, again.max_shift) == (20000, 4)
     run = tmp_path / "chosen"
     run.mkdir()
     write_run_config(run, TrainConfig(lr_decay_steps=500, output_dir=str(run)), parameters=1)

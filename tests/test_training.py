@@ -600,7 +600,7 @@ def test_config_file_errors_say_what_is_wrong(tmp_path, content, message):
 
 @pytest.mark.parametrize(
     "settings, message",
-    [({"reconstruction": "false"}, r"--reconstruction \('reconstruction' in a settings file\) must be true or false, "
+    [({"reconstruction": "false"}, r"--reconstruction \(the setting 'reconstruction'\) must be true or false, "
                                    r"got 'false'"),
      ({"epochs": "2"}, "--epochs .* must be an integer, got '2'"), ({"epochs": 1.5}, "must be an integer, got 1.5"),
      ({"lr": True}, "--lr .* must be a number, got True"), ({"limit_train": 2.0}, "must be an integer or null, got 2.0"),
@@ -611,7 +611,12 @@ def test_settings_of_the_wrong_type_are_refused_not_misread(tmp_path, settings, 
     path.write_text(json.dumps(settings))
     with pytest.raises(ValueError, match=message):  # "false" would be true: a decoder trained after all
         capsnet.training.config_from_file(path)
-    assert TrainConfig(lr=1, output_dir=tmp_path / "run").lr == 1  # an int is a number; a Path a folder name
+    import numpy as np
+
+    config = TrainConfig(lr=np.float32(0.5), epochs=np.int64(3), limit_train=torch.tensor(7), output_dir=tmp_path)
+    assert (config.lr, config.epochs, config.limit_train, config.output_dir) == (0.5, 3, 7, str(tmp_path))
+    assert [type(value) for value in (config.lr, config.epochs, config.limit_train)] == [float, int, int]
+    json.dumps(config.to_dict())  # what config.json will hold
 
 
 def test_zero_or_none_unsets_what_a_quick_runs_config_set(tmp_path):
@@ -814,9 +819,9 @@ def test_a_run_folder_without_best_pt_points_at_its_last_pt(tmp_path):
 
 
 def test_every_setting_is_classified_for_resume():
-    """A new setting must be placed on purpose: one that defines the run belongs in _RESUME_MUST_MATCH."""
+    """A new setting must be placed on purpose: one that defines the run belongs in RUN_DEFINING_SETTINGS."""
     engine = capsnet.training.engine
-    may_change = {name for name in TrainConfig.setting_names()} - set(engine._RESUME_MUST_MATCH) - set(
+    may_change = {name for name in TrainConfig.setting_names()} - set(engine.RUN_DEFINING_SETTINGS) - set(
         capsnet.training.runs._INVOCATION_SETTINGS)
     # How and where it runs, how long, and the init that the checkpoint's weights replace; plugins: where the model's
     # code lives (a module may move), while the model's name and layers must still match.

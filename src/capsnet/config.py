@@ -9,10 +9,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 import importlib
 import math
+import numbers
+import operator
 import os
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ._checks import check_choice
@@ -36,9 +38,38 @@ DATASET_CHOICES = (*DATASETS, "multimnist")
 LR_DECAY_STEPS = 2000  # the official code's decay period
 # Section 6: MultiMNIST decays "10x" slower, "because the training dataset is larger" (60M pairs).
 MULTIMNIST_LR_DECAY_STEPS = 10 * LR_DECAY_STEPS
-# What each annotation of a setting accepts (paths may be Path objects), and how an error message calls it.
-_SETTING_TYPES = {"bool": ((bool,), "true or false"), "int": ((int,), "an integer"),
-                  "float": ((int, float), "a number"), "str": ((str, os.PathLike), "a string")}
+
+
+def dataset_defaults(dataset: str) -> dict[str, int]:
+    """The settings whose defaults depend on the dataset: the learning-rate decay period and the shift."""
+    multi = dataset == "multimnist"
+    return {"lr_decay_steps": MULTIMNIST_LR_DECAY_STEPS if multi else LR_DECAY_STEPS,
+            "max_shift": MULTIMNIST_SHIFT if multi else MAX_SHIFT}
+
+
+def _as_bool(value: Any) -> bool:
+    if not isinstance(value, bool):  # "false" and 0 would pass bool(), and "false" is true
+        raise TypeError
+    return value
+
+
+def _as_int(value: Any) -> int:
+    if isinstance(value, bool):  # True is an int to Python, but not a count
+        raise TypeError
+    return operator.index(value)  # Python, NumPy and torch integers; no floats: 1.5 epochs would be 2
+
+
+def _as_float(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):  # NumPy floats are Real; strings are not
+        raise TypeError
+    return float(value)
+
+
+# Per annotation of a setting: the conversion that accepts a value (else TypeError) and how errors call it.
+_SETTING_TYPES: dict[str, tuple[Callable[[Any], Any], str]] = {
+    "bool": (_as_bool, "true or false"), "int": (_as_int, "an integer"), "float": (_as_float, "a number"),
+    "str": (os.fspath, "a string"),  # paths may be Path objects
+}
 # Settings that 0 unsets (None): no limit, no canvas, no periodic save, no time limit, no early stopping.
 _ZERO_UNSETS = ("limit_train", "limit_test", "canvas", "save_every", "time_limit", "stop_at_error")
 # Settings whose default depends on others: TrainConfig.replace() derives them anew when those change.
@@ -195,7 +226,7 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
-        self._check_types()
+        self._normalize_types()
         # 0 (none for --extra-test) unsets a value, e.g. one that --config read from a quick run's config.json.
         for name in _ZERO_UNSETS:
             if getattr(self, name) == 0:
@@ -203,6 +234,37 @@ class TrainConfig:
         if self.extra_test == "none":
             self.extra_test = None
         self._derived = {name for name in _DERIVED_FROM if getattr(self, name) is None}
+        self._check_choices()
+        # Recorded absolute, so that --resume, --config, evaluate and figures find them from any folder; "" clears
+        # a recorded --init-from.
+        self.data_dir = _absolute(self.data_dir) if self.data_dir else None
+        self.init_from = _absolute(self.init_from) if self.init_from else None
+        if self.dataset == "multimnist":
+            self._check_multimnist()
+        for name, value in dataset_defaults(self.dataset).items():  # what the run does, so config.json says it
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        if self.output_dir is None:
+            if self.resume:
+                raise ValueError("--resume needs the --output-dir of the run to continue")
+            self.output_dir = f"runs/{self.model}-{self.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+        self._check_ranges()
+
+    def _normalize_types(self) -> None:
+        """Refuse a value of the wrong type (from a JSON file or Python): ``"false"`` is true, ``1.5`` epochs are 2.
+        NumPy and torch scalars become Python numbers and paths strings, so that ``config.json`` can hold them."""
+        for setting in fields(self):
+            value = getattr(self, setting.name)
+            kind, _, optional = setting.type.partition(" | ")
+            if value is None and optional:
+                continue
+            try:
+                setattr(self, setting.name, _SETTING_TYPES[kind][0](value))
+            except TypeError:
+                raise ValueError(f"{flag_name(setting.name)} (the setting {setting.name!r}) must be "
+                                 f"{_SETTING_TYPES[kind][1]}{' or null' if optional else ''}, got {value!r}") from None
+
+    def _check_choices(self) -> None:
         check_choice(self.dataset, "--dataset", DATASET_CHOICES)
         check_choice(self.device, "--device", DEVICES)
         check_choice(self.precision, "--precision", PRECISIONS)
@@ -211,21 +273,8 @@ class TrainConfig:
         if self.model not in list_models():
             raise ValueError(f"unknown value {self.model!r} for --model; valid values are "
                              f"{', '.join(map(repr, list_models()))} (a model of your own: --plugins MODULE)")
-        # Recorded absolute, so that --resume, --config, evaluate and figures find them from any folder; "" clears
-        # a recorded --init-from.
-        self.data_dir = _absolute(self.data_dir) if self.data_dir else None
-        self.init_from = _absolute(self.init_from) if self.init_from else None
-        if self.dataset == "multimnist":
-            self._check_multimnist()
-        # What the run does, so config.json says it.
-        if self.lr_decay_steps is None:
-            self.lr_decay_steps = MULTIMNIST_LR_DECAY_STEPS if self.dataset == "multimnist" else LR_DECAY_STEPS
-        if self.max_shift is None:
-            self.max_shift = MULTIMNIST_SHIFT if self.dataset == "multimnist" else MAX_SHIFT
-        if self.output_dir is None:
-            if self.resume:
-                raise ValueError("--resume needs the --output-dir of the run to continue")
-            self.output_dir = f"runs/{self.model}-{self.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+    def _check_ranges(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size", "routing_iterations", "lr_decay_steps", "limit_train",
                      "limit_test", "canvas"):
             check_positive_flag(flag_name(name), getattr(self, name))
@@ -247,17 +296,6 @@ class TrainConfig:
         for name in ("max_shift", "reconstruction_weight", "lr_warmup_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{flag_name(name)} must not be negative, got {getattr(self, name)}")
-
-    def _check_types(self) -> None:
-        """Refuse a value of the wrong type (from a JSON file or Python): ``"false"`` is true, ``1.5`` epochs are 2."""
-        for setting in fields(self):
-            value = getattr(self, setting.name)
-            kind, _, optional = setting.type.partition(" | ")
-            accepted, described = _SETTING_TYPES[kind]
-            if value is None and optional or isinstance(value, accepted) and (kind == "bool") == isinstance(value, bool):
-                continue
-            raise ValueError(f"{flag_name(setting.name)} ({setting.name!r} in a settings file) must be {described}"
-                             f"{' or null' if optional else ''}, got {value!r}")
 
     def _check_multimnist(self) -> None:
         if self.canvas is not None or not is_capsule_model(self.model):

@@ -9,17 +9,19 @@ session that ends mid-run loses at most the current epoch) and skips finished on
 from __future__ import annotations
 
 import json
-import os
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ._checks import check_choice
+from ._files import write_atomically
 from .config import TrainConfig, flag_name, reaches_error
 from .runtime import describe_machine
-from ._files import write_atomically
 from .training import Trainer, TrainingError, read_metrics
+from .training.distributed import is_main_process
+from .training.engine import RUN_DEFINING_SETTINGS
+from .training.runs import read_records
 
 __all__ = ["Experiment", "ExperimentRow", "EXPERIMENTS", "run_experiment", "experiment_results"]
 
@@ -118,11 +120,11 @@ def run_experiment(
                          f"(affnist), not to {name}")
     chosen = experiment.rows if rows is None else sorted(
         (r for r in experiment.rows if r.name in rows), key=lambda r: rows.index(r.name))
-    is_main = True
+    is_main = is_main_process()  # known before any process group is set up: a finished row sets up none
     for row in chosen:
         config = _row_config(experiment, row, runs_dir, settings, tiny)
         if _finished(config, tiny):
-            if os.environ.get("RANK", "0") == "0":  # torchrun's rank; no process group is set up for a finished row
+            if is_main:
                 print(f"[{experiment.name}] {row.label}: finished, in {config.output_dir}")
             continue
         trainer = Trainer(config)
@@ -135,9 +137,9 @@ def run_experiment(
         try:
             trainer.fit()
         except TrainingError as exc:
-            others = " ".join(r.name for r in experiment.rows if r is not row)
+            after = " ".join(r.name for r in chosen[chosen.index(row) + 1:])
             raise TrainingError(f"row {row.name} of {experiment.name}: {exc}"
-                                + (f" (the other rows alone: --rows {others})" if others else "")) from exc
+                                + (f" (to go on with the rows after it: --rows {after})" if after else "")) from exc
         finally:  # a row stopped by a signal names its hardware too
             if is_main and trainer.progress.step > steps_before:
                 _write_row_facts(Path(config.output_dir), trainer)
@@ -148,22 +150,30 @@ def run_experiment(
 
 
 def _finished(config: TrainConfig, tiny: bool) -> bool:
-    """Whether the row in ``config.output_dir`` has trained its epochs or met its early-stopping target, so that
-    running the experiment again leaves it (and its recorded settings and hardware) alone. Refuses a folder that
-    cannot be continued: epochs recorded but no ``last.pt``, or a run of the other size (``--tiny`` or not)."""
+    """Whether the row in ``config.output_dir`` has trained its epochs or met its early-stopping target with the
+    settings asked for, so that running the experiment again leaves it (and its recorded settings and hardware)
+    alone. Refuses a folder that cannot serve: a run of the other size (``--tiny`` or not), a finished run with
+    other settings, or epochs that lost the ``last.pt`` to continue them from."""
     run_dir = Path(config.output_dir)
-    metrics = read_metrics(run_dir) if (run_dir / "metrics.jsonl").is_file() else []
-    if metrics and (metrics[-1]["epoch"] >= config.epochs or reaches_error(metrics[-1]["test_error"],
-                                                                           config.stop_at_error)):
-        return True
-    if metrics and not config.resume:
-        raise TrainingError(f"{run_dir} holds {metrics[-1]['epoch']} finished epochs (metrics.jsonl) but no last.pt "
-                            f"to continue them from: put last.pt back, or move the folder away to train the row anew")
-    saved = run_dir / "config.json"
-    model = json.loads(saved.read_text()).get("model") if config.resume and saved.is_file() else None
+    saved = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else {}
+    model = saved.get("model")
     if model in (*_TINY_MODELS, *_TINY_MODELS.values()) and (model in _TINY_MODELS.values()) != tiny:
         raise TrainingError(f"{run_dir} holds a {'--tiny' if not tiny else 'full-size'} run ({model}): "
                             f"{'give' if not tiny else 'drop'} --tiny, or choose another --runs-dir")
+    saved_any = any((run_dir / name).is_file() for name in ("last.pt", "best.pt"))
+    metrics = read_metrics(run_dir) if saved_any and (run_dir / "metrics.jsonl").is_file() else []  # else stale
+    if not metrics:
+        return False
+    differences = [f"{flag_name(key)} {saved[key]!r} (asked: {getattr(config, key)!r})"
+                   for key in RUN_DEFINING_SETTINGS if key in saved and saved[key] != getattr(config, key)]
+    if differences:
+        raise TrainingError(f"{run_dir} was trained with other settings: {', '.join(differences)}; choose another "
+                            f"--runs-dir, or move the folder away to train the row anew")
+    if metrics[-1]["epoch"] >= config.epochs or reaches_error(metrics[-1]["test_error"], config.stop_at_error):
+        return True
+    if not config.resume:
+        raise TrainingError(f"{run_dir} holds {metrics[-1]['epoch']} finished epochs (metrics.jsonl) but no last.pt "
+                            f"to continue them from: put last.pt back, or move the folder away to train the row anew")
     return False
 
 
@@ -193,8 +203,8 @@ def _row_result(row: ExperimentRow, run_dir: Path) -> dict[str, Any]:
         return {**result, "started": True} if (run_dir / "last.pt").exists() else result
     config = json.loads((run_dir / "config.json").read_text())
     machines_file = run_dir / "machines.jsonl"
-    machines = sorted({facts["machine"] for facts in map(_json_or_none, machines_file.read_text().splitlines())
-                       if facts}) if machines_file.exists() else []
+    machines = sorted({facts["machine"] for facts in read_records(machines_file, "machine")}) \
+        if machines_file.exists() else []
     best = min(metrics, key=lambda m: m["test_error"])
     return {
         **result,
@@ -217,14 +227,6 @@ def _row_result(row: ExperimentRow, run_dir: Path) -> dict[str, Any]:
         "machines": machines,
         "command": _train_command(config),
     }
-
-
-def _json_or_none(line: str) -> Any:
-    """The JSON value of ``line``, or ``None`` for a line torn by a crash while it was written."""
-    try:
-        return json.loads(line)
-    except json.JSONDecodeError:
-        return None
 
 
 def _train_command(config: dict[str, Any]) -> str:

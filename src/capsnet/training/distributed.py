@@ -19,7 +19,7 @@ from torch import Tensor
 
 from .errors import TrainingError
 
-__all__ = ["DistributedContext", "init_distributed", "in_process_group", "shutdown_distributed"]
+__all__ = ["DistributedContext", "init_distributed", "in_process_group", "is_main_process", "shutdown_distributed"]
 
 _T = TypeVar("_T")
 
@@ -81,6 +81,11 @@ class DistributedContext:
     def shard(self, tensor: Tensor) -> Tensor:
         """This rank's contiguous part of ``tensor``'s first dim (parts differ in size by at most one)."""
         return tensor.tensor_split(self.world_size)[self.rank] if self.enabled else tensor
+
+
+def is_main_process() -> bool:
+    """Whether this is rank 0 of ``torchrun``'s processes (or the only process), before any process group exists."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def init_distributed(device: torch.device) -> DistributedContext:

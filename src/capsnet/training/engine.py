@@ -42,7 +42,7 @@ from .runs import append_metrics, check_run_dir, make_run_dir, truncate_metrics,
 __all__ = ["Trainer", "train"]
 
 # Settings a resumed run must share with its checkpoint, or the continuation would not be the same run.
-_RESUME_MUST_MATCH = (
+RUN_DEFINING_SETTINGS = (
     "dataset", "model", "batch_size", "lr", "lr_decay", "lr_decay_steps", "lr_warmup_steps", "routing_iterations",
     "reconstruction", "reconstruction_weight", "halve_margin", "detach_intermediate", "digit_bias",
     "max_shift", "seed", "limit_train", "limit_test", "canvas", "extra_test", "init_from",
@@ -89,7 +89,7 @@ class Trainer:
         if self.device.type == "cpu" and config.retain_memory:
             retain_freed_memory()
         initial = _read_initial_weights(config)  # first: a wrong path fails before the data loads
-        named_by_time = "output_dir" in config._derived
+        named_by_time = "output_dir" in config.derived
         self.run_dir = Path(config.output_dir)
         if self.distributed.is_main:  # first: a wrong --resume or folder fails before the data loads
             check_run_dir(self.run_dir, resume=config.resume, named_by_time=named_by_time)
@@ -494,14 +494,14 @@ class Trainer:
         saved = TrainConfig.from_dict({**checkpoint["config"], "plugins": None})
         mismatched = [
             f"{flag_name(key)} is {getattr(self.config, key)!r} but the checkpoint has {getattr(saved, key)!r}"
-            for key in _RESUME_MUST_MATCH if getattr(saved, key) != getattr(self.config, key)
+            for key in RUN_DEFINING_SETTINGS if getattr(saved, key) != getattr(self.config, key)
         ]
         saved_device = checkpoint.get("device_type", self.device.type)
         if saved_device != self.device.type:
             mismatched.append(f"the run is on {self.device.type} but the checkpoint was trained on {saved_device}")
         mismatched += [  # without the settings said above
             difference for key, difference in _model_kwargs_differences(checkpoint["model_kwargs"], self.model_kwargs)
-            if key not in _RESUME_MUST_MATCH
+            if key not in RUN_DEFINING_SETTINGS
         ]
         if mismatched:
             raise CheckpointError(f"{self.run_dir / 'last.pt'} does not match this run: " + "; ".join(mismatched))

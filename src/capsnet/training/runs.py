@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .._files import check_writable, removed_if_left_empty, write_atomically
-from ..config import TrainConfig
+from ..config import TrainConfig, dataset_defaults
 from .errors import TrainingError
 
 __all__ = [
@@ -56,7 +56,10 @@ def config_from_file(path: str | Path, **changes: Any) -> TrainConfig:
         raise ValueError("config_from_file starts a new run; resume_config continues one")
     settings = _read_settings(path)
     if any(key in settings for key in _RECORDED_BESIDE_SETTINGS):  # a run's config.json
-        derived = settings.get("derived", ())  # derived anew, from the dataset given now if it is another
+        derived = settings.get("derived")  # derived anew, from the dataset given now if it is another
+        if derived is None:  # written before 2026-11-29: a value equal to its dataset's default was likely derived
+            derived = [name for name, value in dataset_defaults(settings.get("dataset", TrainConfig.dataset)).items()
+                       if settings.get(name) == value]
         settings = {key: value for key, value in _saved_settings(settings).items() if key not in derived}
     elif settings.get("resume"):
         raise TrainingError(f"{path} sets resume: a file of settings starts a new run; continue one with capsnet "
@@ -147,7 +150,13 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise TrainingError(f"{run_dir} has no metrics.jsonl: not a run folder")
-    return [metrics for metrics in map(_metrics_of, path.read_text().splitlines()) if metrics is not None]
+    return read_records(path, "epoch")
+
+
+def read_records(path: Path, key: str) -> list[dict[str, Any]]:
+    """The JSON objects with ``key``, one per line of ``path`` (``metrics.jsonl``, ``machines.jsonl``), skipping
+    lines torn by a crash while they were appended."""
+    return [record for record in (_record_of(line, key) for line in path.read_text().splitlines()) if record]
 
 
 def truncate_metrics(path: Path, epochs_done: int) -> None:
@@ -155,15 +164,15 @@ def truncate_metrics(path: Path, epochs_done: int) -> None:
     if not path.exists():
         return
     lines = path.read_text().splitlines()
-    kept = [line for line in lines if (_metrics_of(line) or {}).get("epoch") in range(1, epochs_done + 1)]
+    kept = [line for line in lines if (_record_of(line, "epoch") or {}).get("epoch") in range(1, epochs_done + 1)]
     if kept != lines:  # rewritten whole, so that a kill now cannot take the finished epochs' lines with it
         write_atomically(path, lambda file: file.write("".join(line + "\n" for line in kept).encode()))
 
 
-def _metrics_of(line: str) -> dict[str, Any] | None:
-    """The metrics of one line of ``metrics.jsonl``, or ``None`` for a line torn by a crash."""
+def _record_of(line: str, key: str) -> dict[str, Any] | None:
+    """The JSON object of one line if it has ``key``, else ``None`` (a line torn by a crash)."""
     try:
-        metrics = json.loads(line)
+        record = json.loads(line)
     except ValueError:
         return None
-    return metrics if isinstance(metrics, dict) and "epoch" in metrics else None
+    return record if isinstance(record, dict) and key in record else None
