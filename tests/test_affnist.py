@@ -123,7 +123,8 @@ def test_a_download_again_is_checked_against_the_record(served, tmp_path, monkey
         archive = affnist.download_affnist(root, progress=False)
     archive.unlink()  # the record stays; the mirror now serves other bytes
     write_affnist(tmp_path / "www", *sample(8, seed=5))
-    with pytest.raises(DataError, match="SHA-256 mismatch"):
+    with pytest.raises(DataError, match=r"SHA-256 mismatch.*recorded in .*test.mat.zip.sha256 at the first download; "
+                                        r"remove that file to accept what the mirror serves now"):
         affnist.load_affnist_test(root, progress=False)
     assert not archive.exists()  # nothing unverified kept, nor read
     archive.write_bytes((tmp_path / "www" / "test.mat.zip").read_bytes())  # placed by hand: download checks it too

@@ -250,6 +250,8 @@ def _figures(args: argparse.Namespace) -> None:
 
 
 def _curves(args: argparse.Namespace) -> None:
+    if args.target is not None and not 0 < args.target < 100:
+        raise ValueError(f"--target must be a test error in percent, above 0 and below 100, got {args.target}")
     labels = args.labels or [run.name for run in args.runs]
     if len(labels) != len(args.runs):
         raise ValueError(f"--labels names {len(labels)} runs, but {len(args.runs)} run folders were given")
@@ -262,8 +264,6 @@ def _curves(args: argparse.Namespace) -> None:
         if not epochs:
             raise ValueError(f"{run} has no finished epoch yet")
         curves.update(_error_curves(run, epochs, label))
-    if args.target is not None and not 0 < args.target < 100:
-        raise ValueError(f"--target must be a test error in percent, above 0 and below 100, got {args.target}")
     target = None if args.target is None else args.target / 100
     args.out.parent.mkdir(parents=True, exist_ok=True)
     path = figures.plot_learning_curves(curves, args.out, target=target)
@@ -275,7 +275,7 @@ def _error_curves(run_dir: Path, epochs: list[dict[str, typing.Any]], label: str
     the labels say so when ``--limit-test`` cut the test sets short."""
     config = run_dir / "config.json"
     limit = json.loads(config.read_text()).get("limit_test") if config.is_file() else None
-    if limit is not None and epochs[-1].get("test_examples") == limit:  # a limit above the set's size cuts nothing
+    if limit is not None and epochs[-1].get("test_examples") == limit:  # else the limit was above the set's size
         label = f"{label}, first {limit} test images"
     names = dict.fromkeys(key for epoch in epochs for key in epoch if key.endswith("_error"))
     return {label if name == "test_error" else f"{label} ({name.removesuffix('_error')})":

@@ -66,7 +66,13 @@ def download_affnist(root: str | Path | None = None, *, progress: bool = True) -
     expected = _expected_digest(dest)
     if not dest.is_file():
         # Against the record too: a mirror that now serves other bytes fails like a corrupt transfer, keeping nothing.
-        download_file(AFFNIST_URLS, dest, expected, progress=progress)
+        try:
+            download_file(AFFNIST_URLS, dest, expected, progress=progress)
+        except DataError as exc:
+            if expected is None or PINNED_SHA256:
+                raise
+            raise DataError(f"{exc} (the expected SHA-256 is the one recorded in {_record_path(dest)} at the first "
+                            f"download; remove that file to accept what the mirror serves now)") from None
     elif expected is not None:
         _check_recorded_digest(dest)
     if expected is None:

@@ -324,8 +324,18 @@ def _other_datasets_file(path: Path, resource: Resource) -> str | None:
     """What ``path`` is when it is another dataset's file (``_owner_of``), else ``None``: ``resource``'s, unknown."""
     if (_key(path), resource.sha256) in _VERIFIED:
         return None
-    digest = sha256_file(path)
-    return None if digest in (resource.sha256, resource.raw_sha256) else _owner_of(digest)
+    digest = _sha256(path)
+    if digest in (resource.sha256, resource.raw_sha256):
+        _remember(path, resource)  # its own file: the load need not hash it again
+        return None
+    return _owner_of(digest)
+
+
+def _sha256(path: Path) -> str:
+    try:
+        return sha256_file(path)
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def _verify(path: Path, resource: Resource) -> None:
@@ -336,10 +346,7 @@ def _verify(path: Path, resource: Resource) -> None:
     if (_key(path), resource.sha256) in _VERIFIED:
         return
     expected = resource.sha256 if path.name == resource.filename else resource.raw_sha256
-    try:
-        digest = sha256_file(path)
-    except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+    digest = _sha256(path)
     # Either published form under either name, or a re-compressed archive (other gzip header or level) of the
     # published content, is what read_idx will read correctly.
     if digest in (resource.sha256, resource.raw_sha256) or _content_sha256(path) == resource.raw_sha256:

@@ -59,8 +59,11 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model = builder(**{**own, **{key: value for key, value in overrides.items() if value is not None}})
-    for warning in caught:  # the builder's warnings about its arguments point at this file: move them to the caller
-        warnings.warn(warning.message, warning.category, stacklevel=2)
+    for warning in caught:
+        if warning.filename == __file__:  # the builder blamed its caller (this file) for an argument: blame ours
+            warnings.warn(warning.message, warning.category, stacklevel=2)
+        else:  # raised elsewhere (torch's own, say): kept where it was
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     return model
 
 
