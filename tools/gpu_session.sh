@@ -72,6 +72,10 @@ done
 for experiment in table1 affnist; do cp "$RUNS/$experiment"/results.* "$OUT/runs/$experiment/" 2>/dev/null; done
 cp "$RUNS/logs/"*.log "$OUT/runs/" 2>/dev/null
 log "records copied"
+# capsnet evaluate keeps the test set on the CPU and moves batches to the model's device: checked on the GPU here.
+[ -f "$RUNS/table1/routing3-reconstruction/best.pt" ] && timeout 60 python3 -m capsnet evaluate \
+  "$RUNS/table1/routing3-reconstruction/best.pt" --data-dir "$DATA" --limit-test 2000 --device "$DEVICE" \
+  >> "$OUT/log.txt" 2>&1
 for run in table1/routing3-reconstruction affnist/capsnet; do  # figures with what time is left of 570 s
   left=$((570 - $(elapsed)))
   [ -f "$RUNS/$run/best.pt" ] && [ "$left" -gt 10 ] && timeout "$left" python3 -m capsnet figures \
