@@ -50,7 +50,7 @@ def test_train_help_shows_the_config_defaults(capsys):
         (["train", "--lr", "nan"], "must be finite numbers"),
         (["train", "--model", "resnet"], "unknown value 'resnet' for --model"),
         (["train", "--resume"], "--resume needs the --output-dir of the run to continue"),
-        (["evaluate", "{tmp}/a-file", "--limit-test", "0"], "--limit-test must be a positive integer, got 0"),
+        (["evaluate", "{tmp}/a-file", "--limit-test", "-2"], "--limit-test must be a positive integer (0: all), got -2"),
         (["evaluate", "{tmp}/a-file", "--batch-size", "-1"], "--batch-size must be a positive integer, got -1"),
     ],
 )
@@ -234,3 +234,8 @@ def test_plugins_that_cannot_be_imported_are_named(capsys, plugin_module, tmp_pa
         TrainConfig(plugins=["my_capsules"])
     with pytest.raises(TypeError, match="plugins must be a string of comma-separated module names, got list"):
         capsnet.config.import_plugins(["my_capsules"])
+
+
+def test_limit_test_zero_means_every_test_image_in_evaluate_and_figures_as_in_train():
+    assert capsnet.cli._test_limit(0) is None and capsnet.cli._test_limit(None) is None
+    assert capsnet.cli._test_limit(20) == 20

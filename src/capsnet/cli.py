@@ -157,7 +157,7 @@ def _epochs_and_batches(epochs: int, batches: int) -> str:
 
 def _evaluate(args: argparse.Namespace) -> None:
     check_positive_flag("--batch-size", args.batch_size)
-    check_positive_flag("--limit-test", args.limit_test)
+    args.limit_test = _test_limit(args.limit_test)
     checkpoint, model, _ = _load_trained(args.checkpoint, args.device, args.plugins)
     config = checkpoint["config"]
     extra_test = None if args.extra_test == "none" else args.extra_test or config.get("extra_test")
@@ -212,9 +212,16 @@ def _test_set(checkpoint: dict, data_dir: str | None, limit: int | None, extra_t
                          extra_test=extra_test)
 
 
+def _test_limit(limit: int | None) -> int | None:
+    """``--limit-test`` of evaluate and figures: a positive number of images, or 0 or nothing for all, as in train."""
+    if limit is not None and limit < 0:
+        raise ValueError(f"--limit-test must be a positive integer (0: all), got {limit}")
+    return limit or None
+
+
 def _figures(args: argparse.Namespace) -> None:
     check_positive_flag("--examples", args.examples)
-    check_positive_flag("--limit-test", args.limit_test)
+    args.limit_test = _test_limit(args.limit_test)
     checkpoint, model, device = _load_trained(args.checkpoint, args.device, args.plugins)
     if not isinstance(model, CapsNet):
         raise ValueError(f"{args.checkpoint} holds a {checkpoint['model_name']}, not a CapsNet: no capsules to draw")
@@ -310,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
                               help=_config_help("eval_batch_size"))
     evaluate_cmd.add_argument("--precision", default=TrainConfig.precision, choices=PRECISIONS,
                               help="autocast precision (auto: 32; bf16 pays on GPUs from batch 512)")
-    evaluate_cmd.add_argument("--limit-test", type=int, default=None, help="only the first N test images")
+    evaluate_cmd.add_argument("--limit-test", type=int, default=None, help="only the first N test images (0: all)")
     evaluate_cmd.add_argument("--extra-test", choices=(*EXTRA_TEST_SETS, "none"), default=None,
                               help="also report this 40x40 test set (default: the run's --extra-test; none: no "
                                    "other set than the run's own test set)")
@@ -348,7 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
                              help="perturb the capsule of this class index in Fig. 4 (default: the longest)")
     figures_cmd.add_argument("--examples", type=int, default=8,
                              help="right and wrong examples in Fig. 3 (or 5), each (default: 8)")
-    figures_cmd.add_argument("--limit-test", type=int, default=None, help="look only at the first N test images")
+    figures_cmd.add_argument("--limit-test", type=int, default=None,
+                             help="look only at the first N test images (0: all)")
     figures_cmd.set_defaults(func=_figures)
 
     for command in (evaluate_cmd, figures_cmd):
