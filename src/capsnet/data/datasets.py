@@ -320,9 +320,13 @@ def _remember(path: Path, resource: Resource) -> None:
     _VERIFIED.add((_key(path), resource.sha256))
 
 
+def _remembered(path: Path, resource: Resource) -> bool:
+    return (_key(path), resource.sha256) in _VERIFIED
+
+
 def _other_datasets_file(path: Path, resource: Resource) -> str | None:
     """What ``path`` is when it is another dataset's file (``_owner_of``), else ``None``: ``resource``'s, unknown."""
-    if (_key(path), resource.sha256) in _VERIFIED:
+    if _remembered(path, resource):
         return None
     digest = _sha256(path)
     if digest in (resource.sha256, resource.raw_sha256):
@@ -343,7 +347,7 @@ def _verify(path: Path, resource: Resource) -> None:
 
     The form is told from the content, not the name, as :func:`read_idx` reads it.
     """
-    if (_key(path), resource.sha256) in _VERIFIED:
+    if _remembered(path, resource):
         return
     expected = resource.sha256 if path.name == resource.filename else resource.raw_sha256
     digest = _sha256(path)
