@@ -217,7 +217,7 @@ def test_a_finished_row_is_left_alone_and_a_row_that_cannot_go_on_is_refused(tmp
     assert experiment_results("table1", tmp_path)[2]["machines"] == [json.loads(recorded["machines.jsonl"])["machine"]]
     with pytest.raises(TrainingError, match=r"holds a --tiny run \(capsnet-tiny\): give --tiny, or choose another"):
         run_experiment("table1", tmp_path, tiny=False, epochs=1, **common)  # finished, but not what was asked
-    with pytest.raises(TrainingError, match=r"was trained with other settings: --limit-train 64 \(asked: 32\)"):
+    with pytest.raises(TrainingError, match=r"was trained with other settings: --limit-train is 32 but its config\.json has 64;"):
         run_experiment("table1", tmp_path, tiny=True, epochs=1, **{**common, "limit_train": 32})
     (run / "last.pt").unlink()  # e.g. to save disk space: the row is finished at 1 epoch, unfinished at 2
     run_experiment("table1", tmp_path, tiny=True, epochs=1, **common)

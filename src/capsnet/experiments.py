@@ -20,7 +20,7 @@ from .config import TrainConfig, flag_name, reaches_error
 from .runtime import describe_machine
 from .training import Trainer, TrainingError, read_metrics
 from .training.distributed import is_main_process
-from .training.engine import RUN_DEFINING_SETTINGS
+from .training.engine import setting_differences
 from .training.runs import read_records
 
 __all__ = ["Experiment", "ExperimentRow", "EXPERIMENTS", "run_experiment", "experiment_results"]
@@ -164,10 +164,9 @@ def _finished(config: TrainConfig, tiny: bool) -> bool:
     metrics = read_metrics(run_dir) if saved_any and (run_dir / "metrics.jsonl").is_file() else []  # else stale
     if not metrics:
         return False
-    differences = [f"{flag_name(key)} {saved[key]!r} (asked: {getattr(config, key)!r})"
-                   for key in RUN_DEFINING_SETTINGS if key in saved and saved[key] != getattr(config, key)]
+    differences = setting_differences(saved, config, "its config.json")
     if differences:
-        raise TrainingError(f"{run_dir} was trained with other settings: {', '.join(differences)}; choose another "
+        raise TrainingError(f"{run_dir} was trained with other settings: {'; '.join(differences)}; choose another "
                             f"--runs-dir, or move the folder away to train the row anew")
     if metrics[-1]["epoch"] >= config.epochs or reaches_error(metrics[-1]["test_error"], config.stop_at_error):
         return True

@@ -489,13 +489,7 @@ class Trainer:
             save_checkpoint(self.run_dir / name, checkpoint)
 
     def _restore(self, checkpoint: dict[str, Any]) -> None:
-        # Fields newer than the file take their defaults. Its plugins are not imported again: this run's own have
-        # registered the model, and a module that has moved since would fail the import.
-        saved = TrainConfig.from_dict({**checkpoint["config"], "plugins": None})
-        mismatched = [
-            f"{flag_name(key)} is {getattr(self.config, key)!r} but the checkpoint has {getattr(saved, key)!r}"
-            for key in RUN_DEFINING_SETTINGS if getattr(saved, key) != getattr(self.config, key)
-        ]
+        mismatched = setting_differences(checkpoint["config"], self.config, "the checkpoint")
         saved_device = checkpoint.get("device_type", self.device.type)
         if saved_device != self.device.type:
             mismatched.append(f"the run is on {self.device.type} but the checkpoint was trained on {saved_device}")
@@ -534,6 +528,16 @@ def train(config: TrainConfig | None = None, **overrides: Any) -> list[dict[str,
     finally:
         if not caller_made_the_group:
             shutdown_distributed()
+
+
+def setting_differences(saved: dict[str, Any], asked: TrainConfig, source: str) -> list[str]:
+    """``"--flag is X but SOURCE has Y"`` for every setting in :data:`RUN_DEFINING_SETTINGS` in which the run saved
+    as ``saved`` (a checkpoint's or ``config.json``'s settings) differs from ``asked``. Settings newer than the
+    saved run take their defaults; its plugins are not imported again (a module that has moved since would
+    fail the import; the asking run's own have registered the model)."""
+    recorded = TrainConfig.from_dict({**saved, "plugins": None})
+    return [f"{flag_name(key)} is {getattr(asked, key)!r} but {source} has {getattr(recorded, key)!r}"
+            for key in RUN_DEFINING_SETTINGS if getattr(recorded, key) != getattr(asked, key)]
 
 
 def _model_kwargs_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[tuple[str, str]]:
