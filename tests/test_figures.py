@@ -78,6 +78,34 @@ def test_plots_write_pngs_of_the_expected_size(tmp_path):
     assert png_size(path) == (round(110 * (len(right) + len(wrong))), 290)
 
 
+def test_plots_keep_the_callers_matplotlib_backend_figures_and_training_mode(tmp_path):
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    model, images, labels = tiny_model().train(), torch.rand(30, 1, 28, 28), torch.randint(0, 10, (30,))
+    matplotlib.use("svg")  # a notebook's or a GUI's backend, say
+    try:
+        figures.plot_perturbations(model, images[0], tmp_path / "p.png")
+        figures.plot_reconstructions(model, images, labels, tmp_path / "r.png", count=2)
+        figures.plot_coupling(model, images[0], tmp_path / "c.png")
+        with pytest.raises(FileNotFoundError):  # a save that fails leaves no figure behind either
+            figures.plot_learning_curves({"a": [0.5]}, tmp_path / "missing" / "c.png")
+        assert matplotlib.get_backend() == "svg" and plt.get_fignums() == []
+    finally:
+        matplotlib.use("Agg")
+    assert model.training  # drawn in eval mode, handed back as it came
+    no_decoder = tiny_model(reconstruction=False).train()
+    with pytest.raises(ValueError, match="without the reconstruction decoder"):
+        figures.plot_perturbations(no_decoder, images[0], tmp_path / "n.png")
+    assert no_decoder.training  # also when drawing fails
+
+
+def test_routing_picture_of_a_model_with_a_learned_prior_says_it_shows_the_softmax_without_it():
+    torch.manual_seed(0)
+    attention = create_model("capsnet-self-attention-tiny").eval()
+    assert "without its learned prior" in figures._prior_note(attention) and figures._prior_note(tiny_model()) == ""
+
+
 def test_model_without_decoder_has_no_reconstructions_to_draw(tmp_path):
     with pytest.raises(ValueError, match="without the reconstruction decoder"):
         figures.perturbation_grid(tiny_model(reconstruction=False), torch.rand(1, 28, 28))

@@ -8,12 +8,13 @@ the ``plot_*`` functions draw them with matplotlib (``pip install "capsnet[figur
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ._checks import check_int, check_shape
 from .functional import capsule_lengths, hits
@@ -91,7 +92,9 @@ def coupling_maps(model: CapsNet, image: Tensor) -> Tensor:
     """What the primary capsules send to each class: ``c[i, j] * |u_i|`` summed over capsule types.
 
     Returns ``(num_classes, h, w)`` over the primary capsules' grid. Since ``sum_j c[i, j] = 1``, the maps
-    of all classes add up to the primary capsules' total length at each position.
+    of all classes add up to the primary capsules' total length at each position. ``c`` is the coupling the
+    routing returns: for self-attention routing with a learned prior, the softmax before the prior, which the
+    routing adds to it to weight the votes.
     """
     output = model(image.unsqueeze(0))
     primary, coupling = output.primary[0], output.coupling[0]  # (i, primary_dim), (i, j)
@@ -135,16 +138,32 @@ def colour_overlay(reconstructions: Tensor, background: Tensor | None = None) ->
     return rgb.clamp_(max=1)
 
 
-def _pyplot() -> Any:
+def _figure(rows: int = 1, columns: int = 1, *, figsize: tuple[float, float]) -> tuple[Any, Any]:
+    """A matplotlib figure and its ``(rows, columns)`` array of axes, outside pyplot: the caller's backend and
+    pyplot's list of open figures stay as they were (nothing to close, even when saving fails)."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")  # files only: no display needed
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure
     except ImportError:
         raise ImportError('figures need matplotlib: pip install "capsnet[figures]" (in a checkout: '
                           'pip install -e ".[figures]")') from None
-    return plt
+    figure = Figure(figsize=figsize)
+    return figure, figure.subplots(rows, columns, squeeze=False)
+
+
+def _draws_model(plot: Callable[..., Path]) -> Callable[..., Path]:
+    """For ``plot(model, ...)``: no gradients, and the model in eval mode (a plugin's dropout or batch norm off)
+    while it draws, its own mode restored afterwards."""
+    @functools.wraps(plot)
+    def draw(model: nn.Module, *args: Any, **kwargs: Any) -> Path:
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                return plot(model, *args, **kwargs)
+        finally:
+            model.train(was_training)
+
+    return draw
 
 
 def _show(axis: Any, image: Tensor, title: str = "", cmap: str = "gray") -> None:
@@ -160,11 +179,10 @@ def _show(axis: Any, image: Tensor, title: str = "", cmap: str = "gray") -> None
 def _save(figure: Any, path: str | Path) -> Path:
     path = Path(path)
     figure.savefig(path, dpi=100)
-    _pyplot().close(figure)
     return path
 
 
-@torch.no_grad()
+@_draws_model
 def plot_reconstructions(model: CapsNet, images: Tensor, labels: Tensor, path: str | Path, *,
                          classes: list[str] | None = None, count: int = 8) -> Path:
     """Fig. 3: inputs above their reconstructions from the predicted capsule, right and wrong predictions.
@@ -172,14 +190,12 @@ def plot_reconstructions(model: CapsNet, images: Tensor, labels: Tensor, path: s
     Each column shows label and prediction ``(l:3, p:5)``; misclassified examples are marked in red.
     """
     _require_decoder(model)
-    model.eval()
     right, wrong = pick_examples(model, images, labels, count)
     picked = torch.cat([right, wrong])
     output = model(images[picked])
     reconstructions = output.reconstructions.view(-1, model.in_channels, *model.image_size)
     names = classes or [str(k) for k in range(output.lengths.shape[1])]
-    plt = _pyplot()
-    figure, axes = plt.subplots(2, len(picked), figsize=(1.1 * len(picked), 2.9), squeeze=False)
+    figure, axes = _figure(2, len(picked), figsize=(1.1 * len(picked), 2.9))
     for column, index in enumerate(picked.tolist()):
         predicted = int(output.lengths[column].argmax())
         _show(axes[0, column], images[index], f"l:{names[int(labels[index])]}\np:{names[predicted]}")
@@ -193,20 +209,18 @@ def plot_reconstructions(model: CapsNet, images: Tensor, labels: Tensor, path: s
     return _save(figure, path)
 
 
-@torch.no_grad()
+@_draws_model
 def plot_perturbations(model: CapsNet, image: Tensor, path: str | Path, *, classes: list[str] | None = None,
                        capsule: int | None = None) -> Path:
     """Fig. 4: one row per dimension of the longest capsule (or of the class ``capsule``), columns from -0.25 to
     +0.25 in steps of 0.05, after a first column with the input image on top; the title names the capsule's class
     (from ``classes`` if given) and its length."""
-    model.eval()
     poses = model(image.unsqueeze(0)).poses[0]  # (j, out_dim)
     chosen = _chosen_capsule(poses, capsule)
     grid = perturbation_grid(model, image, capsule=chosen)  # (out_dim, deltas, C, H, W)
     rows, columns = grid.shape[:2]
-    plt = _pyplot()
     height = 0.6 * rows + 0.8
-    figure, all_axes = plt.subplots(rows, columns + 1, figsize=(0.6 * columns + 1.2, height), squeeze=False)
+    figure, all_axes = _figure(rows, columns + 1, figsize=(0.6 * columns + 1.2, height))
     _show(all_axes[0, 0], image, "input")
     for axis in all_axes[1:, 0]:
         axis.axis("off")
@@ -224,17 +238,15 @@ def plot_perturbations(model: CapsNet, image: Tensor, path: str | Path, *, class
     return _save(figure, path)
 
 
-@torch.no_grad()
+@_draws_model
 def plot_coupling(model: CapsNet, image: Tensor, path: str | Path, *, classes: list[str] | None = None) -> Path:
     """The routing of one example: per class, the share of the primary capsules' output at each grid position
     that goes to it (``coupling_maps`` over their sum; 1 / classes everywhere would be uniform coupling)."""
-    model.eval()
     amounts = coupling_maps(model, image)  # (j, h, w)
     maps = amounts / amounts.sum(0).clamp_min(1e-12)
     lengths = model(image.unsqueeze(0)).lengths[0]
     names = classes or [str(k) for k in range(maps.shape[0])]
-    plt = _pyplot()
-    figure, axes = plt.subplots(1, maps.shape[0] + 1, figsize=(1.3 * (maps.shape[0] + 1), 1.9), squeeze=False)
+    figure, axes = _figure(1, maps.shape[0] + 1, figsize=(1.3 * (maps.shape[0] + 1), 1.9))
     _show(axes[0, 0], image, f"input\nprediction {names[int(lengths.argmax())]}")
     low, high = float(maps.min()), float(maps.max())  # trained couplings stay near uniform: stretch the colours
     for j in range(maps.shape[0]):
@@ -244,12 +256,20 @@ def plot_coupling(model: CapsNet, image: Tensor, path: str | Path, *, classes: l
         axes[0, j + 1].set_title(f"{names[j]}\n|v|={float(lengths[j]):.2f}", fontsize=8)
     figure.suptitle(f"routing: share of the primary capsules' output sent to each class at each of the "
                     f"{maps.shape[1]}x{maps.shape[2]} positions; colours from {low:.3f} (dark) to {high:.3f} (bright), "
-                    f"uniform coupling: {1 / maps.shape[0]:.3f}", fontsize=9)
+                    f"uniform coupling: {1 / maps.shape[0]:.3f}" + _prior_note(model), fontsize=9)
     figure.tight_layout()
     return _save(figure, path)
 
 
-@torch.no_grad()
+def _prior_note(model: CapsNet) -> str:
+    """Self-attention routing weights the votes by its softmax coupling plus a learned prior; the maps show the
+    softmax alone (a share of what is sent only while the weights are positive and sum to 1)."""
+    if getattr(model.digits.routing, "prior", None) is None:
+        return ""
+    return "\nthe routing's softmax coupling c without its learned prior: the votes are weighted by c + prior"
+
+
+@_draws_model
 def plot_segmentation(model: CapsNet, images: Tensor, labels: Tensor, path: str | Path, *,
                       classes: list[str] | None = None, count: int = 8) -> Path:
     """Fig. 5: MultiMNIST inputs above the two longest capsules decoded separately, red and green, overlaid,
@@ -260,7 +280,6 @@ def plot_segmentation(model: CapsNet, images: Tensor, labels: Tensor, path: str 
     Shape:
         ``images``: ``(n, 1, H, W)`` in [0, 1]; ``labels``: ``(n, 2)``.
     """
-    model.eval()
     right, wrong = pick_examples(model, images, labels, count)
     picked = torch.cat([right, wrong])
     chosen, reconstructions = segmentation(model, images[picked], objects=labels.shape[1])
@@ -271,8 +290,7 @@ def plot_segmentation(model: CapsNet, images: Tensor, labels: Tensor, path: str 
     def pair(indices: list[int]) -> str:
         return "(" + ",".join(names[k] for k in indices) + ")"
 
-    plt = _pyplot()
-    figure, axes = plt.subplots(len(rows), len(picked), figsize=(1.1 * len(picked), 4.1), squeeze=False)
+    figure, axes = _figure(len(rows), len(picked), figsize=(1.1 * len(picked), 4.1))
     for column, index in enumerate(picked.tolist()):
         titles = (f"L:{pair(labels[index].tolist())}", f"R:{pair(chosen[column].tolist())}", "")
         for row, (pictures, title) in enumerate(zip(rows.values(), titles)):
@@ -300,8 +318,8 @@ def plot_learning_curves(
             raise ValueError(f"{label!r} has no epochs to draw")
     if target is not None and not target > 0:
         raise ValueError(f"the target must be a positive error, got {target}")
-    plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(7, 4.5))
+    figure, axes = _figure(figsize=(7, 4.5))
+    axis = axes[0, 0]
     first_with: dict[tuple[float, ...], str] = {}  # errors -> the first label drawn with them
     for label, errors in curves.items():
         twin = first_with.setdefault(tuple(errors), label)
@@ -312,14 +330,16 @@ def plot_learning_curves(
     if target is not None:
         axis.axhline(100 * target, color="black", linestyle="--", linewidth=1, label=f"target {100 * target:.2f}%")
     values = [e for errors in curves.values() for e in errors] + ([] if target is None else [target])
-    percent = plt.FuncFormatter(lambda value, _: f"{value:g}%")
+    from matplotlib.ticker import FuncFormatter, MaxNLocator  # importable: _figure imported matplotlib
+
+    percent = FuncFormatter(lambda value, _: f"{value:g}%")
     if min(values) > 0:
         axis.set_yscale("log")
         if max(values) < 10 * min(values):  # within a decade only minor ticks fall inside: label them
             axis.yaxis.set_minor_formatter(percent)
     axis.yaxis.set_major_formatter(percent)
     axis.set_xlim(0.5, max(len(errors) for errors in curves.values()) + 0.5)
-    axis.xaxis.set_major_locator(plt.MaxNLocator(integer=True, min_n_ticks=1))  # whole epochs, even for a run of one
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # whole epochs, even for a run of one
     axis.set_xlabel("epoch")
     axis.set_ylabel("test error")
     axis.grid(True, which="both", alpha=0.3)
