@@ -60,6 +60,9 @@ def test_a_file_that_is_not_affnist_is_named_in_the_error(tmp_path):
         affnist.read_affnist_mat(bad)
     wrong = tmp_path / "wrong"
     wrong.mkdir()
+    (wrong / "test.mat").write_bytes(b"junk")  # scipy's own MatReadError: truncated
+    with pytest.raises(DataError, match="test.mat is not affNIST's MATLAB file"):
+        affnist.read_affnist_mat(wrong / "test.mat")
     savemat(wrong / "test.mat", {"affNISTdata": {"image": np.zeros((784, 3), np.uint8), "label_int": np.zeros((1, 3))}})
     with pytest.raises(DataError, match=r"expected \(1600, n\) uint8 images"):
         affnist.read_affnist_mat(wrong / "test.mat")
@@ -139,6 +142,11 @@ def test_a_damaged_download_is_removed_and_not_recorded(served, tmp_path, monkey
     with pytest.raises(DataError, match="is damaged .* it was removed: download it again"):
         affnist.download_affnist(tmp_path / "data", progress=False)
     assert list((tmp_path / "data" / "affnist").iterdir()) == []
+    mine = tmp_path / "data" / "affnist" / "test.mat.zip"
+    mine.write_bytes(b"not a zip")  # put there by its owner, with no record of a download: not ours to delete
+    with pytest.raises(DataError, match=r"test.mat.zip is damaged .*; remove or replace it \(nothing was deleted\)"):
+        affnist.download_affnist(tmp_path / "data", progress=False)
+    assert mine.read_bytes() == b"not a zip" and not (tmp_path / "data" / "affnist" / "test.mat.zip.sha256").exists()
 
 
 def test_a_local_copy_is_read_without_network_and_without_writing(tmp_path, monkeypatch):

@@ -64,7 +64,8 @@ def download_affnist(root: str | Path | None = None, *, progress: bool = True) -
     record left behind."""
     dest = resolve_data_root(root) / FOLDER / ARCHIVE
     expected = _expected_digest(dest)
-    if not dest.is_file():
+    downloaded = not dest.is_file()
+    if downloaded:
         # Against the record too: a mirror that now serves other bytes fails like a corrupt transfer, keeping nothing.
         try:
             download_file(AFFNIST_URLS, dest, expected, progress=progress)
@@ -76,24 +77,30 @@ def download_affnist(root: str | Path | None = None, *, progress: bool = True) -
     elif expected is not None:
         _check_recorded_digest(dest)
     if expected is None:
-        _check_archive_complete(dest)  # nothing else vouches for it: a cut transfer must not become the record
+        _check_archive_complete(dest, downloaded)  # nothing else vouches for it: a cut transfer must not be recorded
         digest = sha256_file(dest)
         write_atomically(_record_path(dest), lambda file: file.write(f"{digest}\n".encode()))
-        warnings.warn(f"affNIST's checksum is not pinned in capsnet yet: the SHA-256 of the downloaded {dest} is "
+        warnings.warn(f"affNIST's checksum is not pinned in capsnet yet: the SHA-256 of "
+                      f"{'the downloaded ' if downloaded else ''}{dest} is "
                       f"{digest}, recorded in {_record_path(dest)} and checked on every later load", stacklevel=2)
     return dest
 
 
-def _check_archive_complete(archive: Path) -> None:
-    """Delete ``archive`` and raise ``DataError`` unless it is a zip whose members all match their CRCs."""
+def _check_archive_complete(archive: Path, downloaded: bool) -> None:
+    """Raise ``DataError`` unless ``archive`` is a zip whose members all match their CRCs; delete it if this call
+    ``downloaded`` it (an archive that was there before was put there by its owner: theirs to remove)."""
     try:
         with zipfile.ZipFile(archive) as zipped:
             broken = zipped.testzip()
     except (OSError, zipfile.BadZipFile) as exc:
         broken = str(exc)
-    if broken is not None:
+    if broken is None:
+        return
+    if downloaded:
         archive.unlink()
         raise DataError(f"the downloaded {archive} is damaged ({broken}); it was removed: download it again")
+    raise DataError(f"{archive} is damaged ({broken}); remove or replace it (nothing was deleted), then run "
+                    f"`capsnet download affnist` again")
 
 
 def read_affnist_mat(path: str | Path) -> tuple[Tensor, Tensor]:
@@ -105,6 +112,7 @@ def read_affnist_mat(path: str | Path) -> tuple[Tensor, Tensor]:
     path = Path(path)
     try:
         from scipy.io import loadmat
+        from scipy.io.matlab import MatReadError
     except ImportError:
         raise ImportError('reading affNIST needs scipy: pip install "capsnet[affnist]" (in a checkout: '
                           'pip install -e ".[affnist]")') from None
@@ -117,7 +125,8 @@ def read_affnist_mat(path: str | Path) -> tuple[Tensor, Tensor]:
             data = loadmat(path)
         struct = data["affNISTdata"][0, 0]
         images, labels = np.asarray(struct["image"]), np.asarray(struct["label_int"]).reshape(-1)
-    except (OSError, ValueError, KeyError, IndexError, StopIteration, NotImplementedError, zipfile.BadZipFile) as exc:
+    except (OSError, ValueError, KeyError, IndexError, StopIteration, NotImplementedError, zipfile.BadZipFile,
+            MatReadError) as exc:
         raise DataError(f"{path} is not affNIST's MATLAB file ({type(exc).__name__}: {exc}); remove it and run "
                         f"`capsnet download affnist`, or replace it") from None
     labels_ok = labels.size == 0 or (labels.min() >= 0 and labels.max() <= 9)
@@ -146,8 +155,9 @@ def _check_recorded_digest(path: Path) -> None:
     expected = _expected_digest(path) if path.name == ARCHIVE else None  # no digest covers an unzipped test.mat
     digest = sha256_file(path)
     if expected is None:
-        warnings.warn(f"{path} is not verified: capsnet has no pinned affNIST checksum yet (its SHA-256 is "
-                      f"{digest})", stacklevel=3)
+        why = ("no checksum covers an unzipped test.mat (keep test.mat.zip to have it checked)" if path.name != ARCHIVE
+               else "capsnet has no pinned affNIST checksum yet")
+        warnings.warn(f"{path} is not verified: {why} (its SHA-256 is {digest})", stacklevel=3)
     elif digest != expected:
         raise DataError(f"{path} is corrupt or the wrong file: its SHA-256 is {digest}, expected {expected} "
                         f"({'pinned in capsnet' if PINNED_SHA256 else f'recorded in {record} at download'}); "
