@@ -1,5 +1,6 @@
 """The command line: help text from the config, and one-line errors with exit status 2."""
 
+import argparse
 import fractions
 import importlib
 import json
@@ -234,6 +235,25 @@ def test_plugins_that_cannot_be_imported_are_named(capsys, plugin_module, tmp_pa
         TrainConfig(plugins=["my_capsules"])
     with pytest.raises(TypeError, match="plugins must be a string of comma-separated module names, got list"):
         capsnet.config.import_plugins(["my_capsules"])
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(capsys, monkeypatch):
+    def write_to_a_closed_pipe(args):
+        raise BrokenPipeError(32, "Broken pipe")  # as print() does under `capsnet ... | head`
+
+    parser = capsnet.cli.build_parser()
+    monkeypatch.setattr(capsnet.cli, "build_parser", lambda: parser)
+    monkeypatch.setattr(parser, "parse_args", lambda argv: argparse.Namespace(func=write_to_a_closed_pipe,
+                                                                               traceback=False))
+    assert run(capsys, "curves", ".") == (1, "", "")  # no "capsnet: error: [Errno 32] Broken pipe"
+
+
+def test_evaluate_names_what_an_extra_test_set_needs_of_the_checkpoint(capsys, tmp_path):
+    checkpoint = {"config": {"dataset": "mnist", "canvas": None, "data_dir": str(tmp_path)}}
+    with pytest.raises(ValueError, match=r"--extra-test affnist-synthetic holds MNIST digits on 40x40 images, for a "
+                                         r"model trained with --dataset mnist --canvas 40; this one was trained on "
+                                         r"mnist at its own size"):
+        capsnet.cli._test_set(checkpoint, None, None, "affnist-synthetic")
 
 
 def test_limit_test_zero_means_every_test_image_in_evaluate_and_figures_as_in_train():

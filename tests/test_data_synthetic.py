@@ -111,6 +111,7 @@ def test_affnist_synthetic_digits_are_inside_the_canvas_and_reproducible(digits)
     out = random_affine(images[:100], seeded(), canvas=40)
     assert out.shape == (100, 1, 40, 40) and out.min() >= 0 and out.max() <= 1
     torch.testing.assert_close(out, random_affine(images[:100], seeded(), canvas=40))
+    assert random_affine(images[:0], seeded(), canvas=40).shape == (0, 1, 40, 40)  # an empty batch, as random_shift
     # The ink of each digit is conserved up to the scale's area change (bilinear sampling blurs a little).
     params = sample_affine_parameters(100, seeded())
     area = params["scale_x"] * params["scale_y"]

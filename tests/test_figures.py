@@ -2,10 +2,12 @@
 
 import json
 import struct
+import sys
 
 import pytest
 import torch
 
+import capsnet.cli
 from capsnet import create_model, figures
 from capsnet.cli import main
 
@@ -145,6 +147,19 @@ def test_capsnet_figures_command_writes_the_three_pictures(tmp_path, shared_data
     monkeypatch.setattr(figures, "plot_perturbations", lambda *args, **kwargs: asked.append(kwargs) or plot(*args, **kwargs))
     assert main(["figures", str(run), "--capsule", "7", "--limit-test", "200", "--examples", "4"]) == 0
     assert asked[0]["capsule"] == 7
+    checkpoint = torch.load(run / "last.pt", weights_only=True)
+    moved = tmp_path / "moved.pt"  # as if trained on another machine, with its data elsewhere
+    torch.save({**checkpoint, "config": {**checkpoint["config"], "data_dir": str(tmp_path / "elsewhere")}}, moved)
+    assert main(["figures", str(moved), "--limit-test", "20"]) == 2
+    assert (f"the run was trained with the data in {tmp_path / 'elsewhere'}, which is not on this machine: pass "
+            f"--data-dir") in capsys.readouterr().err
+    assert main(["figures", str(moved), "--limit-test", "20", "--data-dir", str(shared_data), "--out",
+                 str(tmp_path / "moved")]) == 0
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # not installed
+    monkeypatch.setattr(capsnet.cli, "load_checkpoint", lambda path: pytest.fail("loaded before matplotlib was checked"))
+    assert main(["figures", str(run), "--out", str(tmp_path / "none")]) == 2
+    assert "figures need matplotlib: pip install" in capsys.readouterr().err and not (tmp_path / "none").exists()
+    monkeypatch.undo()
     (run / "metrics.jsonl").write_text("")  # as after a Ctrl-C in the first epoch: a checkpoint, no finished epoch
     (run / "figures" / "learning_curve.png").unlink()
     assert main(["figures", str(run / "last.pt"), "--limit-test", "200", "--examples", "4"]) == 0
@@ -233,7 +248,7 @@ def write_metrics(run, errors, **extra):
     (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
 
 
-def test_capsnet_curves_draws_each_error_of_each_run_folder(tmp_path, capsys):
+def test_capsnet_curves_draws_each_error_of_each_run_folder(tmp_path, capsys, monkeypatch):
     write_metrics(tmp_path / "mnist", [0.02, 0.01])
     write_metrics(tmp_path / "affine", [0.03, 0.02, 0.015], **{"affnist-synthetic_error": [0.4, 0.3, 0.25]})
     out = tmp_path / "curves.png"
@@ -258,6 +273,9 @@ def test_capsnet_curves_draws_each_error_of_each_run_folder(tmp_path, capsys):
     (tmp_path / "all" / "config.json").write_text('{"limit_test": 20000}')  # above the test set's size: no cut
     assert main(["curves", str(tmp_path / "quick"), str(tmp_path / "all"), "--out", str(out)]) == 0
     assert f"wrote {out}: quick, first 500 test images, all\n" in capsys.readouterr().out
+    monkeypatch.chdir(tmp_path / "quick")
+    assert main(["curves", ".", "--out", str(out)]) == 0  # "." is named after the folder it stands for
+    assert f"wrote {out}: quick, first 500 test images\n" in capsys.readouterr().out
     (tmp_path / "started").mkdir()
     (tmp_path / "started" / "metrics.jsonl").write_text('{"epoch": 1, "test_er')  # torn by a crash
     assert main(["curves", str(tmp_path / "started"), "--out", str(out)]) == 2

@@ -13,6 +13,8 @@ import argparse
 import collections
 import json
 import math
+import os
+import shlex
 import sys
 import typing
 from dataclasses import MISSING, fields
@@ -118,7 +120,7 @@ def _run_training(config: TrainConfig) -> None:
     try:
         history = trainer.fit()
     except TrainingInterrupted as stop:
-        say(f"\n{stop}; continue with --resume --output-dir {trainer.run_dir}", file=sys.stderr)
+        say(f"\n{stop}; continue with --resume --output-dir {_quoted(trainer.run_dir)}", file=sys.stderr)
         raise SystemExit(128 + stop.signum) from None  # as a shell reports a process that the signal ended
     if not history:
         done = (f"reached --stop-at-error {config.stop_at_error}%" if trainer.reached_target
@@ -132,7 +134,12 @@ def _run_training(config: TrainConfig) -> None:
             say(f"stopped early: test error at or below --stop-at-error {config.stop_at_error}%"
                 if trainer.reached_target else
                 f"stopped by --time-limit after epoch {trainer.progress.epoch} of {config.epochs}; continue with "
-                f"--resume --output-dir {trainer.run_dir}")
+                f"--resume --output-dir {_quoted(trainer.run_dir)}")
+
+
+def _quoted(path: str | Path) -> str:
+    """``path`` as a shell word, so that a hint with it can be copied as it is."""
+    return shlex.quote(str(path))
 
 
 def _where_it_starts(trainer: Trainer) -> str | None:
@@ -207,8 +214,16 @@ def _test_split(checkpoint: dict, data_dir: str | None, limit: int | None, devic
 
 
 def _test_set(checkpoint: dict, data_dir: str | None, limit: int | None, extra_test: str | None = None) -> TestSet:
-    config = checkpoint["config"]  # load_test_set checks that extra_test fits what the checkpoint was trained with
-    return load_test_set(config["dataset"], data_dir or config["data_dir"], canvas=config.get("canvas"), limit=limit,
+    config = checkpoint["config"]
+    if extra_test is not None and (config["dataset"], config.get("canvas")) != ("mnist", 40):
+        size = f"{config['canvas']}x{config['canvas']}" if config.get("canvas") else "its own"
+        raise ValueError(f"--extra-test {extra_test} holds MNIST digits on 40x40 images, for a model trained with "
+                         f"--dataset mnist --canvas 40; this one was trained on {config['dataset']} at {size} size")
+    recorded = config["data_dir"]
+    if data_dir is None and recorded is not None and not Path(recorded).is_dir():  # trained on another machine
+        raise ValueError(f"the run was trained with the data in {recorded}, which is not on this machine: pass "
+                         f"--data-dir with a folder that holds {config['dataset']} (or one to download it into)")
+    return load_test_set(config["dataset"], data_dir or recorded, canvas=config.get("canvas"), limit=limit,
                          extra_test=extra_test)
 
 
@@ -220,6 +235,7 @@ def _test_limit(limit: int | None) -> int | None:
 
 
 def _figures(args: argparse.Namespace) -> None:
+    figures.require_matplotlib()  # before the model and the test set are loaded for nothing
     check_positive_flag("--examples", args.examples)
     args.limit_test = _test_limit(args.limit_test)
     checkpoint, model, device = _load_trained(args.checkpoint, args.device, args.plugins)
@@ -251,15 +267,17 @@ def _figures(args: argparse.Namespace) -> None:
     run_dir = Path(args.checkpoint).parent
     epochs = read_metrics(run_dir) if (run_dir / "metrics.jsonl").is_file() else []
     if epochs:  # none finished yet when the checkpoint was saved by Ctrl-C in the first epoch
-        written.append(figures.plot_learning_curves(_error_curves(run_dir, epochs, run_dir.name), out / "learning_curve.png"))
+        curves = _error_curves(run_dir, epochs, run_dir.resolve().name)  # resolved: "." has no name
+        written.append(figures.plot_learning_curves(curves, out / "learning_curve.png"))
     for path in written:
         print(f"wrote {path}")
 
 
 def _curves(args: argparse.Namespace) -> None:
+    figures.require_matplotlib()
     if args.target is not None and not 0 < args.target < 100:
         raise ValueError(f"--target must be a test error in percent, above 0 and below 100, got {args.target}")
-    labels = args.labels or [run.name for run in args.runs]
+    labels = args.labels or [run.resolve().name for run in args.runs]  # resolved: "." has no name
     if len(labels) != len(args.runs):
         raise ValueError(f"--labels names {len(labels)} runs, but {len(args.runs)} run folders were given")
     repeated = [label for label, count in collections.Counter(labels).items() if count > 1]
@@ -389,6 +407,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
+        sys.stdout.flush()  # a reader gone away shows here, not at exit
+    except BrokenPipeError:  # the reader went away (`capsnet ... | head`): nothing left to say, to anyone
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit would fail again
+        except (OSError, ValueError):  # not a file descriptor (a test's capture)
+            pass
+        return 1
     except _USER_ERRORS as exc:
         if args.traceback:
             raise

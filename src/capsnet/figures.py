@@ -9,6 +9,7 @@ the ``plot_*`` functions draw them with matplotlib (``pip install "capsnet[figur
 from __future__ import annotations
 
 import functools
+import importlib.util
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from .models import CapsNet
 __all__ = [
     "PERTURBATIONS", "perturbation_grid", "coupling_maps", "pick_examples", "segmentation", "colour_overlay",
     "plot_reconstructions", "plot_perturbations", "plot_coupling", "plot_segmentation", "plot_learning_curves",
+    "require_matplotlib",
 ]
 
 # Fig. 4 of the paper: each dimension of the winning capsule moved from -0.25 to 0.25 in steps of 0.05.
@@ -138,14 +140,20 @@ def colour_overlay(reconstructions: Tensor, background: Tensor | None = None) ->
     return rgb.clamp_(max=1)
 
 
+def require_matplotlib() -> None:
+    """Raise an ``ImportError`` that says how to install matplotlib, which the ``plot_*`` functions need, unless
+    it is installed."""
+    if importlib.util.find_spec("matplotlib") is None:
+        raise ImportError('figures need matplotlib: pip install "capsnet[figures]" (in a checkout: '
+                          'pip install -e ".[figures]")')
+
+
 def _figure(rows: int = 1, columns: int = 1, *, figsize: tuple[float, float]) -> tuple[Any, Any]:
     """A matplotlib figure and its ``(rows, columns)`` array of axes, outside pyplot: the caller's backend and
     pyplot's list of open figures stay as they were (nothing to close, even when saving fails)."""
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise ImportError('figures need matplotlib: pip install "capsnet[figures]" (in a checkout: '
-                          'pip install -e ".[figures]")') from None
+    require_matplotlib()
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=figsize)
     return figure, figure.subplots(rows, columns, squeeze=False)
 

@@ -132,6 +132,8 @@ def random_affine(images: Tensor, generator: torch.Generator | None = None, *, c
         uint8 ``(n, C, 28, 28)`` -> float ``(n, C, canvas, canvas)`` in [0, 1].
     """
     count = images.shape[0]
+    if count == 0:  # affine_grid refuses an empty batch
+        return torch.zeros(0, images.shape[1], canvas, canvas, device=images.device)
     params = sample_affine_parameters(count, generator)
     centred = place_on_canvas(images.float().div(255), canvas, 0)
     warped = _warp(centred, _affine_matrices(params).to(images.device))
