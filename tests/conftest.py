@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-# The shared datasets live beside the repository: <repo>/../shared/data (read-only; never write there).
+# The shared datasets live beside the repository: <repo>/../shared/data (read-only; never write there). Elsewhere,
+# $CAPSNET_DATA (the folder capsnet reads its data from) serves if it holds MNIST; the tests only read it too.
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
@@ -17,10 +18,13 @@ def _seed():
 
 @pytest.fixture
 def shared_data() -> Path:
-    """The folder holding mnist/ and fashion-mnist/; skips the test when it is absent."""
-    if not (SHARED_DATA / "mnist").is_dir():
-        pytest.skip(f"real MNIST not found at {SHARED_DATA} (the shared datasets folder beside the repository)")
-    return SHARED_DATA
+    """The folder holding mnist/ and fashion-mnist/; skips the test when there is none."""
+    candidates = [SHARED_DATA, *([Path(os.environ["CAPSNET_DATA"])] if os.environ.get("CAPSNET_DATA") else [])]
+    found = next((folder for folder in candidates if (folder / "mnist").is_dir()), None)
+    if found is None:
+        pytest.skip(f"real MNIST not found in {SHARED_DATA} (the shared datasets folder beside the repository) "
+                    f"or $CAPSNET_DATA: `capsnet download mnist` and set CAPSNET_DATA to run this test")
+    return found
 
 
 @pytest.fixture

@@ -237,6 +237,18 @@ def test_plugins_that_cannot_be_imported_are_named(capsys, plugin_module, tmp_pa
         capsnet.config.import_plugins(["my_capsules"])
 
 
+def test_progress_bars_are_drawn_by_default_only_on_a_terminal(capsys, tmp_path, shared_data, monkeypatch):
+    common = ["train", "--data-dir", str(shared_data), "--model", "capsnet-tiny", "--limit-train", "32",
+              "--limit-test", "20", "--batch-size", "16", "--epochs", "1"]
+    code, _, err = run(capsys, *common, "--output-dir", str(tmp_path / "log"))  # stderr captured: not a terminal
+    assert code == 0 and "batch/s" not in err and not json.loads((tmp_path / "log" / "config.json").read_text())["progress"]
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    code, _, err = run(capsys, *common, "--output-dir", str(tmp_path / "terminal"))
+    assert code == 0 and "batch/s" in err
+    code, _, err = run(capsys, *common, "--progress", "--output-dir", str(tmp_path / "asked"))
+    assert code == 0 and "batch/s" in err
+
+
 def test_a_reader_that_goes_away_ends_the_command_quietly(capsys, monkeypatch):
     def write_to_a_closed_pipe(args):
         raise BrokenPipeError(32, "Broken pipe")  # as print() does under `capsnet ... | head`

@@ -734,7 +734,7 @@ def test_init_from_weights_that_do_not_fit_names_the_settings_that_differ(tmp_pa
     Trainer(config(tmp_path, shared_data, "cnn", model="baseline-cnn-tiny", epochs=1, limit_train=32)).fit()
     with pytest.raises(CheckpointError, match=r"cnn.last\.pt: its weights do not fit the model 'capsnet-tiny' of this "
                        r"run \(they are from 'baseline-cnn-tiny'\): Missing key.*; Unexpected key\(s\) in state_dict: "
-                       r"\"features.0.weight\".*[^;]$"):
+                       r"\"features.0.weight\".* \(to start from them: --model baseline-cnn-tiny\)$"):
         Trainer(config(tmp_path, shared_data, "new/tuned", init_from=str(tmp_path / "cnn" / "last.pt")))
     assert not (tmp_path / "new").exists()  # a run that cannot start leaves no empty folders behind
     Trainer(config(tmp_path, shared_data, "plain", epochs=1, limit_train=32, reconstruction=False)).fit()

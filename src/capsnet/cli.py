@@ -65,7 +65,8 @@ _USER_ERRORS = (ValueError, DataError, CheckpointError, TrainingError, OSError, 
 def _config_help(name: str) -> str:
     """The help text of a TrainConfig setting, with its default."""
     f = _CONFIG_FIELDS[name]
-    return f.metadata["help"] + ("" if f.default in (None, MISSING) else f" (default: {f.default})")
+    default = f.metadata.get("cli_default", f.default)  # the command line's own, where it has one
+    return f.metadata["help"] + ("" if default in (None, MISSING) else f" (default: {default})")
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None,
@@ -87,7 +88,14 @@ def _add_config_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] | N
                                 help=help_text)
 
 
+def _progress_default(args: argparse.Namespace) -> None:
+    """Progress bars by default only on a terminal: in a log file (nohup, a cluster job) each update is a line."""
+    if args.progress is None:
+        args.progress = sys.stderr.isatty()
+
+
 def _train(args: argparse.Namespace) -> None:
+    _progress_default(args)
     given = {key: value for key, value in vars(args).items() if value is not None and key != "config"}
     if args.resume and args.config:
         raise ValueError("--config starts a new run; --resume reads the settings of the run in --output-dir")
@@ -159,7 +167,7 @@ def _epochs(count: int) -> str:
 
 
 def _epochs_and_batches(epochs: int, batches: int) -> str:
-    return f"epoch {epochs}" + (f" and {batches} batches of the next" if batches else "")
+    return f"{batches} batches of epoch {epochs + 1}" if batches else f"epoch {epochs}"
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -183,6 +191,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _reproduce(args: argparse.Namespace) -> None:
+    _progress_default(args)
     settings = {key: value for key, value in vars(args).items() if key in _REPRODUCE_SETTINGS}
     try:
         results = run_experiment(args.experiment, args.runs_dir, rows=args.rows, tiny=args.tiny, **settings)
@@ -334,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_cmd.add_argument("--batch-size", type=int, default=TrainConfig.eval_batch_size,
                               help=_config_help("eval_batch_size"))
     evaluate_cmd.add_argument("--precision", default=TrainConfig.precision, choices=PRECISIONS,
-                              help="autocast precision (auto: 32; bf16 pays on GPUs from batch 512)")
+                              help="autocast precision (auto: 32; bf16 pays on GPUs from batch 512) (default: auto)")
     evaluate_cmd.add_argument("--limit-test", type=int, default=None, help="only the first N test images (0: all)")
     evaluate_cmd.add_argument("--extra-test", choices=(*EXTRA_TEST_SETS, "none"), default=None,
                               help="also report this 40x40 test set (default: the run's --extra-test; none: no "
@@ -349,7 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="rows: " + "; ".join(f"{name}: {', '.join(row.name for row in experiment.rows)}"
                                     for name, experiment in EXPERIMENTS.items()),
     )
-    reproduce.add_argument("experiment", choices=tuple(EXPERIMENTS))
+    reproduce.add_argument("experiment", choices=tuple(EXPERIMENTS), help="; ".join(
+        f"{name}: {experiment.title}" for name, experiment in EXPERIMENTS.items()))
     reproduce.add_argument("--runs-dir", default="runs/reproduce",
                            help="where the rows' run folders go (default: runs/reproduce)")
     reproduce.add_argument("--rows", nargs="+", metavar="ROW",

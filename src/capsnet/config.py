@@ -135,7 +135,7 @@ class TrainConfig:
     data_dir: str | None = _option(
         None, "folder with the dataset files (default: $CAPSNET_DATA, else $XDG_CACHE_HOME/capsnet or ~/.cache/capsnet)"
     )
-    model: str = _option("capsnet-mnist", "model configuration (capsnet.list_models()); baseline-cnn is the paper's CNN")
+    model: str = _option("capsnet-mnist", "registered model name (an unknown one lists them all); baseline-cnn is the paper's CNN")
     plugins: str | None = _option(
         None, "Python modules to import first, comma-separated: the models they register with capsnet.register_model "
               "(their own routings, layers, ...) can then be named by --model; recorded, so that --resume and "
@@ -151,39 +151,38 @@ class TrainConfig:
     time_limit: float | None = _option(
         None, "stop after the first epoch that ends past this many minutes of training and testing (start-up not "
               "counted; it may overrun by an epoch); continue with capsnet train --resume, or by rerunning capsnet "
-              "reproduce; 0: none"
+              "reproduce; 0: none", metavar="MINUTES"
     )
     save_every: float | None = _option(
         None, "also save last.pt every this many minutes within an epoch, so that a run killed without warning "
               "(SIGKILL, a power cut) resumes from there; without it, last.pt is saved at epoch ends and on Ctrl-C, "
-              "SIGTERM or SIGHUP; 0: off"
+              "SIGTERM or SIGHUP; 0: off", metavar="MINUTES"
     )
     stop_at_error: float | None = _option(
         None, "early stopping: stop at the first epoch end whose test error is at or below this many percent; 0: "
               "off (the paper's affine-robustness models stopped at 99.22-99.23 percent accuracy, so capsnet "
-              "reproduce affnist uses 0.78)"
+              "reproduce affnist uses 0.78)", metavar="PERCENT"
     )
     batch_size: int = _option(128, "training batch size (paper: 128)")
     eval_batch_size: int = _option(500, "batch size for evaluation (no effect on results)")
     lr: float = _option(1e-3, "Adam learning rate (paper: 1e-3)")
-    lr_decay: float = _option(0.96, "exponential learning-rate decay factor (official code: 0.96 ...)")
+    lr_decay: float = _option(0.96, "learning-rate decay factor per --lr-decay-steps steps (official code: 0.96)")
     lr_decay_steps: int | None = _option(
-        None, f"steps per decay of the learning rate by the factor lr_decay (0.96), applied smoothly after each "
+        None, f"steps per decay of the learning rate by the factor --lr-decay, applied smoothly after each "
               f"step (default: {LR_DECAY_STEPS}; {MULTIMNIST_LR_DECAY_STEPS} on multimnist, as the paper's section 6)"
     )
     lr_warmup_steps: int = _option(
-        0, "raise the learning rate linearly over the first N steps (0: none, as the paper; with the former W init "
-           "std 0.1 MultiMNIST's capsules saturated in the first steps at full rate: docs/results.md)"
+        0, "raise the learning rate linearly over the first N steps (0: none, as the paper)", metavar="N"
     )
     routing_iterations: int = _option(ROUTING_ITERATIONS, "dynamic routing iterations (paper: 3)")
     detach_intermediate: bool | None = _option(
         None, "stop gradients through u_hat in all but the last routing iteration (default: the model's, True)"
     )
-    digit_bias: bool | None = _option(None, "learned digit-capsule biases starting at 0.1, as the official code (0 "
-                                            "until 2026-11-27; default: the model's, off)")
+    digit_bias: bool | None = _option(None, "learned digit-capsule biases starting at 0.1, as the official code "
+                                            "(default: the model's, off)")
     weight_std: float | None = _option(
         None, f"std of the normal initialization of the digit capsules' W[i, j] (default: the model's, "
-              f"{WEIGHT_INIT_STD}; 0.1 until the change of 2026-11-26)"
+              f"{WEIGHT_INIT_STD})"
     )
     reconstruction: bool = _option(True, "train the reconstruction decoder (paper: yes)")
     reconstruction_weight: float = _option(RECONSTRUCTION_WEIGHT, "weight of the reconstruction loss (paper: 0.0005)")
@@ -217,10 +216,10 @@ class TrainConfig:
         None, "run folder for config.json, metrics.jsonl, last.pt, best.pt (default: runs/MODEL-DATASET-TIMESTAMP, "
               "with -2, -3, ... for runs started in the same second)"
     )
-    limit_train: int | None = _option(None, "use only the first N training images (quick runs; 0: all)")
-    limit_test: int | None = _option(None, "evaluate on only the first N test images (0: all)")
+    limit_train: int | None = _option(None, "use only the first N training images (quick runs; 0: all)", metavar="N")
+    limit_test: int | None = _option(None, "evaluate on only the first N test images (0: all)", metavar="N")
     resume: bool = _option(False, "continue the run in --output-dir from its last.pt")
-    progress: bool = _option(True, "show progress bars")
+    progress: bool = _option(True, "show progress bars", cli_default="when stderr is a terminal, so that logs stay clean")
     retain_memory: bool = _option(
         True, "CPU: keep freed memory for reuse, ~1.1-1.5x faster steps (process-wide: capsnet.runtime.retain_freed_memory)"
     )

@@ -57,7 +57,7 @@ class Experiment:
 
 EXPERIMENTS = {
     "table1": Experiment("table1", "MNIST test error, paper Table 1", (
-        ExperimentRow("baseline-cnn", "Baseline CNN (35.4M parameters)", "0.39%", {"model": "baseline-cnn"}),
+        ExperimentRow("baseline-cnn", "Baseline CNN", "0.39%", {"model": "baseline-cnn"}),
         ExperimentRow("routing1-no-reconstruction", "CapsNet, 1 routing iteration, no reconstruction", "0.34% ± 0.03",
                       {"routing_iterations": 1, "reconstruction": False}),
         ExperimentRow("routing1-reconstruction", "CapsNet, 1 routing iteration, reconstruction", "0.29% ± 0.011",
@@ -171,8 +171,10 @@ def _finished(config: TrainConfig, tiny: bool) -> bool:
     if metrics[-1]["epoch"] >= config.epochs or reaches_error(metrics[-1]["test_error"], config.stop_at_error):
         return True
     if not config.resume:
-        raise TrainingError(f"{run_dir} holds {metrics[-1]['epoch']} finished epochs (metrics.jsonl) but no last.pt "
-                            f"to continue them from: put last.pt back, or move the folder away to train the row anew")
+        finished = metrics[-1]["epoch"]
+        raise TrainingError(f"{run_dir} holds {finished} finished epoch{'' if finished == 1 else 's'} (metrics.jsonl) "
+                            f"but no last.pt to continue from: put last.pt back, or move the folder away to train the "
+                            f"row anew")
     return False
 
 

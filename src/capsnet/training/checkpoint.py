@@ -81,7 +81,8 @@ def load_model_weights(
             target = f"the model {saved_name!r} as this version of capsnet builds it (was it written by another version?)"
         else:
             target = f"the model {model_name!r} of this run (they are from {saved_name!r})"
-        raise CheckpointError(f"{path}: its weights do not fit {target}: {'; '.join(details[:2]) or exc}") from None
+        hint = f" (to start from them: --model {saved_name})" if model_name not in (None, saved_name) else ""
+        raise CheckpointError(f"{path}: its weights do not fit {target}: {'; '.join(details[:2]) or exc}{hint}") from None
 
 
 def build_model(checkpoint: dict[str, Any], path: str | Path, *, command_line: bool = False) -> nn.Module:
