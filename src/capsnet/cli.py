@@ -233,7 +233,7 @@ def _test_set(checkpoint: dict, data_dir: str | None, limit: int | None, extra_t
         raise ValueError(f"the run was trained with the data in {recorded}, which is not on this machine: pass "
                          f"--data-dir with a folder that holds {config['dataset']} (or one to download it into)")
     return load_test_set(config["dataset"], data_dir or recorded, canvas=config.get("canvas"), limit=limit,
-                         extra_test=extra_test)
+                         extra_test=extra_test, progress=sys.stderr.isatty())  # a download, if needed, shows on a terminal
 
 
 def _test_limit(limit: int | None) -> int | None:
