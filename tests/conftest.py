@@ -7,7 +7,7 @@ import pytest
 import torch
 
 # The shared datasets live beside the repository: <repo>/../shared/data (read-only; never write there). Elsewhere,
-# $CAPSNET_DATA (the folder capsnet reads its data from) serves if it holds MNIST; the tests only read it too.
+# $CAPSNET_DATA (the folder capsnet reads its data from) serves if it holds MNIST.
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 

@@ -247,6 +247,13 @@ def test_progress_bars_are_drawn_by_default_only_on_a_terminal(capsys, tmp_path,
     assert code == 0 and "batch/s" in err
     code, _, err = run(capsys, *common, "--progress", "--output-dir", str(tmp_path / "asked"))
     assert code == 0 and "batch/s" in err
+    code, _, err = run(capsys, "train", "--config", str(tmp_path / "log"), "--output-dir", str(tmp_path / "again"))
+    assert code == 0 and "batch/s" in err  # a run's recorded progress is not read back: this terminal decides
+    monkeypatch.undo()
+    (tmp_path / "mine.json").write_text(json.dumps({"progress": True}))  # written by hand: the file decides
+    code, _, err = run(capsys, "train", "--config", str(tmp_path / "mine.json"), *common[1:],
+                       "--output-dir", str(tmp_path / "file"))
+    assert code == 0 and "batch/s" in err
 
 
 def test_a_reader_that_goes_away_ends_the_command_quietly(capsys, monkeypatch):
@@ -257,14 +264,22 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(capsys, monkeypatch):
     monkeypatch.setattr(capsnet.cli, "build_parser", lambda: parser)
     monkeypatch.setattr(parser, "parse_args", lambda argv: argparse.Namespace(func=write_to_a_closed_pipe,
                                                                                traceback=False))
-    assert run(capsys, "curves", ".") == (1, "", "")  # no "capsnet: error: [Errno 32] Broken pipe"
+    assert run(capsys, "curves", ".") == (1, "", "capsnet: stopped: the program reading its output has closed it\n")
+    with pytest.raises(BrokenPipeError):  # for a bug report
+        parser.parse_args = lambda argv: argparse.Namespace(func=write_to_a_closed_pipe, traceback=True)
+        main(["curves", "."])
+
+
+def test_resume_says_where_in_the_epoch_it_goes_on():
+    assert capsnet.cli._epochs_and_batches(2, 0) == "epoch 2"
+    assert capsnet.cli._epochs_and_batches(0, 1) == "1 batch of epoch 1"
+    assert capsnet.cli._epochs_and_batches(3, 23) == "23 batches of epoch 4"
 
 
 def test_evaluate_names_what_an_extra_test_set_needs_of_the_checkpoint(capsys, tmp_path):
     checkpoint = {"config": {"dataset": "mnist", "canvas": None, "data_dir": str(tmp_path)}}
-    with pytest.raises(ValueError, match=r"--extra-test affnist-synthetic holds MNIST digits on 40x40 images, for a "
-                                         r"model trained with --dataset mnist --canvas 40; this one was trained on "
-                                         r"mnist at its own size"):
+    with pytest.raises(ValueError, match=r"^--extra-test affnist-synthetic has 40x40 images: it needs --canvas 40 in "
+                                         r"training; this checkpoint was trained with --dataset mnist and no --canvas$"):
         capsnet.cli._test_set(checkpoint, None, None, "affnist-synthetic")
 
 

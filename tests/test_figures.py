@@ -85,6 +85,7 @@ def test_plots_keep_the_callers_matplotlib_backend_figures_and_training_mode(tmp
     import matplotlib.pyplot as plt
 
     model, images, labels = tiny_model().train(), torch.rand(30, 1, 28, 28), torch.randint(0, 10, (30,))
+    before = matplotlib.get_backend()
     matplotlib.use("svg")  # a notebook's or a GUI's backend, say
     try:
         figures.plot_perturbations(model, images[0], tmp_path / "p.png")
@@ -94,7 +95,7 @@ def test_plots_keep_the_callers_matplotlib_backend_figures_and_training_mode(tmp
             figures.plot_learning_curves({"a": [0.5]}, tmp_path / "missing" / "c.png")
         assert matplotlib.get_backend() == "svg" and plt.get_fignums() == []
     finally:
-        matplotlib.use("Agg")
+        matplotlib.use(before)
     assert model.training  # drawn in eval mode, handed back as it came
     no_decoder = tiny_model(reconstruction=False).train()
     with pytest.raises(ValueError, match="without the reconstruction decoder"):
@@ -102,10 +103,15 @@ def test_plots_keep_the_callers_matplotlib_backend_figures_and_training_mode(tmp
     assert no_decoder.training  # also when drawing fails
 
 
-def test_routing_picture_of_a_model_with_a_learned_prior_says_it_shows_the_softmax_without_it():
-    torch.manual_seed(0)
-    attention = create_model("capsnet-self-attention-tiny").eval()
-    assert "without its learned prior" in figures._prior_note(attention) and figures._prior_note(tiny_model()) == ""
+def test_routing_picture_of_a_model_with_a_learned_prior_says_it_shows_the_softmax_without_it(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    titles, suptitle = [], Figure.suptitle
+    monkeypatch.setattr(Figure, "suptitle", lambda self, text, **kw: titles.append(text) or suptitle(self, text, **kw))
+    image = torch.rand(1, 28, 28)
+    figures.plot_coupling(create_model("capsnet-self-attention-tiny"), image, tmp_path / "attention.png")
+    figures.plot_coupling(tiny_model(), image, tmp_path / "dynamic.png")
+    assert "softmax coupling c without its learned prior" in titles[0] and "prior" not in titles[1]
 
 
 def test_model_without_decoder_has_no_reconstructions_to_draw(tmp_path):

@@ -219,6 +219,15 @@ def test_a_finished_row_is_left_alone_and_a_row_that_cannot_go_on_is_refused(tmp
         run_experiment("table1", tmp_path, tiny=False, epochs=1, **common)  # finished, but not what was asked
     with pytest.raises(TrainingError, match=r"was trained with other settings: --limit-train is 32 but its config\.json has 64;"):
         run_experiment("table1", tmp_path, tiny=True, epochs=1, **{**common, "limit_train": 32})
+    settings = json.loads(recorded["config.json"])
+    (run / "config.json").write_text(json.dumps({**settings, "max_shift": -1}))  # refused by this version
+    with pytest.raises(TrainingError, match=r"config.json cannot be read as settings of this version \(--max-shift "
+                                            r"must not be negative, got -1\); choose another --runs-dir"):
+        run_experiment("table1", tmp_path, tiny=True, epochs=1, **common)
+    (run / "config.json").unlink()
+    with pytest.raises(TrainingError, match="holds checkpoints and metrics but no config.json to tell their settings"):
+        run_experiment("table1", tmp_path, tiny=True, epochs=1, **common)
+    (run / "config.json").write_bytes(recorded["config.json"])
     (run / "last.pt").unlink()  # e.g. to save disk space: the row is finished at 1 epoch, unfinished at 2
     run_experiment("table1", tmp_path, tiny=True, epochs=1, **common)
     with pytest.raises(TrainingError, match=r"holds 1 finished epoch \(metrics.jsonl\) but no last.pt to continue from"):

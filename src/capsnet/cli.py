@@ -38,7 +38,7 @@ from .training import (
 )
 from .training.checkpoint import build_model
 from .training.distributed import shutdown_distributed
-from .data.testsets import TestSet, load_test_set
+from .data.testsets import TestSet, check_extra_test, load_test_set
 from .training.precision import resolve_precision
 
 _CONFIG_FIELDS = {f.name: f for f in fields(TrainConfig)}
@@ -88,14 +88,12 @@ def _add_config_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] | N
                                 help=help_text)
 
 
-def _progress_default(args: argparse.Namespace) -> None:
+def _terminal_progress() -> dict[str, bool]:
     """Progress bars by default only on a terminal: in a log file (nohup, a cluster job) each update is a line."""
-    if args.progress is None:
-        args.progress = sys.stderr.isatty()
+    return {"progress": sys.stderr.isatty()}
 
 
 def _train(args: argparse.Namespace) -> None:
-    _progress_default(args)
     given = {key: value for key, value in vars(args).items() if value is not None and key != "config"}
     if args.resume and args.config:
         raise ValueError("--config starts a new run; --resume reads the settings of the run in --output-dir")
@@ -104,9 +102,11 @@ def _train(args: argparse.Namespace) -> None:
                          "--output-dir from its last.pt")
     resuming = args.resume and args.output_dir  # else TrainConfig says what is missing
     if resuming:
-        config = resume_config(args.output_dir, **given)
+        config = resume_config(args.output_dir, **{**_terminal_progress(), **given})
+    elif args.config:  # a file written by hand may set progress itself
+        config = config_from_file(args.config, defaults=_terminal_progress(), **given)
     else:
-        config = config_from_file(args.config, **given) if args.config else TrainConfig.from_dict(given)
+        config = TrainConfig.from_dict({**_terminal_progress(), **given})
     try:
         _run_training(config)
     finally:
@@ -167,7 +167,7 @@ def _epochs(count: int) -> str:
 
 
 def _epochs_and_batches(epochs: int, batches: int) -> str:
-    return f"{batches} batches of epoch {epochs + 1}" if batches else f"epoch {epochs}"
+    return f"{batches} batch{'' if batches == 1 else 'es'} of epoch {epochs + 1}" if batches else f"epoch {epochs}"
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -191,8 +191,8 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _reproduce(args: argparse.Namespace) -> None:
-    _progress_default(args)
-    settings = {key: value for key, value in vars(args).items() if key in _REPRODUCE_SETTINGS}
+    given = {key: value for key, value in vars(args).items() if key in _REPRODUCE_SETTINGS and value is not None}
+    settings = {**_terminal_progress(), **given}
     try:
         results = run_experiment(args.experiment, args.runs_dir, rows=args.rows, tiny=args.tiny, **settings)
     except TrainingInterrupted as stop:
@@ -224,10 +224,12 @@ def _test_split(checkpoint: dict, data_dir: str | None, limit: int | None, devic
 
 def _test_set(checkpoint: dict, data_dir: str | None, limit: int | None, extra_test: str | None = None) -> TestSet:
     config = checkpoint["config"]
-    if extra_test is not None and (config["dataset"], config.get("canvas")) != ("mnist", 40):
-        size = f"{config['canvas']}x{config['canvas']}" if config.get("canvas") else "its own"
-        raise ValueError(f"--extra-test {extra_test} holds MNIST digits on 40x40 images, for a model trained with "
-                         f"--dataset mnist --canvas 40; this one was trained on {config['dataset']} at {size} size")
+    try:
+        check_extra_test(extra_test, config["dataset"], config.get("canvas"))
+    except ValueError as exc:  # says what the training needed: evaluate has no --canvas or --dataset to give
+        canvas = f"--canvas {config['canvas']}" if config.get("canvas") else "no --canvas"
+        raise ValueError(f"{exc} in training; this checkpoint was trained with --dataset {config['dataset']} and "
+                         f"{canvas}") from None
     recorded = config["data_dir"]
     if data_dir is None and recorded is not None and not Path(recorded).is_dir():  # trained on another machine
         raise ValueError(f"the run was trained with the data in {recorded}, which is not on this machine: pass "
@@ -343,7 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_cmd.add_argument("--batch-size", type=int, default=TrainConfig.eval_batch_size,
                               help=_config_help("eval_batch_size"))
     evaluate_cmd.add_argument("--precision", default=TrainConfig.precision, choices=PRECISIONS,
-                              help="autocast precision (auto: 32; bf16 pays on GPUs from batch 512) (default: auto)")
+                              help="autocast precision: auto (32), or bf16, which pays on GPUs from batch 512 "
+                                   "(default: auto)")
     evaluate_cmd.add_argument("--limit-test", type=int, default=None, help="only the first N test images (0: all)")
     evaluate_cmd.add_argument("--extra-test", choices=(*EXTRA_TEST_SETS, "none"), default=None,
                               help="also report this 40x40 test set (default: the run's --extra-test; none: no "
@@ -418,11 +421,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
         sys.stdout.flush()  # a reader gone away shows here, not at exit
-    except BrokenPipeError:  # the reader went away (`capsnet ... | head`): nothing left to say, to anyone
+    except BrokenPipeError:  # the reader of the output went away (`capsnet ... | head`)
+        if args.traceback:
+            raise
         try:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit would fail again
         except (OSError, ValueError):  # not a file descriptor (a test's capture)
             pass
+        print("capsnet: stopped: the program reading its output has closed it", file=sys.stderr)
         return 1
     except _USER_ERRORS as exc:
         if args.traceback:

@@ -164,7 +164,14 @@ def _finished(config: TrainConfig, tiny: bool) -> bool:
     metrics = read_metrics(run_dir) if saved_any and (run_dir / "metrics.jsonl").is_file() else []  # else stale
     if not metrics:
         return False
-    differences = setting_differences(saved, config, "its config.json")
+    if not saved:
+        raise TrainingError(f"{run_dir} holds checkpoints and metrics but no config.json to tell their settings: put "
+                            f"it back, or move the folder away to train the row anew")
+    try:
+        differences = setting_differences(saved, config, "its config.json")
+    except ValueError as exc:  # settings this version refuses (an older version's, a plugin's model)
+        raise TrainingError(f"{run_dir / 'config.json'} cannot be read as settings of this version ({exc}); choose "
+                            f"another --runs-dir, or move the folder away to train the row anew") from None
     if differences:
         raise TrainingError(f"{run_dir} was trained with other settings: {'; '.join(differences)}; choose another "
                             f"--runs-dir, or move the folder away to train the row anew")

@@ -12,10 +12,10 @@ import functools
 import importlib.util
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ._checks import check_int, check_shape
 from .functional import capsule_lengths, hits
@@ -32,6 +32,7 @@ PERTURBATIONS = torch.arange(-5, 6) * 0.05  # exact 0 in the middle
 # Fig. 5: the reconstruction from the longest capsule in red, the second in green (yellow where they overlap).
 _OBJECT_COLOURS = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.4, 1.0]])
 _BACKGROUND_WEIGHT = 0.35
+_P = ParamSpec("_P")  # the arguments of a plot_* function after the model
 
 
 def _require_decoder(model: CapsNet) -> None:
@@ -158,11 +159,11 @@ def _figure(rows: int = 1, columns: int = 1, *, figsize: tuple[float, float]) ->
     return figure, figure.subplots(rows, columns, squeeze=False)
 
 
-def _draws_model(plot: Callable[..., Path]) -> Callable[..., Path]:
+def _draws_model(plot: Callable[Concatenate[CapsNet, _P], Path]) -> Callable[Concatenate[CapsNet, _P], Path]:
     """For ``plot(model, ...)``: no gradients, and the model in eval mode (a plugin's dropout or batch norm off)
     while it draws, its own mode restored afterwards."""
     @functools.wraps(plot)
-    def draw(model: nn.Module, *args: Any, **kwargs: Any) -> Path:
+    def draw(model: CapsNet, *args: _P.args, **kwargs: _P.kwargs) -> Path:
         was_training = model.training
         model.eval()
         try:

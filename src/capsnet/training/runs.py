@@ -39,10 +39,11 @@ def resume_config(run_dir: str | Path, **changes: Any) -> TrainConfig:
                                  derived=saved.get("derived", ()))
 
 
-def config_from_file(path: str | Path, **changes: Any) -> TrainConfig:
+def config_from_file(path: str | Path, *, defaults: dict[str, Any] | None = None, **changes: Any) -> TrainConfig:
     """A new run with the settings of the JSON file ``path``, updated by ``changes``: a run's ``config.json``
     (train again as that run did, e.g. with another seed; the run folder will do) or a file of settings
-    written by hand, e.g. ``{"epochs": 5, "routing_iterations": 1}``.
+    written by hand, e.g. ``{"epochs": 5, "routing_iterations": 1}``. ``defaults`` are settings that apply
+    unless the file sets them (``capsnet train`` draws progress bars only on a terminal unless told).
 
     From a run's ``config.json``, as for :func:`resume_config`, the run folder, ``resume``, ``time_limit`` and
     ``progress`` are not read; a file written by hand may set the run folder, ``time_limit`` and ``progress``
@@ -69,7 +70,7 @@ def config_from_file(path: str | Path, **changes: Any) -> TrainConfig:
     unknown = settings.keys() - TrainConfig.setting_names()
     if unknown:
         raise TrainingError(f"{path} has unknown settings {sorted(unknown)}; see capsnet train --help")
-    return TrainConfig.from_dict({**settings, **changes})
+    return TrainConfig.from_dict({**(defaults or {}), **settings, **changes})
 
 
 def _saved_settings(saved: dict[str, Any]) -> dict[str, Any]:
