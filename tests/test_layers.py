@@ -146,3 +146,19 @@ def test_primary_capsules_and_decoder_name_their_wrong_inputs():
     with pytest.raises(ValueError, match=r"expected poses of shape \(b, in_caps, in_dim\) = \(\*, 5, 16\), got \(2, 10, 16\)"):
         CapsuleDecoder(in_caps=5)(torch.randn(2, 10, 16))
     assert "types=4, out_dim=6" in repr(PrimaryCapsules(in_channels=3, types=4, out_dim=6))
+
+
+def test_an_empty_batch_goes_through_every_layer():
+    model = capsnet.create_model("capsnet-tiny")
+    output = model(torch.rand(0, 1, 28, 28), torch.zeros(0, dtype=torch.long))
+    assert output.primary.shape == (0, 288, 8) and output.lengths.shape == (0, 10)
+    assert output.reconstructions.shape == (0, 784) and output.coupling.shape == (0, 288, 10)
+    assert capsnet.margin_loss(output.lengths, torch.zeros(0, dtype=torch.long)).shape == ()  # the mean of nothing
+
+
+def test_a_given_routing_with_parameters_is_created_where_and_as_the_layer_is():
+    layer = RoutedCapsules(in_caps=6, in_dim=4, out_caps=3, out_dim=5, routing=capsnet.SelfAttentionRouting(6, 3),
+                           dtype=torch.float64, device="meta")
+    assert layer.routing.prior.dtype == torch.float64 and layer.routing.prior.device.type == "meta"
+    v, c = layer(torch.rand(2, 6, 4, dtype=torch.float64, device="meta"))
+    assert v.shape == (2, 3, 5) and v.dtype == torch.float64

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import capsnet
-from capsnet import CapsuleLoss, margin_loss, reconstruction_loss
+from capsnet import CapsuleLoss, margin_loss, mask_capsules, reconstruction_loss
 from capsnet.models import CapsNetOutput
 
 LENGTHS = torch.tensor([[0.95, 0.30, 0.05], [0.50, 0.10, 0.80]], dtype=torch.float64)
@@ -145,3 +145,14 @@ def test_the_index_checks_stay_out_of_vmap_and_fake_tensors():
     torch.testing.assert_close(per_example.mean(), margin_loss(lengths, labels))
     with FakeTensorMode():
         assert margin_loss(torch.rand(3, 5), torch.tensor([0, 1, 4])).shape == ()
+
+
+def test_per_example_gradients_take_class_index_targets():
+    """torch.func.vmap(grad(...)), the per-example gradients of DP-SGD and influence functions."""
+    lengths, labels = torch.rand(3, 5, dtype=torch.float64), torch.tensor([0, 1, 4])
+    per_example = torch.func.vmap(torch.func.grad(lambda l, t: margin_loss(l[None], t[None])))(lengths, labels)
+    one_by_one = [torch.func.grad(lambda l: margin_loss(l[None], t[None]))(l) for l, t in zip(lengths, labels)]
+    torch.testing.assert_close(per_example, torch.stack(one_by_one))
+    poses = torch.rand(3, 5, 4, dtype=torch.float64)
+    kept = torch.func.vmap(torch.func.grad(lambda p, t: mask_capsules(p[None], t[None]).sum()))(poses, labels)
+    torch.testing.assert_close(kept, torch.eye(5, dtype=torch.float64)[labels].unsqueeze(-1).expand(3, 5, 4))

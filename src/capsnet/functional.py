@@ -100,8 +100,15 @@ def mask_capsules(poses: Tensor, labels: Tensor | None = None) -> Tensor:
         check_integer_dtype(labels, "labels")
         if values_are_cheap_to_read(labels):
             check_class_indices(labels, "labels", poses.shape[1])
-    keep = torch.nn.functional.one_hot(labels.long(), poses.shape[1]).to(poses.dtype)  # (b, j); one_hot wants int64
+    keep = _one_hot(labels, poses.shape[1]).to(poses.dtype)  # (b, j)
     return (poses * keep.unsqueeze(-1)).flatten(1)  # (b, j * d)
+
+
+def _one_hot(indices: Tensor, classes: int) -> Tensor:
+    """Bool ``(..., classes)``: True at each index. Unlike ``F.one_hot``, which checks the indices' range, it reads
+    no values, so it also runs under ``torch.func.vmap`` (per-example gradients) and in compiled graphs.
+    """
+    return indices.unsqueeze(-1) == torch.arange(classes, device=indices.device)
 
 
 def hits(scores: Tensor, targets: Tensor) -> Tensor:

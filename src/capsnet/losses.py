@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._checks import check_class_indices, values_are_cheap_to_read, values_outside
-from .functional import _compute_dtype
+from .functional import _compute_dtype, _one_hot
 
 if TYPE_CHECKING:  # only for annotations: the loss works on any output with these fields
     from .models.capsnet import CapsNetOutput
@@ -36,10 +36,10 @@ def _multi_hot(targets: Tensor, lengths: Tensor) -> Tensor:
         return targets.to(lengths.dtype)
     if targets.dim() in (1, 2) and len(targets) == batch and not targets.is_floating_point() \
             and targets.dtype != torch.bool:
-        indices = targets.view(batch, -1)  # (b, n): the n classes present in each example
+        indices = targets.unsqueeze(1) if targets.dim() == 1 else targets  # (b, n): the n classes of each example
         if values_are_cheap_to_read(indices):
             check_class_indices(indices, "targets", classes)
-        return F.one_hot(indices.long(), classes).amax(1).to(lengths.dtype)  # one_hot takes int64 only
+        return _one_hot(indices, classes).any(1).to(lengths.dtype)
     raise ValueError(
         f"expected targets as class indices of shape (b,) = ({batch},) or (b, n), or multi-hot of shape "
         f"(b, k) = ({batch}, {classes}), got {tuple(targets.shape)} ({targets.dtype})"

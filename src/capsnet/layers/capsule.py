@@ -34,7 +34,8 @@ class RoutedCapsules(nn.Module):
         bias: add a learned ``(out_caps, out_dim)`` bias to ``s[j]`` in every routing iteration, as the
             official code does, starting at 0.1 as there. Off by default: the paper has none.
         weight_std: standard deviation (> 0) of the normal initialization of ``W``; the paper gives none.
-        device, dtype: where and in which floating point type to create the parameters (as for ``nn.Linear``).
+        device, dtype: where and in which floating point type to create the parameters (as for ``nn.Linear``);
+            a given ``routing`` with parameters is moved there too.
 
     Shape:
         ``u``: ``(b, in_caps, in_dim)`` -> ``poses`` ``(b, out_caps, out_dim)``, ``coupling`` ``(b, in_caps, out_caps)``.
@@ -72,6 +73,8 @@ class RoutedCapsules(nn.Module):
         shape = (self.in_caps, self.out_caps, self.out_dim, self.in_dim)  # the checked ints, whatever type was given
         self.weight = nn.Parameter(torch.randn(shape, **factory) * weight_std)  # W[i, j]
         self.bias = nn.Parameter(torch.full((self.out_caps, self.out_dim), BIAS_INIT, **factory)) if bias else None
+        if routing is not None and (device is not None or dtype is not None):
+            routing.to(**factory)  # a routing with parameters of its own (a learned prior) goes where W goes
         self.routing = routing if routing is not None else DynamicRouting()
 
     def predictions(self, u: Tensor) -> Tensor:

@@ -62,7 +62,8 @@ class PrimaryCapsules(nn.Module):
         out = self.conv(features)  # (b, types * out_dim, h, w)
         batch, _, height, width = out.shape
         capsules = out.view(batch, self.types, self.out_dim, height, width)  # (b, types, out_dim, h, w)
-        capsules = capsules.permute(0, 1, 3, 4, 2).reshape(batch, -1, self.out_dim)  # (b, types * h * w, out_dim)
+        # (b, types * h * w, out_dim), sizes spelled out: -1 has nothing to infer from in an empty batch
+        capsules = capsules.permute(0, 1, 3, 4, 2).reshape(batch, self.types * height * width, self.out_dim)
         return squash(capsules)
 
     def extra_repr(self) -> str:
