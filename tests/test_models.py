@@ -280,3 +280,9 @@ def test_dynamic_routing_options_next_to_a_routing_of_ones_own_are_flagged():
         warnings.simplefilter("error")
         CapsNet(routing=DynamicRouting(2), device="meta")  # the defaults alone say nothing
         create_model("capsnet-mnist-official", routing=DynamicRouting(2), device="meta")  # nor a registered config
+
+
+def test_capsnet_asks_for_intensities_not_uint8_pixels():
+    with pytest.raises(TypeError, match=r"images must be floating point intensities in \[0, 1\], got torch.uint8 "
+                                        r"\(for uint8 pixels: images.float\(\) / 255\)"):
+        create_model("capsnet-tiny")(torch.zeros(2, 1, 28, 28, dtype=torch.uint8))

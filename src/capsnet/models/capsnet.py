@@ -142,6 +142,9 @@ class CapsNet(nn.Module):
             ``(b, i, primary_dim)``.
         """
         check_shape(images, "images", "(b, C, H, W)", 4, (None, self.in_channels, *self.image_size))
+        if not images.is_floating_point():  # the decoder's sigmoid reconstructs intensities in [0, 1]
+            raise TypeError(f"images must be floating point intensities in [0, 1], got {images.dtype} (for uint8 "
+                            f"pixels: images.float() / 255)")
         features = F.relu(self.conv1(images))  # (b, conv_channels, H - 8, W - 8)
         primary = self.primary(features)  # (b, i, primary_dim)
         poses, coupling = self.digits(primary)  # (b, j, out_dim), (b, i, j)
