@@ -211,8 +211,11 @@ def _row_result(row: ExperimentRow, run_dir: Path) -> dict[str, Any]:
         return {**result, "started": True} if (run_dir / "last.pt").exists() else result
     config = json.loads((run_dir / "config.json").read_text())
     machines_file = run_dir / "machines.jsonl"
-    machines = sorted({facts["machine"] for facts in read_records(machines_file, "machine")}) \
-        if machines_file.exists() else []
+    invocations = read_records(machines_file, "machine") if machines_file.exists() else []
+    machines = sorted({facts["machine"] for facts in invocations})
+    # Per-run settings (precision, compile, ...) may change on resuming; config.json keeps the last invocation's.
+    settings_used = {json.dumps({k: v for k, v in facts.items() if k != "machine"}, sort_keys=True)
+                     for facts in invocations}
     best = min(metrics, key=lambda m: m["test_error"])
     return {
         **result,
@@ -234,6 +237,7 @@ def _row_result(row: ExperimentRow, run_dir: Path) -> dict[str, Any]:
         "stop_at_error": config.get("stop_at_error"),  # absent in runs started before early stopping existed
         "machines": machines,
         "command": _train_command(config),
+        "settings_changed": len(settings_used) > 1,
     }
 
 
@@ -271,7 +275,10 @@ def results_markdown(experiment: Experiment, results: list[dict[str, Any]]) -> s
             f"| {'; '.join(r['machines']) or 'unknown'} |"
         )
     lines += ["", "Commands (each row alone):", ""]
-    lines += [f"- {r['row']}: `{r['command']}`" for r in results if "command" in r]
+    lines += [f"- {r['row']}: `{r['command']}`" + (
+        " (the settings of its last invocation; its invocations differed in device, precision, compile or "
+        "processes, as its machines.jsonl records)" if r.get("settings_changed") else "")
+        for r in results if "command" in r]
     return "\n".join(lines) + "\n"
 
 
