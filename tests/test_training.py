@@ -5,6 +5,7 @@ import json
 import math
 import os
 import signal
+import warnings
 
 import pytest
 import torch
@@ -257,6 +258,16 @@ def test_load_model_gives_a_runs_trained_model_ready_to_evaluate(tmp_path, share
     assert report["error"] == pytest.approx(history[0]["test_error"], abs=1e-12)
     assert {p.device.type for p in capsnet.load_model(tmp_path / "run", device="meta").parameters()} == {"meta"}
     checkpoint = load_checkpoint(tmp_path / "run")
+    assert checkpoint["model_repr"] == repr(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        capsnet.load_model(tmp_path / "run")  # built as saved: nothing to say
+    save_checkpoint(tmp_path / "other.pt", {**checkpoint, "model_repr": checkpoint["model_repr"].replace(
+        "DynamicRouting(iterations=3", "DynamicRouting(iterations=1")})  # as if registered with 1 iteration then
+    with pytest.warns(UserWarning, match=r"other.pt: the model 'capsnet-tiny' is built differently now than when it "
+                                         r"was saved \(\(routing\): DynamicRouting\(iterations=3, detach_intermediate="
+                                         r"True\) where it had \(routing\): DynamicRouting\(iterations=1, "):
+        capsnet.load_model(tmp_path / "other.pt")
     save_checkpoint(tmp_path / "renamed.pt", {**checkpoint, "model_name": "capsnet-gone"})
     with pytest.raises(CheckpointError, match="holds the model 'capsnet-gone', which is not registered; import the "
                                               "module that registers it first"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +106,21 @@ def build_model(checkpoint: dict[str, Any], path: str | Path, *, command_line: b
     with torch.random.fork_rng(devices=[]):  # its random initial weights are overwritten: leave the caller's seed be
         model = create_model(name, **checkpoint["model_kwargs"])
     load_model_weights(model, checkpoint, path)
+    warn_if_built_differently(model, checkpoint, path)
     return model.eval()
+
+
+def warn_if_built_differently(model: nn.Module, checkpoint: dict[str, Any], path: str | Path) -> None:
+    """Warn when ``model``, built by the checkpoint's model name, differs from the model it saved (its
+    ``repr``): a name registered again with other settings that keep the weights' shapes (a routing's
+    iterations, say) loads the weights into a model that computes something else."""
+    saved = checkpoint.get("model_repr")  # absent in checkpoints saved before 2026-11-29
+    if saved is None or saved == repr(model):
+        return
+    change = next((f"{now.strip()} where it had {before.strip()}" for now, before
+                   in zip(repr(model).splitlines(), saved.splitlines()) if now != before), "its layers differ")
+    warnings.warn(f"{path}: the model {checkpoint['model_name']!r} is built differently now than when it was saved "
+                  f"({change}); its weights fit, but it may compute something else", stacklevel=3)
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:

@@ -28,7 +28,9 @@ from ..models import CapsNet, create_model, is_capsule_model
 from ..config import TrainConfig, flag_name, reaches_error
 from ..functional import hits
 from ..runtime import retain_freed_memory
-from .checkpoint import CheckpointError, checkpoint_file, load_checkpoint, load_model_weights, save_checkpoint
+from .checkpoint import (
+    CheckpointError, checkpoint_file, load_checkpoint, load_model_weights, save_checkpoint, warn_if_built_differently,
+)
 from .devices import resolve_device
 from .distributed import in_process_group, init_distributed, shutdown_distributed
 from .errors import TrainingError, TrainingInterrupted
@@ -475,6 +477,7 @@ class Trainer:
             "config": self.config.to_dict(),
             "model_name": self.config.model,
             "model_kwargs": self.model_kwargs,
+            "model_repr": repr(self.model),  # what the name built: warn_if_built_differently compares on loading
             "device_type": self.device.type,
             "classes": self.classes,
             "model": self.model.state_dict(),
@@ -500,6 +503,7 @@ class Trainer:
         if mismatched:
             raise CheckpointError(f"{self.run_dir / 'last.pt'} does not match this run: " + "; ".join(mismatched))
         load_model_weights(self.model, checkpoint, self.run_dir / "last.pt")
+        warn_if_built_differently(self.model, checkpoint, self.run_dir / "last.pt")
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         rng_states = checkpoint.get("rng", [])
