@@ -156,3 +156,5 @@ def test_per_example_gradients_take_class_index_targets():
     poses = torch.rand(3, 5, 4, dtype=torch.float64)
     kept = torch.func.vmap(torch.func.grad(lambda p, t: mask_capsules(p[None], t[None]).sum()))(poses, labels)
     torch.testing.assert_close(kept, torch.eye(5, dtype=torch.float64)[labels].unsqueeze(-1).expand(3, 5, 4))
+    with pytest.raises(RuntimeError, match="out of bounds"):  # a class that does not exist: an error, not a blank row
+        torch.func.vmap(torch.func.grad(lambda l, t: margin_loss(l[None], t[None])))(lengths, torch.tensor([0, 1, 5]))

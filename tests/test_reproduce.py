@@ -219,8 +219,8 @@ def test_a_finished_row_is_left_alone_and_a_row_that_cannot_go_on_is_refused(tmp
     with open(run / "machines.jsonl", "a") as resumed:  # as after a resume in bf16
         resumed.write("\n" + json.dumps({**json.loads(recorded["machines.jsonl"]), "precision": "bf16"}) + "\n")
     assert experiment_results("table1", tmp_path)[2]["settings_changed"]
-    assert ("(the settings of its last invocation; its invocations differed in device, precision, compile or "
-            "processes, as its machines.jsonl records)") in (tmp_path / "table1" / "results.md").read_text()
+    assert ("(the settings of its last invocation; its invocations differed in device, precision, compile, "
+            "channels-last or processes, as its machines.jsonl records)") in (tmp_path / "table1" / "results.md").read_text()
     (run / "machines.jsonl").write_bytes(recorded["machines.jsonl"])
     with pytest.raises(TrainingError, match=r"holds a --tiny run \(capsnet-tiny\): give --tiny, or choose another"):
         run_experiment("table1", tmp_path, tiny=False, epochs=1, **common)  # finished, but not what was asked

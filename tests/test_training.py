@@ -263,11 +263,12 @@ def test_load_model_gives_a_runs_trained_model_ready_to_evaluate(tmp_path, share
         warnings.simplefilter("error")
         capsnet.load_model(tmp_path / "run")  # built as saved: nothing to say
     save_checkpoint(tmp_path / "other.pt", {**checkpoint, "model_repr": checkpoint["model_repr"].replace(
-        "DynamicRouting(iterations=3", "DynamicRouting(iterations=1")})  # as if registered with 1 iteration then
+        "DynamicRouting(iterations=3", "DynamicRouting(iterations=1")})  # as if saved with routing=DynamicRouting(1)
     with pytest.warns(UserWarning, match=r"other.pt: the model 'capsnet-tiny' is built differently now than when it "
                                          r"was saved \(\(routing\): DynamicRouting\(iterations=3, detach_intermediate="
-                                         r"True\) where it had \(routing\): DynamicRouting\(iterations=1, "):
+                                         r"True\) where it had \(routing\): DynamicRouting\(iterations=1, ") as caught:
         capsnet.load_model(tmp_path / "other.pt")
+    assert [warning.filename for warning in caught] == [__file__]  # the caller's line
     save_checkpoint(tmp_path / "renamed.pt", {**checkpoint, "model_name": "capsnet-gone"})
     with pytest.raises(CheckpointError, match="holds the model 'capsnet-gone', which is not registered; import the "
                                               "module that registers it first"):

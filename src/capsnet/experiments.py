@@ -276,8 +276,8 @@ def results_markdown(experiment: Experiment, results: list[dict[str, Any]]) -> s
         )
     lines += ["", "Commands (each row alone):", ""]
     lines += [f"- {r['row']}: `{r['command']}`" + (
-        " (the settings of its last invocation; its invocations differed in device, precision, compile or "
-        "processes, as its machines.jsonl records)" if r.get("settings_changed") else "")
+        " (the settings of its last invocation; its invocations differed in device, precision, compile, "
+        "channels-last or processes, as its machines.jsonl records)" if r.get("settings_changed") else "")
         for r in results if "command" in r]
     return "\n".join(lines) + "\n"
 

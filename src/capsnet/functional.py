@@ -105,10 +105,12 @@ def mask_capsules(poses: Tensor, labels: Tensor | None = None) -> Tensor:
 
 
 def _one_hot(indices: Tensor, classes: int) -> Tensor:
-    """Bool ``(..., classes)``: True at each index. Unlike ``F.one_hot``, which checks the indices' range, it reads
-    no values, so it also runs under ``torch.func.vmap`` (per-example gradients) and in compiled graphs.
+    """Bool ``(..., classes)``: True at each index. Unlike ``F.one_hot``, which reads the indices to check their
+    range, it also runs under ``torch.func.vmap`` (per-example gradients); an index out of range still fails,
+    in the scatter (on CUDA, its device-side assert), rather than giving a row without a class.
     """
-    return indices.unsqueeze(-1) == torch.arange(classes, device=indices.device)
+    empty = torch.zeros(*indices.shape, classes, dtype=torch.bool, device=indices.device)
+    return empty.scatter(-1, indices.unsqueeze(-1).long(), True)  # out of place: vmap refuses scatter_
 
 
 def hits(scores: Tensor, targets: Tensor) -> Tensor:

@@ -106,21 +106,24 @@ def build_model(checkpoint: dict[str, Any], path: str | Path, *, command_line: b
     with torch.random.fork_rng(devices=[]):  # its random initial weights are overwritten: leave the caller's seed be
         model = create_model(name, **checkpoint["model_kwargs"])
     load_model_weights(model, checkpoint, path)
-    warn_if_built_differently(model, checkpoint, path)
+    warn_if_built_differently(model, checkpoint, path, stacklevel=2 if command_line else 3)  # load_model's caller
     return model.eval()
 
 
-def warn_if_built_differently(model: nn.Module, checkpoint: dict[str, Any], path: str | Path) -> None:
+def warn_if_built_differently(model: nn.Module, checkpoint: dict[str, Any], path: str | Path, *,
+                              stacklevel: int = 1) -> None:
     """Warn when ``model``, built by the checkpoint's model name, differs from the model it saved (its
-    ``repr``): a name registered again with other settings that keep the weights' shapes (a routing's
-    iterations, say) loads the weights into a model that computes something else."""
+    ``repr``): a name registered again with other settings that keep the weights' shapes (another routing
+    module, say) loads the weights into a model that computes something else. ``stacklevel`` as for
+    ``warnings.warn``, counted from the line that calls this function (1)."""
     saved = checkpoint.get("model_repr")  # absent in checkpoints saved before 2026-11-29
     if saved is None or saved == repr(model):
         return
     change = next((f"{now.strip()} where it had {before.strip()}" for now, before
                    in zip(repr(model).splitlines(), saved.splitlines()) if now != before), "its layers differ")
     warnings.warn(f"{path}: the model {checkpoint['model_name']!r} is built differently now than when it was saved "
-                  f"({change}); its weights fit, but it may compute something else", stacklevel=3)
+                  f"({change}, as their printed forms say); its weights fit, but it may compute something else",
+                  stacklevel=stacklevel + 1)
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:

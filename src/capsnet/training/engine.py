@@ -503,7 +503,8 @@ class Trainer:
         if mismatched:
             raise CheckpointError(f"{self.run_dir / 'last.pt'} does not match this run: " + "; ".join(mismatched))
         load_model_weights(self.model, checkpoint, self.run_dir / "last.pt")
-        warn_if_built_differently(self.model, checkpoint, self.run_dir / "last.pt")
+        if self.distributed.is_main:  # once, not once per process
+            warn_if_built_differently(self.model, checkpoint, self.run_dir / "last.pt", stacklevel=3)  # Trainer(...)
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         rng_states = checkpoint.get("rng", [])
