@@ -162,3 +162,14 @@ def test_a_given_routing_with_parameters_is_created_where_and_as_the_layer_is():
     assert layer.routing.prior.dtype == torch.float64 and layer.routing.prior.device.type == "meta"
     v, c = layer(torch.rand(2, 6, 4, dtype=torch.float64, device="meta"))
     assert v.shape == (2, 3, 5) and v.dtype == torch.float64
+
+
+def test_decoder_without_sigmoid_reconstructs_values_outside_zero_one():
+    torch.manual_seed(0)
+    plain = CapsuleDecoder(in_caps=3, in_dim=4, out_features=6, hidden=(8,), sigmoid=False)
+    assert [type(m).__name__ for m in plain.net] == ["Linear", "ReLU", "Linear"]
+    with torch.no_grad():
+        plain.net[-1].bias.fill_(-2.0)  # a normalized image's background, say
+    assert plain(torch.zeros(2, 3, 4)).max() < 0
+    squashed = CapsuleDecoder(in_caps=3, in_dim=4, out_features=6, hidden=(8,))
+    assert type(squashed.net[-1]).__name__ == "Sigmoid"

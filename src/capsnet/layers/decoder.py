@@ -18,13 +18,16 @@ class CapsuleDecoder(nn.Module):
 
     All capsules but one are masked to zero: the capsule of ``labels`` when given (training), the
     longest one otherwise. The masked ``in_caps * in_dim`` vector goes through FC+ReLU layers of
-    sizes ``hidden`` and a final FC+sigmoid to ``out_features`` pixel intensities in [0, 1].
+    sizes ``hidden`` and a final FC+sigmoid to ``out_features`` pixel intensities in [0, 1] (FC alone with
+    ``sigmoid=False``).
 
     Args:
         in_caps: number of capsules ``j`` it reads (one per class).
         in_dim: their dimension (the capsule layer's ``d_out``).
         out_features: pixels to reconstruct, ``C * H * W`` (784 for MNIST).
         hidden: sizes of the hidden layers; the paper's are (512, 1024).
+        sigmoid: end in a sigmoid, for intensities in [0, 1] as in the paper; ``False`` for targets outside
+            that range, e.g. images normalized by their mean and std.
         device, dtype: where and in which floating point type to create the parameters.
 
     Shape:
@@ -43,6 +46,7 @@ class CapsuleDecoder(nn.Module):
         in_dim: int = 16,
         out_features: int = 784,
         hidden: Sequence[int] = (512, 1024),
+        sigmoid: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -57,7 +61,8 @@ class CapsuleDecoder(nn.Module):
         layers: list[nn.Module] = []
         for fan_in, fan_out in zip(sizes, sizes[1:]):
             layers += [nn.Linear(fan_in, fan_out, **factory), nn.ReLU(inplace=True)]
-        self.net = nn.Sequential(*layers, nn.Linear(sizes[-1], out_features, **factory), nn.Sigmoid())
+        layers.append(nn.Linear(sizes[-1], out_features, **factory))
+        self.net = nn.Sequential(*layers, *([nn.Sigmoid()] if sigmoid else []))
 
     def forward(self, poses: Tensor, labels: Tensor | None = None) -> Tensor:
         check_shape(poses, "poses", "(b, in_caps, in_dim)", 3, (None, self.in_caps, self.in_dim))
