@@ -286,3 +286,10 @@ def test_capsnet_asks_for_intensities_not_uint8_pixels():
     with pytest.raises(TypeError, match=r"images must be floating point intensities in \[0, 1\], got torch.uint8 "
                                         r"\(for uint8 pixels: images.float\(\) / 255\)"):
         create_model("capsnet-tiny")(torch.zeros(2, 1, 28, 28, dtype=torch.uint8))
+
+
+def test_capsnet_names_targets_outside_its_classes_as_its_own_argument():
+    model = create_model("capsnet-tiny")
+    for targets in (torch.tensor([3, 10]), torch.tensor([[3, 10], [1, 2]])):  # one or two objects per image
+        with pytest.raises(ValueError, match=r"^targets must be class indices in \[0, 10\), got values from \d to 10$"):
+            model(torch.rand(2, 1, 28, 28), targets)

@@ -9,7 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_image_size, check_int, check_integer_dtype, check_shape
+from .._checks import (
+    check_class_indices, check_image_size, check_int, check_integer_dtype, check_shape, values_are_cheap_to_read,
+)
 from ..functional import capsule_lengths
 from ..layers import WEIGHT_INIT_STD, CapsuleDecoder, PrimaryCapsules, RoutedCapsules
 from ..routing import ROUTING_ITERATIONS, DynamicRouting, Routing, SelfAttentionRouting
@@ -161,6 +163,8 @@ class CapsNet(nn.Module):
             return None
         if targets is not None:
             check_integer_dtype(targets, "targets")  # a multi-hot (b, k) would be decoded as k indices 0 and 1
+            if values_are_cheap_to_read(targets):  # named here: the decoder would call them its labels
+                check_class_indices(targets, "targets", poses.shape[1])
         if targets is None or targets.dim() == 1:
             return self.decoder(poses, targets)  # (b, C * H * W)
         # Several objects per image (MultiMNIST): decode each from its own capsule, in one batched call.
