@@ -114,6 +114,15 @@ def test_routing_picture_of_a_model_with_a_learned_prior_says_it_shows_the_softm
     assert "softmax coupling c without its learned prior" in titles[0] and "prior" not in titles[1]
 
 
+def test_figures_of_a_capsnets_parts_name_what_they_need_of_another_model():
+    other = create_model("baseline-cnn-tiny")  # a model of one's own, say
+    for draw in (figures.coupling_maps, figures.perturbation_grid):
+        with pytest.raises(TypeError, match="this figure needs a capsnet.CapsNet .*, got BaselineCNN"):
+            draw(other, torch.rand(1, 28, 28))
+    with pytest.raises(TypeError, match="this figure needs a capsnet.CapsNet"):
+        figures.segmentation(other, torch.rand(2, 1, 28, 28))
+
+
 def test_model_without_decoder_has_no_reconstructions_to_draw(tmp_path):
     with pytest.raises(ValueError, match="without the reconstruction decoder"):
         figures.perturbation_grid(tiny_model(reconstruction=False), torch.rand(1, 28, 28))

@@ -35,7 +35,15 @@ _BACKGROUND_WEIGHT = 0.35
 _P = ParamSpec("_P")  # the arguments of a plot_* function after the model
 
 
+def _require_capsnet(model: CapsNet) -> None:
+    """These pictures read a ``CapsNet``'s own parts (its primary capsule grid, decoder, image size)."""
+    if not isinstance(model, CapsNet):
+        raise TypeError(f"this figure needs a capsnet.CapsNet (its primary capsule grid, decoder and image size), "
+                        f"got {type(model).__name__}; pick_examples takes any model whose output has lengths")
+
+
 def _require_decoder(model: CapsNet) -> None:
+    _require_capsnet(model)
     if model.decoder is None:
         raise ValueError("this model was trained without the reconstruction decoder: there is nothing to draw")
 
@@ -99,6 +107,7 @@ def coupling_maps(model: CapsNet, image: Tensor) -> Tensor:
     routing returns: for self-attention routing with a learned prior, the softmax before the prior, which the
     routing adds to it to weight the votes.
     """
+    _require_capsnet(model)
     output = model(image.unsqueeze(0))
     primary, coupling = output.primary[0], output.coupling[0]  # (i, primary_dim), (i, j)
     h, w = model.primary_grid
