@@ -158,6 +158,9 @@ def test_a_local_copy_is_read_without_network_and_without_writing(tmp_path, monk
         got_images, _ = affnist.load_affnist_test(folder, download=False, progress=False)
     assert torch.equal(got_images[:, 0], torch.from_numpy(images))
     assert [p.name for p in folder.iterdir()] == ["test.mat.zip"]
+    with pytest.warns(UserWarning, match="the SHA-256 of .*mine/test.mat.zip is"):  # no "downloaded": it was there
+        assert affnist.download_affnist(folder, progress=False) == folder / "test.mat.zip"  # found flat, not fetched
+    assert sorted(p.name for p in folder.iterdir()) == ["test.mat.zip", "test.mat.zip.sha256"]
     with pytest.raises(DataError, match="run `capsnet download affnist`"):
         affnist.load_affnist_test(tmp_path / "mine" / "..", download=False)
 

@@ -59,10 +59,12 @@ def load_affnist_test(root: str | Path | None = None, *, download: bool = True,
 
 
 def download_affnist(root: str | Path | None = None, *, progress: bool = True) -> Path:
-    """Fetch ``test.mat.zip`` into ``root/affnist`` unless it is there; check it against the pinned or recorded
-    SHA-256, or record its SHA-256 (see the module doc), also for an archive that a download killed before the
-    record left behind."""
-    dest = resolve_data_root(root) / FOLDER / ARCHIVE
+    """Fetch ``test.mat.zip`` into ``root/affnist`` unless it is there (or in ``root``, where loading finds it
+    too); check it against the pinned or recorded SHA-256, or record its SHA-256 (see the module doc), also for
+    an archive that a download killed before the record left behind."""
+    root = resolve_data_root(root)
+    dest = next((folder / ARCHIVE for folder in (root / FOLDER, root) if (folder / ARCHIVE).is_file()),
+                root / FOLDER / ARCHIVE)
     expected = _expected_digest(dest)
     downloaded = not dest.is_file()
     if downloaded:
