@@ -116,11 +116,11 @@ def warn_if_built_differently(model: nn.Module, checkpoint: dict[str, Any], path
     ``repr``): a name registered again with other settings that keep the weights' shapes (another routing
     module, say) loads the weights into a model that computes something else. ``stacklevel`` as for
     ``warnings.warn``, counted from the line that calls this function (1)."""
-    saved = checkpoint.get("model_repr")  # absent in checkpoints saved before 2026-11-29
-    if saved is None or saved == repr(model):
+    saved, built = checkpoint.get("model_repr"), repr(model)  # absent in checkpoints saved before 2026-11-29
+    if saved is None or saved == built:
         return
     change = next((f"{now.strip()} where it had {before.strip()}" for now, before
-                   in zip(repr(model).splitlines(), saved.splitlines()) if now != before), "its layers differ")
+                   in zip(built.splitlines(), saved.splitlines()) if now != before), "its layers differ")
     warnings.warn(f"{path}: the model {checkpoint['model_name']!r} is built differently now than when it was saved "
                   f"({change}, as their printed forms say); its weights fit, but it may compute something else",
                   stacklevel=stacklevel + 1)
