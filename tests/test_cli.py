@@ -217,6 +217,28 @@ def test_plugins_let_the_cli_train_resume_evaluate_and_draw_a_model_registered_i
     assert code == 0 and "fig3_reconstructions.png" in out
 
 
+def test_a_checkpoint_names_the_module_that_registered_its_model_in_python(capsys, tmp_path, shared_data,
+                                                                          plugin_module, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.import_module("my_capsules")  # registered by an import, not --plugins
+    capsnet.train(model="test-plugin-capsnet", epochs=1, limit_train=32, limit_test=10, batch_size=32, progress=False,
+                  data_dir=str(shared_data), output_dir=str(tmp_path / "run"))
+    checkpoint = tmp_path / "run" / "last.pt"
+    plugin_module()
+    code, _, err = run(capsys, "evaluate", str(checkpoint))
+    assert code == 2 and err.endswith("'test-plugin-capsnet', which is not registered; pass --plugins my_capsules, "
+                                      "the module that registered it\n")
+    with pytest.raises(capsnet.training.CheckpointError, match="not registered; import my_capsules, which registered "
+                                                               "it, first$"):
+        capsnet.load_model(checkpoint)
+    saved = capsnet.training.load_checkpoint(checkpoint)
+    save_checkpoint(tmp_path / "script.pt", {**saved, "model_module": "__main__"})  # registered by a script
+    code, _, err = run(capsys, "evaluate", str(tmp_path / "script.pt"))
+    assert code == 2 and err.endswith("not registered; it was registered by the script that trained it: register it "
+                                      "the same way first, in a module passed as --plugins MODULE\n")
+    assert capsnet.models.registry.registering_module("capsnet-mnist") == "capsnet.models"
+
+
 def test_plugins_that_cannot_be_imported_are_named(capsys, plugin_module, tmp_path):
     code, _, err = run(capsys, "train", "--plugins", "my_capsules, no_such_plugin")
     assert code == 2 and err.startswith("capsnet: error: --plugins: no module named 'no_such_plugin' here (")

@@ -270,9 +270,14 @@ def test_load_model_gives_a_runs_trained_model_ready_to_evaluate(tmp_path, share
         capsnet.load_model(tmp_path / "other.pt")
     assert [warning.filename for warning in caught] == [__file__]  # the caller's line
     save_checkpoint(tmp_path / "renamed.pt", {**checkpoint, "model_name": "capsnet-gone"})
+    with pytest.raises(CheckpointError, match=r"holds the model 'capsnet-gone', which is not registered; this version "
+                                              r"of capsnet does not define it \(was it written by another version\?\)"):
+        capsnet.load_model(tmp_path / "renamed.pt")
+    del checkpoint["model_module"]  # as saved before 2026-11-29
+    save_checkpoint(tmp_path / "older.pt", {**checkpoint, "model_name": "capsnet-gone"})
     with pytest.raises(CheckpointError, match="holds the model 'capsnet-gone', which is not registered; import the "
                                               "module that registers it first"):
-        capsnet.load_model(tmp_path / "renamed.pt")
+        capsnet.load_model(tmp_path / "older.pt")
 
 
 def test_run_folder_guards(tmp_path, shared_data):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import sys
 import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -11,13 +12,14 @@ from torch import nn
 
 from .._checks import check_choice
 
-__all__ = ["register_model", "create_model", "list_models", "is_capsule_model"]
+__all__ = ["register_model", "create_model", "list_models", "is_capsule_model", "registering_module"]
 
 
 class _Entry(NamedTuple):
     builder: Callable[..., nn.Module]
     config: dict[str, Any]
     capsule_model: bool
+    module: str  # the __name__ of the module that called register_model
 
 
 _MODELS: dict[str, _Entry] = {}
@@ -42,7 +44,7 @@ def register_model(
         capsule_model = isinstance(builder, type) and issubclass(builder, CapsNet)
     if name in _MODELS:
         warnings.warn(f"model {name!r} is registered twice; the later definition wins", stacklevel=2)
-    _MODELS[name] = _Entry(builder, config, capsule_model)
+    _MODELS[name] = _Entry(builder, config, capsule_model, sys._getframe(1).f_globals.get("__name__", ""))
 
 
 def create_model(name: str, **overrides: Any) -> nn.Module:
@@ -54,7 +56,8 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
         >>> model.digits.routing
         DynamicRouting(iterations=1, detach_intermediate=True)
     """
-    builder, config, _ = _MODELS[check_choice(name, "model", _MODELS)]
+    entry = _MODELS[check_choice(name, "model", _MODELS)]
+    builder, config = entry.builder, entry.config
     own = {key: copy.deepcopy(value) if isinstance(value, nn.Module) else value for key, value in config.items()}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -81,3 +84,14 @@ def is_capsule_model(name: str) -> bool:
         (True, False)
     """
     return _MODELS[check_choice(name, "model", _MODELS)].capsule_model
+
+
+def registering_module(name: str) -> str:
+    """The ``__name__`` of the module that registered the model ``name`` (``"__main__"`` for a script): what a
+    checkpoint records so that loading it elsewhere can say what to import.
+
+    Example:
+        >>> registering_module("capsnet-mnist")
+        'capsnet.models'
+    """
+    return _MODELS[check_choice(name, "model", _MODELS)].module

@@ -95,19 +95,33 @@ def build_model(checkpoint: dict[str, Any], path: str | Path, *, command_line: b
     """
     name = checkpoint["model_name"]
     if name not in list_models():
-        recorded = checkpoint["config"].get("plugins")
-        if command_line:
-            hint = (f"its run imported --plugins {recorded}: pass the same" if recorded
-                    else "pass --plugins MODULE, the module that registers it")
-        else:
-            hint = (f"import {recorded}, which its run imported, first" if recorded
-                    else "import the module that registers it first")
-        raise CheckpointError(f"{path} holds the model {name!r}, which is not registered; {hint}")
+        raise CheckpointError(f"{path} holds the model {name!r}, which is not registered; "
+                              f"{_registration_hint(checkpoint, command_line)}")
     with torch.random.fork_rng(devices=[]):  # its random initial weights are overwritten: leave the caller's seed be
         model = create_model(name, **checkpoint["model_kwargs"])
     load_model_weights(model, checkpoint, path)
     warn_if_built_differently(model, checkpoint, path, stacklevel=2 if command_line else 3)  # load_model's caller
     return model.eval()
+
+
+def _registration_hint(checkpoint: dict[str, Any], command_line: bool) -> str:
+    """What to import so that a checkpoint's model name is registered: its run's ``--plugins``, else the module
+    that registered the name when it trained (recorded since 2026-11-29). ``(command line, Python)`` wordings."""
+    plugins, module = checkpoint["config"].get("plugins"), checkpoint.get("model_module", "")
+    if plugins:
+        hints = (f"its run imported --plugins {plugins}: pass the same",
+                 f"import {plugins}, which its run imported, first")
+    elif module == "__main__":
+        script = "it was registered by the script that trained it: register it the same way first"
+        hints = (f"{script}, in a module passed as --plugins MODULE", script)
+    elif module.partition(".")[0] == __name__.partition(".")[0]:  # a model of capsnet's own, since removed
+        hints = ("this version of capsnet does not define it (was it written by another version?)",) * 2
+    elif module:
+        hints = (f"pass --plugins {module}, the module that registered it",
+                 f"import {module}, which registered it, first")
+    else:
+        hints = ("pass --plugins MODULE, the module that registers it", "import the module that registers it first")
+    return hints[0] if command_line else hints[1]
 
 
 def warn_if_built_differently(model: nn.Module, checkpoint: dict[str, Any], path: str | Path, *,

@@ -25,6 +25,7 @@ from ..data import TensorLoader, get_dataset_class, overlay_pairs, place_on_canv
 from ..data.testsets import base_dataset, load_test_set
 from ..losses import CapsuleLoss
 from ..models import CapsNet, create_model, is_capsule_model
+from ..models.registry import registering_module
 from ..config import TrainConfig, flag_name, reaches_error
 from ..functional import hits
 from ..runtime import retain_freed_memory
@@ -478,6 +479,7 @@ class Trainer:
             "model_name": self.config.model,
             "model_kwargs": self.model_kwargs,
             "model_repr": repr(self.model),  # what the name built: warn_if_built_differently compares on loading
+            "model_module": registering_module(self.config.model),  # named by build_model when it is not registered
             "device_type": self.device.type,
             "classes": self.classes,
             "model": self.model.state_dict(),
