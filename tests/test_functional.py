@@ -40,6 +40,13 @@ def test_squash_norm_stays_below_one(dtype, max_log10):
     assert (lengths < 1).all() and (lengths > 0).all()
 
 
+def test_squash_of_a_long_float32_vector_is_its_unit_direction():
+    # (1 + n^2) * n overflows float32 from n ~ 7e12; n^2 itself only from n ~ 1.8e19.
+    direction = torch.tensor([0.6, -0.8])
+    for norm in (1e6, 1e13, 1e18):
+        torch.testing.assert_close(squash(norm * direction), direction)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_squash_at_zero_has_finite_value_and_zero_gradient(dtype):
     s = torch.zeros(2, 16, dtype=dtype, requires_grad=True)
