@@ -46,6 +46,24 @@ def test_margin_loss_reads_n_class_indices_per_example_as_multi_hot():
     assert margin_loss(LENGTHS, torch.tensor([[2], [0]])) == margin_loss(LENGTHS, torch.tensor([2, 0]))
 
 
+def test_a_one_hot_matrix_of_the_wrong_width_is_refused_not_read_as_classes_0_and_1():
+    # F.one_hot(labels) without num_classes is as wide as the batch's largest label: here 3 columns for 4 capsules.
+    # Read as 3 class indices per example it would say "classes 0 and 1 present" for every example.
+    lengths, labels = torch.rand(2, 4), torch.tensor([2, 1])
+    one_hot = torch.nn.functional.one_hot(labels)
+    message = (r"targets of shape \(b, n\) = \(2, 3\) hold n class indices per example, which must differ, but "
+               r"example 0 has \[0, 0, 1\] \(a one-hot or multi-hot matrix is not class indices: give it one column "
+               r"per class, 4\)")
+    with pytest.raises(ValueError, match=message):
+        margin_loss(lengths, one_hot)
+    model = capsnet.create_model("capsnet-tiny", num_classes=4)
+    with pytest.raises(ValueError, match=message.replace("4\\)", "4\\)$")):
+        model(torch.rand(2, 1, 28, 28), one_hot)  # would decode three copies of each image
+    with pytest.raises(ValueError, match=message):
+        capsnet.functional.hits(lengths, one_hot)
+    assert margin_loss(lengths, torch.nn.functional.one_hot(labels, 4)) == margin_loss(lengths, labels)
+
+
 @pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.uint8])
 def test_margin_loss_and_the_model_take_labels_of_any_integer_type(dtype):
     indices, pairs = torch.tensor([0, 2]), torch.tensor([[1, 0], [0, 2]])

@@ -79,9 +79,18 @@ def check_integer_dtype(indices: torch.Tensor, name: str) -> None:
 
 
 def check_class_indices(indices: torch.Tensor, name: str, classes: int) -> None:
-    """Raise a ``ValueError`` unless every value of ``indices`` is a class index in ``[0, classes)``."""
+    """Raise a ``ValueError`` unless every value of ``indices`` is a class index in ``[0, classes)`` and, for
+    ``(b, n)`` indices (n objects per example), the n of each example differ."""
     if outside := values_outside(indices, 0, classes - 1):
         raise ValueError(f"{name} must be class indices in [0, {classes}), got values from {outside[0]} to {outside[1]}")
+    if indices.dim() == 2 and indices.shape[1] > 1:
+        ordered = indices.sort(dim=1).values
+        repeats = (ordered[:, 1:] == ordered[:, :-1]).any(dim=1).nonzero()
+        if len(repeats):  # a one-hot matrix read as indices would say "classes 0 and 1" for every example
+            example = int(repeats[0])
+            raise ValueError(f"{name} of shape (b, n) = {tuple(indices.shape)} hold n class indices per example, which "
+                             f"must differ, but example {example} has {indices[example].tolist()} (a one-hot or "
+                             f"multi-hot matrix is not class indices: give it one column per class, {classes})")
 
 
 def values_are_cheap_to_read(tensor: torch.Tensor) -> bool:

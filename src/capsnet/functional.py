@@ -121,8 +121,9 @@ def hits(scores: Tensor, targets: Tensor) -> Tensor:
 
     Args:
         scores: per-class scores whose argmax is the prediction (capsule lengths or logits).
-        targets: class indices of any integer dtype, one or n per example. Not multi-hot: a float or bool
-            ``targets`` raises a ``TypeError`` that says how to get the indices of a multi-hot matrix.
+        targets: class indices of any integer dtype, one or n different ones per example. Not multi-hot: a float
+            or bool ``targets`` raises a ``TypeError`` that says how to get the indices of a multi-hot matrix, and
+            indices out of range or repeated within an example a ``ValueError`` (in eager mode on the CPU).
 
     Shape:
         ``scores``: ``(b, k)``; ``targets``: ``(b,)`` or ``(b, n)`` -> ``(b,)`` bool.
@@ -137,6 +138,8 @@ def hits(scores: Tensor, targets: Tensor) -> Tensor:
         raise ValueError(f"expected scores (b, k) and targets (b,) or (b, n), got {tuple(scores.shape)} and "
                          f"{tuple(targets.shape)}")
     check_integer_dtype(targets, "targets")
+    if values_are_cheap_to_read(targets):  # an index out of range would count as a miss, or fail in topk
+        check_class_indices(targets, "targets", scores.shape[1])
     if targets.dim() == 1:
         return scores.argmax(-1) == targets
     top = scores.topk(targets.shape[1], dim=-1).indices.sort(-1).values
