@@ -681,6 +681,18 @@ def test_evaluate_counts_errors_of_a_known_model_and_refuses_what_it_would_misco
         capsnet.evaluate(always_three, images, labels[:4])
     with pytest.raises(ValueError, match=r"labels must be class indices in \[0, 10\), got values from 0 to 10"):
         capsnet.evaluate(always_three, images, torch.tensor([3, 3, 1, 10, 0]))
+    as_a_pair = torch.nn.Sequential(always_three, Pair())
+    as_a_pair.num_classes = 10
+    with pytest.raises(TypeError, match="the model returned a tuple; predictions are read from a .* or from an "
+                                        "output's lengths attribute"):
+        capsnet.evaluate(as_a_pair, images, labels)
+
+
+class Pair(torch.nn.Module):
+    """Returns ``(scores, scores)``: a model whose scores are not where evaluate looks for them."""
+
+    def forward(self, scores):
+        return scores, scores
 
 
 def test_weights_that_no_longer_fit_their_model_name_are_refused_with_the_layers_that_differ(tmp_path):

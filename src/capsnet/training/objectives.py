@@ -16,7 +16,12 @@ Model = Callable[..., object]
 
 def class_scores(output: object) -> Tensor:
     """Per-class scores ``(b, k)`` whose argmax is the prediction: a CapsNet's capsule lengths, or logits."""
-    return output.lengths if hasattr(output, "lengths") else output
+    scores = output.lengths if hasattr(output, "lengths") else output
+    if not isinstance(scores, Tensor):
+        raise TypeError(f"the model returned a {type(output).__name__}; predictions are read from a (b, k) tensor of "
+                        "scores or from an output's lengths attribute (a CapsNetOutput, or a NamedTuple with a "
+                        "lengths field)")
+    return scores
 
 
 class Objective:
