@@ -74,10 +74,29 @@ def test_plots_write_pngs_of_the_expected_size(tmp_path):
     model, images, labels = tiny_model(), torch.rand(30, 1, 28, 28), torch.randint(0, 10, (30,))
     assert png_size(figures.plot_perturbations(model, images[0], tmp_path / "p.png")) == (780, 1040)
     assert png_size(figures.plot_perturbations(model, images[0], tmp_path / "p3.png", capsule=3)) == (780, 1040)
-    assert png_size(figures.plot_coupling(model, images[0], tmp_path / "c.png")) == (1430, 190)
+    assert png_size(figures.plot_coupling(model, images[0], tmp_path / "c.png")) == (1430, 210)
     path = figures.plot_reconstructions(model, images, labels, tmp_path / "r.png", count=4)
     right, wrong = figures.pick_examples(model, images, labels, 4)
-    assert png_size(path) == (round(110 * (len(right) + len(wrong))), 290)
+    assert png_size(path) == (max(round(110 * (len(right) + len(wrong))), 400), 290)  # 400: room for the title
+
+
+@pytest.mark.parametrize("classes", [3, 10])
+def test_titles_fit_in_figures_of_few_classes_or_few_examples(tmp_path, monkeypatch, classes):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    drawn, save = [], figures._save
+    monkeypatch.setattr(figures, "_save", lambda figure, path: drawn.append(figure) or save(figure, path))
+    images = torch.rand(30, 1, 28, 28)
+    pairs = torch.stack([torch.randperm(classes)[:2] for _ in range(30)])
+    for model in (tiny_model(num_classes=classes), create_model("capsnet-self-attention-tiny", num_classes=classes)):
+        figures.plot_coupling(model, images[0], tmp_path / "c.png")
+        figures.plot_reconstructions(model, images, pairs[:, 0], tmp_path / "r.png", count=1)
+        figures.plot_segmentation(model, images, pairs, tmp_path / "s.png", count=1)
+    for figure in drawn:
+        renderer = FigureCanvasAgg(figure).get_renderer()
+        for text in figure.texts:  # the suptitle
+            box = text.get_window_extent(renderer)
+            assert 0 <= box.x0 and box.x1 <= figure.bbox.width and box.y1 <= figure.bbox.height, text.get_text()
 
 
 def test_plots_keep_the_callers_matplotlib_backend_figures_and_training_mode(tmp_path):

@@ -158,6 +158,10 @@ def require_matplotlib() -> None:
                           'pip install -e ".[figures]")')
 
 
+# Inches that a one-line title at 9 points needs: the width of a figure of few columns (few classes, few examples).
+_TITLE_WIDTH = 4.0
+
+
 def _figure(rows: int = 1, columns: int = 1, *, figsize: tuple[float, float]) -> tuple[Any, Any]:
     """A matplotlib figure and its ``(rows, columns)`` array of axes, outside pyplot: the caller's backend and
     pyplot's list of open figures stay as they were (nothing to close, even when saving fails)."""
@@ -213,7 +217,7 @@ def plot_reconstructions(model: CapsNet, images: Tensor, labels: Tensor, path: s
     output = model(images[picked])
     reconstructions = output.reconstructions.view(-1, model.in_channels, *model.image_size)
     names = classes or [str(k) for k in range(output.lengths.shape[1])]
-    figure, axes = _figure(2, len(picked), figsize=(1.1 * len(picked), 2.9))
+    figure, axes = _figure(2, len(picked), figsize=(max(1.1 * len(picked), _TITLE_WIDTH), 2.9))
     for column, index in enumerate(picked.tolist()):
         predicted = int(output.lengths[column].argmax())
         _show(axes[0, column], images[index], f"l:{names[int(labels[index])]}\np:{names[predicted]}")
@@ -264,7 +268,7 @@ def plot_coupling(model: CapsNet, image: Tensor, path: str | Path, *, classes: l
     maps = amounts / amounts.sum(0).clamp_min(1e-12)
     lengths = model(image.unsqueeze(0)).lengths[0]
     names = classes or [str(k) for k in range(maps.shape[0])]
-    figure, axes = _figure(1, maps.shape[0] + 1, figsize=(1.3 * (maps.shape[0] + 1), 1.9))
+    figure, axes = _figure(1, maps.shape[0] + 1, figsize=(max(1.3 * (maps.shape[0] + 1), 6.5), 2.1))  # 6.5: its title
     _show(axes[0, 0], image, f"input\nprediction {names[int(lengths.argmax())]}")
     low, high = float(maps.min()), float(maps.max())  # trained couplings stay near uniform: stretch the colours
     for j in range(maps.shape[0]):
@@ -273,7 +277,7 @@ def plot_coupling(model: CapsNet, image: Tensor, path: str | Path, *, classes: l
         axes[0, j + 1].set_yticks([])
         axes[0, j + 1].set_title(f"{names[j]}\n|v|={float(lengths[j]):.2f}", fontsize=8)
     figure.suptitle(f"routing: share of the primary capsules' output sent to each class at each of the "
-                    f"{maps.shape[1]}x{maps.shape[2]} positions; colours from {low:.3f} (dark) to {high:.3f} (bright), "
+                    f"{maps.shape[1]}x{maps.shape[2]} positions;\ncolours from {low:.3f} (dark) to {high:.3f} (bright), "
                     f"uniform coupling: {1 / maps.shape[0]:.3f}" + _prior_note(model), fontsize=9)
     figure.tight_layout()
     return _save(figure, path)
@@ -308,7 +312,7 @@ def plot_segmentation(model: CapsNet, images: Tensor, labels: Tensor, path: str 
     def pair(indices: list[int]) -> str:
         return "(" + ",".join(names[k] for k in indices) + ")"
 
-    figure, axes = _figure(len(rows), len(picked), figsize=(1.1 * len(picked), 4.1))
+    figure, axes = _figure(len(rows), len(picked), figsize=(max(1.1 * len(picked), _TITLE_WIDTH), 4.1))
     for column, index in enumerate(picked.tolist()):
         titles = (f"L:{pair(labels[index].tolist())}", f"R:{pair(chosen[column].tolist())}", "")
         for row, (pictures, title) in enumerate(zip(rows.values(), titles)):
