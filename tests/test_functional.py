@@ -148,3 +148,21 @@ def test_label_functions_refuse_float_and_bool_labels_instead_of_misreading_mult
     # The hint's own recipe gives the indices that hits takes.
     indices = multi_hot.nonzero()[:, 1].view(-1, 2)
     assert hits(torch.tensor([[0.1, 0.9, 0.8], [0.7, 0.9, 0.1]]), indices).tolist() == [True, False]
+
+
+def test_hits_ignores_the_order_of_the_top_classes_and_of_the_labels():
+    from capsnet.functional import hits
+
+    scores = torch.tensor([[0.1, 0.8, 0.9], [0.9, 0.8, 0.1]])  # row 0: the higher score has the higher index
+    for labels in ([[1, 2], [0, 1]], [[2, 1], [1, 0]]):
+        assert hits(scores, torch.tensor(labels)).tolist() == [True, True]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_squash_follows_the_formula_for_short_vectors(dtype):
+    # Its epsilon guards only |s| = 0: short capsules keep length n^2 / (1 + n^2).
+    direction = torch.tensor([0.6, -0.8], dtype=dtype)
+    for norm in (1e-2, 1e-3, 1e-4, 1e-5):
+        v = squash(norm * direction)
+        assert v.norm().item() == pytest.approx(norm**2 / (1 + norm**2), rel=1e-5)
+        torch.testing.assert_close(v / v.norm(), direction)

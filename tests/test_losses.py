@@ -176,3 +176,13 @@ def test_per_example_gradients_take_class_index_targets():
     torch.testing.assert_close(kept, torch.eye(5, dtype=torch.float64)[labels].unsqueeze(-1).expand(3, 5, 4))
     with pytest.raises(RuntimeError, match="out of bounds"):  # a class that does not exist: an error, not a blank row
         torch.func.vmap(torch.func.grad(lambda l, t: margin_loss(l[None], t[None])))(lengths, torch.tensor([0, 1, 5]))
+
+
+@pytest.mark.parametrize("setting", [{"m_pos": 0.99}, {"m_neg": 0.2}, {"lambda_": 1.0}])
+def test_capsule_loss_applies_its_margin_settings(setting):
+    lengths = torch.tensor([[0.95, 0.30, 0.05], [0.50, 0.10, 0.80]], dtype=torch.float64)
+    output = CapsNetOutput(lengths, torch.zeros(2, 3, 4), None, torch.zeros(2, 5, 3))
+    targets, images = torch.tensor([0, 2]), torch.zeros(2, 1, 2, 2)
+    loss = CapsuleLoss(**setting)(output, images, targets)
+    torch.testing.assert_close(loss, margin_loss(lengths, targets, **setting))
+    assert loss != margin_loss(lengths, targets)

@@ -293,3 +293,18 @@ def test_capsnet_names_targets_outside_its_classes_as_its_own_argument():
     for targets in (torch.tensor([3, 10]), torch.tensor([[3, 10], [1, 2]])):  # one or two objects per image
         with pytest.raises(ValueError, match=r"^targets must be class indices in \[0, 10\), got values from \d to 10$"):
             model(torch.rand(2, 1, 28, 28), targets)
+
+
+def test_reconstruction_loss_trains_the_target_capsule_and_only_it():
+    # The decoder is the regularizer that makes the winning capsule carry the pose: its loss must reach DigitCaps.
+    torch.manual_seed(0)
+    model = CapsNet(conv_channels=16, primary_types=4)
+    images, labels = torch.rand(3, 1, 28, 28), torch.tensor([1, 5, 9])
+    out = model(images, labels)
+    loss = capsnet.reconstruction_loss(out.reconstructions, images)
+    grad_poses, grad_w = torch.autograd.grad(loss, (out.poses, model.digits.weight))
+    norms = grad_poses.norm(dim=-1)  # (b, j)
+    assert (norms[torch.arange(3), labels] > 0).all()
+    norms[torch.arange(3), labels] = 0
+    assert not norms.any()  # the masked capsules get nothing from the decoder
+    assert grad_w.abs().sum() > 0

@@ -233,3 +233,29 @@ def test_only_routing_classes_can_be_registered_and_votes_must_be_real_numbers()
     assert "mean" not in list_routings()
     with pytest.raises(TypeError, match="u_hat must be a floating point tensor, got torch.int64"):
         dynamic_routing(torch.ones(2, 6, 4, 3, dtype=torch.long))
+
+
+def test_float16_routing_sums_a_winner_take_all_capsule_past_65504():
+    # Every vote for capsule 0 agrees, so c[i, 0] -> 1 and s_0 ~ 1152 * 100 per component: past float16's 65504
+    # unless the sum over i is taken in float32.
+    torch.manual_seed(0)
+    u_hat = torch.randn(2, 1152, 10, 16) * 0.1
+    u_hat[:, :, 0] += 100.0
+    v, c = dynamic_routing(u_hat.half(), 3)
+    v_wide, _ = dynamic_routing(u_hat.half().float(), 3)
+    assert torch.isfinite(v).all() and torch.isfinite(c).all()
+    assert c[:, :, 0].float().min() > 0.99
+    torch.testing.assert_close(v.float(), v_wide, atol=1e-2, rtol=0)
+
+
+def test_documented_default_stops_gradients_in_early_iterations():
+    torch.manual_seed(0)
+    u_hat = (torch.randn(2, 6, 4, 3, dtype=torch.float64) * 0.7).requires_grad_()
+
+    def grad(routing):
+        return torch.autograd.grad(routing(u_hat).poses.square().sum(), u_hat)[0]
+
+    detached = grad(lambda u: dynamic_routing(u, 3, detach_intermediate=True))
+    torch.testing.assert_close(grad(lambda u: dynamic_routing(u, 3)), detached)
+    torch.testing.assert_close(grad(DynamicRouting()), detached)
+    assert capsnet.RoutedCapsules(in_caps=6, in_dim=2, out_caps=4, out_dim=3).routing.detach_intermediate is True
