@@ -70,6 +70,17 @@ def test_pick_examples_finds_right_and_wrong_ones():
     assert len(wrong) == 3 and right.tolist() == (predictions == labels).nonzero().flatten()[:3].tolist()
 
 
+def test_figures_refuse_labels_the_model_has_no_capsule_for(tmp_path):
+    model, images = tiny_model(num_classes=5), torch.rand(4, 1, 28, 28)
+    labels = torch.tensor([7, 1, 2, 3])  # would count as wrong, then fail to find a name for class 7
+    with pytest.raises(ValueError, match=r"^labels must be class indices in \[0, 5\), got values from 1 to 7$"):
+        figures.pick_examples(model, images, labels, count=2)
+    with pytest.raises(ValueError, match=r"^labels must be class indices in \[0, 5\)"):
+        figures.plot_reconstructions(model, images, labels, tmp_path / "r.png")
+    with pytest.raises(TypeError, match="labels must be integer class indices, got torch.float32"):
+        figures.pick_examples(model, images, labels.float(), count=2)
+
+
 def test_plots_write_pngs_of_the_expected_size(tmp_path):
     model, images, labels = tiny_model(), torch.rand(30, 1, 28, 28), torch.randint(0, 10, (30,))
     assert png_size(figures.plot_perturbations(model, images[0], tmp_path / "p.png")) == (780, 1040)

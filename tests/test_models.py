@@ -290,6 +290,9 @@ def test_capsnet_asks_for_intensities_not_uint8_pixels():
 
 def test_capsnet_names_targets_outside_its_classes_as_its_own_argument():
     model = create_model("capsnet-tiny")
+    for targets in (torch.tensor([1, 2, 3]), torch.tensor(1), torch.zeros(2, 1, 1, dtype=torch.long)):
+        with pytest.raises(ValueError, match=r"^expected targets of shape \(b,\) or \(b, n\) for b = 2 images, got "):
+            model(torch.rand(2, 1, 28, 28), targets)
     for targets in (torch.tensor([3, 10]), torch.tensor([[3, 10], [1, 2]])):  # one or two objects per image
         with pytest.raises(ValueError, match=r"^targets must be class indices in \[0, 10\), got values from \d to 10$"):
             model(torch.rand(2, 1, 28, 28), targets)

@@ -17,7 +17,7 @@ from typing import Any, Concatenate, ParamSpec
 import torch
 from torch import Tensor
 
-from ._checks import check_int, check_shape
+from ._checks import check_class_indices, check_int, check_integer_dtype, check_shape
 from .functional import capsule_lengths, hits
 from .models import CapsNet
 
@@ -60,7 +60,10 @@ def pick_examples(model: CapsNet, images: Tensor, labels: Tensor, count: int, ba
     """
     right, wrong = [], []
     for start in range(0, len(labels), batch_size):
-        correct = hits(model(images[start : start + batch_size]).lengths, labels[start : start + batch_size])
+        lengths, batch_labels = model(images[start : start + batch_size]).lengths, labels[start : start + batch_size]
+        check_integer_dtype(batch_labels, "labels")
+        check_class_indices(batch_labels, "labels", lengths.shape[1])  # hits would name them its targets
+        correct = hits(lengths, batch_labels)
         right.append(correct.nonzero().flatten() + start)
         wrong.append((~correct).nonzero().flatten() + start)
         if sum(map(len, right)) >= count and sum(map(len, wrong)) >= count:

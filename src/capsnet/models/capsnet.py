@@ -162,6 +162,9 @@ class CapsNet(nn.Module):
         if self.decoder is None:
             return None
         if targets is not None:
+            if targets.dim() not in (1, 2) or len(targets) != len(poses):  # named here, as below
+                raise ValueError(f"expected targets of shape (b,) or (b, n) for b = {len(poses)} images, got "
+                                 f"{tuple(targets.shape)}")
             check_integer_dtype(targets, "targets")  # a multi-hot (b, k) would be decoded as k indices 0 and 1
             if values_are_cheap_to_read(targets):  # named here: the decoder would call them its labels
                 check_class_indices(targets, "targets", poses.shape[1])
