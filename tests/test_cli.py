@@ -103,7 +103,11 @@ def test_checkpoint_must_match_the_model_flags(capsys, tmp_path, shared_data):
 def test_foreign_torch_file_is_rejected(capsys, tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "other.pt")
     code, _, err = run(capsys, "evaluate", str(tmp_path / "other.pt"))
-    assert code == 2 and "is not a capsnet checkpoint" in err
+    assert code == 2 and "is not a capsnet checkpoint" in err and "state dict" not in err
+    torch.save(torch.nn.Linear(2, 3).state_dict(), tmp_path / "weights.pt")  # an own loop's torch.save
+    code, _, err = run(capsys, "evaluate", str(tmp_path / "weights.pt"))
+    assert code == 2 and err.endswith("(no 'capsnet-checkpoint' marker); it looks like a state dict saved with "
+                                      "torch.save: build its model and call model.load_state_dict(torch.load(path))\n")
     torch.save({"ratio": fractions.Fraction(1, 3)}, tmp_path / "pickled.pt")  # loads only with weights_only=False
     code, _, err = run(capsys, "evaluate", str(tmp_path / "pickled.pt"))
     assert code == 2 and "holds Python objects that a capsnet checkpoint never has" in err
