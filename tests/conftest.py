@@ -36,6 +36,14 @@ def own_registry(monkeypatch):
 
 
 @pytest.fixture
+def own_datasets(monkeypatch):
+    """Datasets registered by a test vanish after it."""
+    import capsnet.data.registry
+
+    monkeypatch.setattr(capsnet.data.registry, "_LOADERS", dict(capsnet.data.registry._LOADERS))
+
+
+@pytest.fixture
 def group_readable_umask():
     """umask 027, as in a folder shared with a group: new files are 0640."""
     previous = os.umask(0o027)

@@ -74,10 +74,9 @@ def test_reproduce_help_names_the_rows_of_every_experiment_and_their_own_default
 
 
 def test_unknown_dataset_is_a_usage_error(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["train", "--dataset", "cifar10"])
-    assert exit_info.value.code == 2
-    assert "invalid choice: 'cifar10'" in capsys.readouterr().err
+    code, _, err = run(capsys, "train", "--dataset", "cifar10")
+    assert code == 2 and err.startswith("capsnet: error: unknown value 'cifar10' for --dataset; valid values are "
+                                        "'fashion-mnist', 'mnist', 'multimnist' (a dataset of your own: ")
 
 
 def test_checkpoint_must_match_the_model_flags(capsys, tmp_path, shared_data):
@@ -241,6 +240,43 @@ def test_a_checkpoint_names_the_module_that_registered_its_model_in_python(capsy
     assert code == 2 and err.endswith("not registered; it was registered by the script that trained it: register it "
                                       "the same way first, in a module passed as --plugins MODULE\n")
     assert capsnet.models.registry.registering_module("capsnet-mnist") == "capsnet.models"
+
+
+DATASET_PLUGIN = """
+import torch
+import capsnet
+
+
+def colour_squares(root, train):
+    generator = torch.Generator().manual_seed(0 if train else 1)
+    labels = torch.randint(0, 3, (48,), generator=generator)
+    images = torch.randint(0, 60, (48, 3, 24, 24), dtype=torch.uint8, generator=generator)
+    images[torch.arange(48), labels] += 150
+    return images, labels, ["red", "green", "blue"]
+
+
+capsnet.register_dataset("colour-squares", colour_squares)
+"""
+
+
+def test_plugins_let_the_cli_train_and_evaluate_on_a_dataset_registered_in_python(capsys, tmp_path, monkeypatch,
+                                                                                  own_datasets):
+    (tmp_path / "colour_data.py").write_text(DATASET_PLUGIN)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [path for path in sys.path if path not in ("", ".", os.getcwd())])
+    monkeypatch.delitem(sys.modules, "colour_data", raising=False)
+    code, _, err = run(capsys, "train", "--dataset", "colour-squares", "--model", "capsnet-tiny")
+    assert code == 2 and "unknown value 'colour-squares' for --dataset" in err
+    code, out, _ = run(capsys, "train", "--plugins", "colour_data", "--dataset", "colour-squares", "--model",
+                       "capsnet-tiny", "--epochs", "1", "--batch-size", "16", "--no-progress", "--output-dir", "run")
+    assert code == 0 and "on colour-squares (48 images)" in out and "done: test error" in out
+    capsnet.data.registry._LOADERS.pop("colour-squares")  # as a new process would start: neither registered
+    sys.modules.pop("colour_data")  # nor imported
+    code, _, err = run(capsys, "evaluate", "run/last.pt")
+    assert code == 2 and err == ("capsnet: error: this checkpoint was trained on the dataset 'colour-squares', which "
+                                 "is not registered; its run imported --plugins colour_data: pass the same\n")
+    code, out, _ = run(capsys, "evaluate", "run/last.pt", "--plugins", "colour_data")
+    assert code == 0 and "on 48 colour-squares test images" in out and "green" in out
 
 
 def test_plugins_that_cannot_be_imported_are_named(capsys, plugin_module, tmp_path):

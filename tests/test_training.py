@@ -888,3 +888,45 @@ def test_the_first_stop_signal_is_the_reason_the_run_gives(tmp_path, shared_data
     with pytest.raises(TrainingInterrupted) as stop:
         trainer.fit()
     assert stop.value.signum == signal.SIGTERM
+
+
+def colour_squares(root, train):
+    """A dataset of one's own: 3 x 24 x 24 noise with the channel of its class (red, green or blue) raised."""
+    generator = torch.Generator().manual_seed(0 if train else 1)
+    labels = torch.randint(0, 3, (96,), generator=generator)
+    images = torch.randint(0, 60, (96, 3, 24, 24), dtype=torch.uint8, generator=generator)
+    images[torch.arange(96), labels] += 150
+    return images, labels, ["red", "green", "blue"]
+
+
+def test_a_registered_dataset_of_rgb_images_trains_to_an_accuracy_and_loads(tmp_path, own_datasets):
+    capsnet.register_dataset("colour-squares", colour_squares)
+    history = capsnet.train(dataset="colour-squares", model="capsnet-tiny", epochs=2, batch_size=16, progress=False,
+                            output_dir=str(tmp_path / "run"))
+    assert history[-1]["test_error"] <= 0.05  # chance: 0.67
+    model = capsnet.load_model(tmp_path / "run" / "last.pt")
+    assert (model.in_channels, model.image_size, model.num_classes) == (3, (24, 24), 3)
+    images, labels, _ = colour_squares(None, train=False)
+    assert capsnet.evaluate(model, images, labels)["error"] == pytest.approx(history[-1]["test_error"], abs=1e-12)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["dataset"] == "colour-squares"
+
+
+def test_a_registered_dataset_is_checked_and_named_in_errors(tmp_path, own_datasets):
+    with pytest.raises(ValueError, match="'mnist' is one of capsnet's own datasets; register yours under another name"):
+        capsnet.register_dataset("mnist", colour_squares)
+    with pytest.raises(ValueError, match=r"unknown value 'colour-squares' for --dataset; valid values are .*'mnist'.* "
+                                         r"\(a dataset of your own: capsnet.register_dataset in a module passed as "
+                                         r"--plugins MODULE\)"):
+        TrainConfig(dataset="colour-squares")
+    as_floats = lambda root, train: (colour_squares(root, train)[0] / 255, *colour_squares(root, train)[1:])
+    capsnet.register_dataset("floats", as_floats)
+    with pytest.raises(ValueError, match=r"dataset 'floats' \(training split\): images must be a uint8 tensor "
+                                         r"\(n, C, H, W\) of pixel values 0..255, got torch.float32 \(96, 3, 24, 24\)"):
+        capsnet.train(dataset="floats", model="capsnet-tiny", epochs=1, output_dir=str(tmp_path / "floats"))
+    two_classes = lambda root, train: (*colour_squares(root, train)[:2], ["red", "green"])
+    capsnet.register_dataset("two-names", two_classes)
+    with pytest.raises(ValueError, match=r"dataset 'two-names' \(training split\): labels must be indices into its 2 "
+                                         r"classes, got values from 0 to 2"):
+        capsnet.train(dataset="two-names", model="capsnet-tiny", epochs=1, output_dir=str(tmp_path / "two"))
+    with pytest.warns(UserWarning, match="dataset 'floats' is registered twice"):
+        capsnet.register_dataset("floats", colour_squares)

@@ -10,6 +10,7 @@ from .routing import (
     register_routing,
 )
 from .config import TrainConfig
+from .data import register_dataset
 from .training import Trainer, evaluate, load_model, train
 
 __version__ = "0.1.0"
@@ -38,6 +39,7 @@ __all__ = [
     "create_model",
     "list_models",
     "register_model",
+    "register_dataset",
     "margin_loss",
     "reconstruction_loss",
     "CapsuleLoss",

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ._checks import check_choice
-from .data import DATASETS
+from .data import registered_datasets
 from .data.synthetic import MULTIMNIST_SHIFT
 from .data.transforms import MAX_SHIFT
 from .data.testsets import EXTRA_TEST_SETS, check_extra_test
@@ -34,7 +34,6 @@ __all__ = [
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "32", "bf16", "16-mixed")
-DATASET_CHOICES = (*DATASETS, "multimnist")
 LR_DECAY_STEPS = 2000  # the official code's decay period
 # Section 6: MultiMNIST decays "10x" slower, "because the training dataset is larger" (60M pairs).
 MULTIMNIST_LR_DECAY_STEPS = 10 * LR_DECAY_STEPS
@@ -130,7 +129,9 @@ class TrainConfig:
     """Everything that defines a training run. Defaults: the paper's MNIST recipe (its section 4; docs/training.md)."""
 
     dataset: str = _option(
-        "mnist", "dataset to train on (multimnist: pairs of MNIST digits on 36x36, paper section 6)", choices=DATASET_CHOICES
+        "mnist", "dataset to train on: mnist, fashion-mnist, multimnist (pairs of MNIST digits on 36x36, paper "
+                 "section 6), or one of your own that --plugins registers (capsnet.data.register_dataset)",
+        metavar="NAME"
     )
     data_dir: str | None = _option(
         None, "folder with the dataset files (default: $CAPSNET_DATA, else $XDG_CACHE_HOME/capsnet or ~/.cache/capsnet)"
@@ -264,11 +265,14 @@ class TrainConfig:
                                  f"{_SETTING_TYPES[kind][1]}{' or null' if optional else ''}, got {value!r}") from None
 
     def _check_choices(self) -> None:
-        check_choice(self.dataset, "--dataset", DATASET_CHOICES)
         check_choice(self.device, "--device", DEVICES)
         check_choice(self.precision, "--precision", PRECISIONS)
+        import_plugins(self.plugins)  # they may register the dataset and the model
+        if self.dataset not in registered_datasets():
+            raise ValueError(f"unknown value {self.dataset!r} for --dataset; valid values are "
+                             f"{', '.join(map(repr, sorted(registered_datasets())))} (a dataset of your own: "
+                             "capsnet.register_dataset in a module passed as --plugins MODULE)")
         check_extra_test(self.extra_test, self.dataset, self.canvas)
-        import_plugins(self.plugins)
         if self.model not in list_models():
             raise ValueError(f"unknown value {self.model!r} for --model; valid values are "
                              f"{', '.join(map(repr, list_models()))} (a model of your own: --plugins MODULE)")

@@ -1,4 +1,4 @@
-"""Data: MNIST-family datasets, IDX files, verified downloads, batching, the random-shift augmentation, and
+"""Data: MNIST-family datasets and those registered by name, IDX files, verified downloads, batching, the random-shift augmentation, and
 the paper's synthetic sets built from MNIST (MultiMNIST pairs, affNIST-like affine maps), the real affNIST test set.
 
 Nothing here depends on the model or training code.
@@ -15,6 +15,7 @@ from capsnet.data.datasets import (
 )
 from capsnet.data.idx import DataError, read_idx, write_idx
 from capsnet.data.loader import TensorLoader
+from capsnet.data.registry import Split, load_split, register_dataset, registered_datasets
 from capsnet.data.synthetic import MultiDigitBatch, overlay_pairs, place_on_canvas, random_affine
 from capsnet.data.transforms import random_shift, shift_images
 
@@ -24,16 +25,20 @@ __all__ = [
     "DataError",
     "FashionMNIST",
     "MultiDigitBatch",
+    "Split",
     "TensorLoader",
     "download_affnist",
     "download_dataset",
     "get_dataset_class",
     "load_affnist_test",
+    "load_split",
     "overlay_pairs",
     "place_on_canvas",
     "random_affine",
     "random_shift",
     "read_idx",
+    "register_dataset",
+    "registered_datasets",
     "resolve_data_root",
     "shift_images",
     "write_idx",

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from .._checks import check_choice
 from .affnist import load_affnist_test
-from .datasets import get_dataset_class
+from .registry import load_split
 from .synthetic import affnist_synthetic, multimnist_test_set, place_on_canvas
 
 __all__ = ["TestSet", "EXTRA_TEST_SETS", "base_dataset", "check_extra_test", "load_test_set"]
@@ -51,7 +51,7 @@ def load_test_set(dataset: str, data_dir: str | None, *, canvas: int | None = No
     set, read from ``data_dir``); ``limit`` cuts it too.
     """
     check_extra_test(extra_test, dataset, canvas)
-    test = get_dataset_class(base_dataset(dataset))(data_dir, train=False, progress=progress)
+    test = load_split(base_dataset(dataset), data_dir, train=False, progress=progress)
     images, labels = test.images, test.labels
     # The fixed sets are drawn from the whole split, then cut: --limit-test takes a part of the same set.
     extra_images = extra_labels = None

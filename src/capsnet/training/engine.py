@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from ..data import TensorLoader, get_dataset_class, overlay_pairs, place_on_canvas, random_shift
+from ..data import TensorLoader, load_split, overlay_pairs, place_on_canvas, random_shift
 from ..data.testsets import base_dataset, load_test_set
 from ..losses import CapsuleLoss
 from ..models import CapsNet, create_model, is_capsule_model
@@ -192,7 +192,7 @@ class Trainer:
         show = config.progress and self.distributed.is_main
         if not self.distributed.is_main:
             self.distributed.barrier()  # rank 0 downloads, if it must, while the others wait
-        train = get_dataset_class(base_dataset(config.dataset))(config.data_dir, train=True, progress=show)
+        train = load_split(base_dataset(config.dataset), config.data_dir, train=True, progress=show)
         test = load_test_set(config.dataset, config.data_dir, canvas=config.canvas, limit=config.limit_test,
                              extra_test=config.extra_test, progress=show)
         if self.distributed.is_main:

@@ -1,0 +1,92 @@
+"""Datasets by name, for the Trainer and the ``capsnet`` command: the built-in MNIST family and datasets of one's
+own, registered with :func:`register_dataset`."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from capsnet._checks import check_choice
+from capsnet.data.datasets import DATASETS, get_dataset_class
+
+__all__ = ["Split", "register_dataset", "registered_datasets", "load_split"]
+
+Loader = Callable[[Path | None, bool], tuple[Tensor, Tensor, Sequence[str]]]
+_LOADERS: dict[str, Loader] = {}
+_BUILT_IN = (*DATASETS, "multimnist")  # multimnist: pairs drawn from MNIST by the Trainer
+
+
+class Split(NamedTuple):
+    """One split of a dataset, whole, as the Trainer holds it."""
+
+    images: Tensor  # uint8 (n, C, H, W), pixel values 0..255
+    labels: Tensor  # int64 (n,), indices into classes
+    classes: list[str]
+
+
+def register_dataset(name: str, load: Loader) -> None:
+    """Make ``load`` trainable by ``name``: ``capsnet.train(dataset=name, ...)``, or ``capsnet train --plugins
+    MODULE --dataset NAME`` with the call in ``MODULE``.
+
+    ``load(root, train)`` gets the run's ``--data-dir`` (a ``Path``, or ``None`` when not given) and whether the
+    training split is wanted, and returns ``(images, labels, classes)``: uint8 images ``(n, C, H, W)`` of any
+    channels and size (at least 17 x 17 for CapsNet's two 9x9 convolutions), integer labels ``(n,)`` and the
+    class names. The Trainer holds each split whole in memory, shifts the training images by up to
+    ``--max-shift`` pixels (2 by default) and builds the model for their channels, size and classes.
+
+    Example::
+
+        def tiny_rgb(root, train):
+            images = torch.randint(0, 256, (100, 3, 32, 32), dtype=torch.uint8)
+            return images, torch.randint(0, 10, (100,)), [str(k) for k in range(10)]
+
+        capsnet.data.register_dataset("tiny-rgb", tiny_rgb)
+        capsnet.train(dataset="tiny-rgb", model="capsnet-tiny", epochs=1)
+    """
+    if name in _BUILT_IN:
+        raise ValueError(f"{name!r} is one of capsnet's own datasets; register yours under another name")
+    if not callable(load):
+        raise TypeError(f"register_dataset takes a function load(root, train), got {type(load).__name__}")
+    if name in _LOADERS:
+        warnings.warn(f"dataset {name!r} is registered twice; the later definition wins", stacklevel=2)
+    _LOADERS[name] = load
+
+
+def registered_datasets() -> tuple[str, ...]:
+    """The names ``--dataset`` takes: capsnet's own, then those registered by :func:`register_dataset`."""
+    return (*_BUILT_IN, *_LOADERS)
+
+
+def load_split(name: str, root: str | Path | None, *, train: bool, progress: bool = False) -> Split:
+    """The training or test split of the file dataset ``name`` (``mnist``, ``fashion-mnist`` or a registered one),
+    read from ``root``; a registered one's is checked, so that a mistake is named here rather than deep in
+    training."""
+    check_choice(name, "dataset", (*DATASETS, *_LOADERS))
+    if name in DATASETS:
+        files = get_dataset_class(name)(root, train=train, progress=progress)
+        return Split(files.images, files.labels, list(files.classes))
+    images, labels, classes = _LOADERS[name](None if root is None else Path(root), train)
+    return _checked(Split(images, labels, list(classes)), f"dataset {name!r} ({'training' if train else 'test'} split)")
+
+
+def _checked(split: Split, what: str) -> Split:
+    images, labels, classes = split
+    if not isinstance(images, Tensor) or images.dtype != torch.uint8 or images.dim() != 4:
+        got = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, Tensor) else type(images).__name__
+        raise ValueError(f"{what}: images must be a uint8 tensor (n, C, H, W) of pixel values 0..255, got {got}")
+    if not isinstance(labels, Tensor) or labels.shape != images.shape[:1] or labels.is_floating_point() \
+            or labels.dtype == torch.bool:
+        got = f"{labels.dtype} {tuple(labels.shape)}" if isinstance(labels, Tensor) else type(labels).__name__
+        raise ValueError(f"{what}: labels must be an integer tensor (n,) for n = {len(images)} images, got {got}")
+    if not len(images):
+        raise ValueError(f"{what} has no images")
+    lowest, highest = int(labels.min()), int(labels.max())
+    if lowest < 0 or highest >= len(classes):
+        raise ValueError(f"{what}: labels must be indices into its {len(classes)} classes, got values from {lowest} "
+                         f"to {highest}")
+    return Split(images, labels.long(), classes)
