@@ -70,6 +70,17 @@ def test_pick_examples_finds_right_and_wrong_ones():
     assert len(wrong) == 3 and right.tolist() == (predictions == labels).nonzero().flatten()[:3].tolist()
 
 
+def test_images_of_any_channels_are_drawn(tmp_path, monkeypatch):
+    shown, original = [], figures._show
+    monkeypatch.setattr(figures, "_show", lambda axis, picture, title="", **kw: shown.append(picture)
+                        or original(axis, picture, title, **kw))
+    for channels in (2, 4):  # RGB for 3, grey for 1, the mean of the channels in grey otherwise
+        model, images = tiny_model(in_channels=channels), torch.rand(6, channels, 28, 28)
+        figures.plot_reconstructions(model, images, torch.randint(0, 10, (6,)), tmp_path / "r.png", count=1)
+        figures.plot_coupling(model, images[0], tmp_path / "c.png")
+        assert shown[-1].shape == (channels, 28, 28) and png_size(tmp_path / "r.png")[1] == 290
+
+
 def test_figures_refuse_labels_the_model_has_no_capsule_for(tmp_path):
     model, images = tiny_model(num_classes=5), torch.rand(4, 1, 28, 28)
     labels = torch.tensor([7, 1, 2, 3])  # would count as wrong, then fail to find a name for class 7

@@ -1,3 +1,5 @@
+import importlib
+import sys
 import warnings
 
 import pytest
@@ -311,3 +313,15 @@ def test_reconstruction_loss_trains_the_target_capsule_and_only_it():
     norms[torch.arange(3), labels] = 0
     assert not norms.any()  # the masked capsules get nothing from the decoder
     assert grad_w.abs().sum() > 0
+
+
+def test_a_model_registered_through_a_helper_names_the_module_whose_import_registered_it(tmp_path, monkeypatch,
+                                                                                         own_registry):
+    (tmp_path / "capsule_helpers.py").write_text(
+        "import capsnet\n\ndef add(name):\n    capsnet.register_model(name, capsnet.CapsNet, conv_channels=8)\n")
+    (tmp_path / "my_models.py").write_text("import capsule_helpers\n\ncapsule_helpers.add('helped-capsnet')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for module in ("capsule_helpers", "my_models"):
+        monkeypatch.delitem(sys.modules, module, raising=False)
+    importlib.import_module("my_models")
+    assert capsnet.models.registry.registering_module("helped-capsnet") == "my_models"  # what to import again

@@ -930,3 +930,48 @@ def test_a_registered_dataset_is_checked_and_named_in_errors(tmp_path, own_datas
         capsnet.train(dataset="two-names", model="capsnet-tiny", epochs=1, output_dir=str(tmp_path / "two"))
     with pytest.warns(UserWarning, match="dataset 'floats' is registered twice"):
         capsnet.register_dataset("floats", colour_squares)
+    for name in (5, "", "my/data"):  # a name goes into the run folder's name
+        with pytest.raises(ValueError, match="a dataset name is letters, digits, '_', '.' and '-', got "):
+            capsnet.register_dataset(name, colour_squares)
+    capsnet.register_dataset("pair", lambda root, train: colour_squares(root, train)[:2])
+    with pytest.raises(ValueError, match=r"dataset 'pair' \(training split\): load\(root, train\) must return "
+                                         r"\(images, labels, classes\), got tuple of 2"):
+        capsnet.data.load_split("pair", None, train=True)
+    capsnet.register_dataset("one-name", lambda root, train: (*colour_squares(root, train)[:2], "rgb"))
+    with pytest.raises(ValueError, match=r"classes must be a list of class names, got 'rgb'"):
+        capsnet.data.load_split("one-name", None, train=False)
+
+
+def test_a_registered_datasets_splits_must_agree_and_fit_the_canvas(tmp_path, own_datasets, monkeypatch):
+    roots = []
+
+    def smaller_test_images(root, train):
+        roots.append(root)
+        images, labels, classes = colour_squares(root, train)
+        return (images if train else images[..., :20, :20]), labels, classes
+
+    monkeypatch.setenv("CAPSNET_DATA", str(tmp_path / "data"))
+    capsnet.register_dataset("uneven", smaller_test_images)
+    with pytest.raises(TrainingError, match=r"dataset 'uneven': its training images are \(3, 24, 24\) \(C, H, W\), "
+                                            r"its test images \(3, 20, 20\)"):
+        Trainer(TrainConfig(dataset="uneven", model="capsnet-tiny", output_dir=str(tmp_path / "uneven")))
+    assert roots == [tmp_path / "data"] * 2  # the data root, from $CAPSNET_DATA here, as for MNIST
+    with pytest.raises(ValueError, match="--canvas 22 must hold the 24x24 images of uneven"):
+        Trainer(TrainConfig(dataset="uneven", model="capsnet-tiny", canvas=22, output_dir=str(tmp_path / "c22")))
+    trainer = Trainer(TrainConfig(dataset="uneven", model="capsnet-tiny", canvas=26, output_dir=str(tmp_path / "c26")))
+    assert trainer.model_kwargs["image_size"] == [26, 26]  # both splits on the canvas: a canvas below 28 is fine
+    other_names = lambda root, train: (*colour_squares(root, train)[:2], ["red", "green", "blue" if train else "cyan"])
+    capsnet.register_dataset("renamed", other_names)
+    with pytest.raises(TrainingError, match=r"its training and test splits name different classes \(\['red', 'green', "
+                                            r"'blue'\] and \['red', 'green', 'cyan'\]\)"):
+        Trainer(TrainConfig(dataset="renamed", model="capsnet-tiny", output_dir=str(tmp_path / "renamed")))
+
+
+def test_class_names_of_a_registered_dataset_are_kept_as_text_in_its_checkpoints(tmp_path, own_datasets):
+    import numpy as np
+
+    numpy_names = lambda root, train: (*colour_squares(root, train)[:2], np.array(["red", "green", "blue"]))
+    capsnet.register_dataset("numpy-names", numpy_names)
+    capsnet.train(dataset="numpy-names", model="capsnet-tiny", epochs=1, batch_size=32, limit_train=32,
+                  progress=False, output_dir=str(tmp_path / "run"))
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["classes"] == ["red", "green", "blue"]  # weights_only reads it

@@ -78,19 +78,23 @@ def check_integer_dtype(indices: torch.Tensor, name: str) -> None:
                         f"with n ones per row pass its indices: {name}.nonzero()[:, 1].view(-1, n)")
 
 
-def check_class_indices(indices: torch.Tensor, name: str, classes: int) -> None:
+_INDICES_OF = "for a one-hot matrix pass its .argmax(1), for a multi-hot one with n ones per row .nonzero()[:, 1].view(-1, n)"
+
+
+def check_class_indices(indices: torch.Tensor, name: str, classes: int, *, distinct: bool = True,
+                        hint: str = _INDICES_OF) -> None:
     """Raise a ``ValueError`` unless every value of ``indices`` is a class index in ``[0, classes)`` and, for
-    ``(b, n)`` indices (n objects per example), the n of each example differ."""
+    ``(b, n)`` indices (n objects per example) when ``distinct``, the n of each example differ; ``hint`` ends
+    the message of the latter."""
     if outside := values_outside(indices, 0, classes - 1):
         raise ValueError(f"{name} must be class indices in [0, {classes}), got values from {outside[0]} to {outside[1]}")
-    if indices.dim() == 2 and indices.shape[1] > 1:
+    if distinct and indices.dim() == 2 and indices.shape[1] > 1:
         ordered = indices.sort(dim=1).values
         repeats = (ordered[:, 1:] == ordered[:, :-1]).any(dim=1).nonzero()
         if len(repeats):  # a one-hot matrix read as indices would say "classes 0 and 1" for every example
             example = int(repeats[0])
             raise ValueError(f"{name} of shape (b, n) = {tuple(indices.shape)} hold n class indices per example, which "
-                             f"must differ, but example {example} has {indices[example].tolist()} (a one-hot or "
-                             f"multi-hot matrix is not class indices: give it one column per class, {classes})")
+                             f"must differ, but example {example} has {indices[example].tolist()} ({hint})")
 
 
 def values_are_cheap_to_read(tensor: torch.Tensor) -> bool:

@@ -28,7 +28,7 @@ from .config import (
     DEVICES, EXTRA_TEST_SETS, PRECISIONS, TrainConfig, check_positive_flag, flag_name, import_plugins,
 )
 from .experiments import EXPERIMENTS, results_markdown, run_experiment
-from .data import DATASETS, DataError, download_dataset, registered_datasets
+from .data import DATASETS, DataError, download_dataset, list_datasets
 from .data.affnist import download_affnist
 from . import figures
 from .models import CapsNet
@@ -224,7 +224,7 @@ def _test_split(checkpoint: dict, data_dir: str | None, limit: int | None, devic
 
 def _test_set(checkpoint: dict, data_dir: str | None, limit: int | None, extra_test: str | None = None) -> TestSet:
     config = checkpoint["config"]
-    if config["dataset"] not in registered_datasets():
+    if config["dataset"] not in list_datasets():
         plugins = config.get("plugins")
         raise ValueError(f"this checkpoint was trained on the dataset {config['dataset']!r}, which is not registered; " +
                          (f"its run imported --plugins {plugins}: pass the same" if plugins

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ._checks import check_choice
-from .data import registered_datasets
+from .data import DATASETS, list_datasets
 from .data.synthetic import MULTIMNIST_SHIFT
 from .data.transforms import MAX_SHIFT
 from .data.testsets import EXTRA_TEST_SETS, check_extra_test
@@ -130,7 +130,7 @@ class TrainConfig:
 
     dataset: str = _option(
         "mnist", "dataset to train on: mnist, fashion-mnist, multimnist (pairs of MNIST digits on 36x36, paper "
-                 "section 6), or one of your own that --plugins registers (capsnet.data.register_dataset)",
+                 "section 6), or one of your own that --plugins registers (capsnet.register_dataset)",
         metavar="NAME"
     )
     data_dir: str | None = _option(
@@ -268,9 +268,9 @@ class TrainConfig:
         check_choice(self.device, "--device", DEVICES)
         check_choice(self.precision, "--precision", PRECISIONS)
         import_plugins(self.plugins)  # they may register the dataset and the model
-        if self.dataset not in registered_datasets():
+        if self.dataset not in list_datasets():
             raise ValueError(f"unknown value {self.dataset!r} for --dataset; valid values are "
-                             f"{', '.join(map(repr, sorted(registered_datasets())))} (a dataset of your own: "
+                             f"{', '.join(map(repr, sorted(list_datasets())))} (a dataset of your own: "
                              "capsnet.register_dataset in a module passed as --plugins MODULE)")
         check_extra_test(self.extra_test, self.dataset, self.canvas)
         if self.model not in list_models():
@@ -294,7 +294,7 @@ class TrainConfig:
                              f"{self.stop_at_error}")
         if self.lr <= 0 or not 0 < self.lr_decay <= 1:
             raise ValueError(f"--lr must be > 0 and --lr-decay in (0, 1], got {self.lr} and {self.lr_decay}")
-        if self.canvas is not None and self.canvas < 28:
+        if self.canvas is not None and self.canvas < 28 and self.dataset in DATASETS:  # others: checked on loading
             raise ValueError(f"--canvas must hold the 28x28 images, got {self.canvas}")
         for name in ("max_shift", "reconstruction_weight", "lr_warmup_steps"):
             if getattr(self, name) < 0:

@@ -161,8 +161,9 @@ def require_matplotlib() -> None:
                           'pip install -e ".[figures]")')
 
 
-# Inches that a one-line title at 9 points needs: the width of a figure of few columns (few classes, few examples).
+# Inches that the titles at 9 points need: the width of a figure of few columns (few classes, few examples).
 _TITLE_WIDTH = 4.0
+_COUPLING_TITLE_WIDTH = 6.5  # the routing picture's two lines
 
 
 def _figure(rows: int = 1, columns: int = 1, *, figsize: tuple[float, float]) -> tuple[Any, Any]:
@@ -192,8 +193,8 @@ def _draws_model(plot: Callable[Concatenate[CapsNet, _P], Path]) -> Callable[Con
 
 
 def _show(axis: Any, image: Tensor, title: str = "", cmap: str = "gray") -> None:
-    """Draw a ``(1, H, W)`` grey or ``(3, H, W)`` RGB image in [0, 1]."""
-    pixels = image.squeeze(0) if image.shape[0] == 1 else image.permute(1, 2, 0)
+    """Draw a ``(C, H, W)`` image in [0, 1]: RGB for 3 channels, else grey (the mean of its channels)."""
+    pixels = image.permute(1, 2, 0) if image.shape[0] == 3 else image.mean(0)
     axis.imshow(pixels.cpu().numpy(), cmap=cmap, vmin=0, vmax=1)
     axis.set_xticks([])
     axis.set_yticks([])
@@ -271,7 +272,7 @@ def plot_coupling(model: CapsNet, image: Tensor, path: str | Path, *, classes: l
     maps = amounts / amounts.sum(0).clamp_min(1e-12)
     lengths = model(image.unsqueeze(0)).lengths[0]
     names = classes or [str(k) for k in range(maps.shape[0])]
-    figure, axes = _figure(1, maps.shape[0] + 1, figsize=(max(1.3 * (maps.shape[0] + 1), 6.5), 2.1))  # 6.5: its title
+    figure, axes = _figure(1, maps.shape[0] + 1, figsize=(max(1.3 * (maps.shape[0] + 1), _COUPLING_TITLE_WIDTH), 2.1))
     _show(axes[0, 0], image, f"input\nprediction {names[int(lengths.argmax())]}")
     low, high = float(maps.min()), float(maps.max())  # trained couplings stay near uniform: stretch the colours
     for j in range(maps.shape[0]):

@@ -38,7 +38,8 @@ def _multi_hot(targets: Tensor, lengths: Tensor) -> Tensor:
             and targets.dtype != torch.bool:
         indices = targets.unsqueeze(1) if targets.dim() == 1 else targets  # (b, n): the n classes of each example
         if values_are_cheap_to_read(indices):
-            check_class_indices(indices, "targets", classes)
+            check_class_indices(indices, "targets", classes,
+                                hint=f"a one-hot or multi-hot matrix needs one column per class, {classes}")
         return _one_hot(indices, classes).any(1).to(lengths.dtype)
     raise ValueError(
         f"expected targets as class indices of shape (b,) = ({batch},) or (b, n), or multi-hot of shape "

@@ -1,5 +1,6 @@
-"""Data: MNIST-family datasets and those registered by name, IDX files, verified downloads, batching, the random-shift augmentation, and
-the paper's synthetic sets built from MNIST (MultiMNIST pairs, affNIST-like affine maps), the real affNIST test set.
+"""Data: MNIST-family datasets and those registered by name, IDX files, verified downloads, batching, the
+random-shift augmentation, the paper's synthetic sets built from MNIST (MultiMNIST pairs, affNIST-like affine
+maps), and the real affNIST test set.
 
 Nothing here depends on the model or training code.
 """
@@ -15,7 +16,7 @@ from capsnet.data.datasets import (
 )
 from capsnet.data.idx import DataError, read_idx, write_idx
 from capsnet.data.loader import TensorLoader
-from capsnet.data.registry import Split, load_split, register_dataset, registered_datasets
+from capsnet.data.registry import Split, list_datasets, load_split, register_dataset
 from capsnet.data.synthetic import MultiDigitBatch, overlay_pairs, place_on_canvas, random_affine
 from capsnet.data.transforms import random_shift, shift_images
 
@@ -30,6 +31,7 @@ __all__ = [
     "download_affnist",
     "download_dataset",
     "get_dataset_class",
+    "list_datasets",
     "load_affnist_test",
     "load_split",
     "overlay_pairs",
@@ -38,7 +40,6 @@ __all__ = [
     "random_shift",
     "read_idx",
     "register_dataset",
-    "registered_datasets",
     "resolve_data_root",
     "shift_images",
     "write_idx",

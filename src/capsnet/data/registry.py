@@ -3,6 +3,7 @@ own, registered with :func:`register_dataset`."""
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -11,12 +12,12 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from capsnet._checks import check_choice
-from capsnet.data.datasets import DATASETS, get_dataset_class
+from .._checks import check_choice
+from .datasets import DATASETS, get_dataset_class, resolve_data_root
 
-__all__ = ["Split", "register_dataset", "registered_datasets", "load_split"]
+__all__ = ["Split", "Loader", "register_dataset", "list_datasets", "load_split"]
 
-Loader = Callable[[Path | None, bool], tuple[Tensor, Tensor, Sequence[str]]]
+Loader = Callable[[Path, bool], tuple[Tensor, Tensor, Sequence[str]]]  # load(root, train) -> (images, labels, classes)
 _LOADERS: dict[str, Loader] = {}
 _BUILT_IN = (*DATASETS, "multimnist")  # multimnist: pairs drawn from MNIST by the Trainer
 
@@ -33,21 +34,28 @@ def register_dataset(name: str, load: Loader) -> None:
     """Make ``load`` trainable by ``name``: ``capsnet.train(dataset=name, ...)``, or ``capsnet train --plugins
     MODULE --dataset NAME`` with the call in ``MODULE``.
 
-    ``load(root, train)`` gets the run's ``--data-dir`` (a ``Path``, or ``None`` when not given) and whether the
-    training split is wanted, and returns ``(images, labels, classes)``: uint8 images ``(n, C, H, W)`` of any
-    channels and size (at least 17 x 17 for CapsNet's two 9x9 convolutions), integer labels ``(n,)`` and the
-    class names. The Trainer holds each split whole in memory, shifts the training images by up to
-    ``--max-shift`` pixels (2 by default) and builds the model for their channels, size and classes.
+    ``load(root, train)`` gets the data root (the run's ``--data-dir``, else ``$CAPSNET_DATA``, else
+    ``~/.cache/capsnet``, as a ``Path`` that need not exist) and whether the training split is wanted, and returns
+    ``(images, labels, classes)``: uint8 images ``(n, C, H, W)`` of any channels and size (at least 17 x 17 for
+    CapsNet's two 9x9 convolutions), integer labels ``(n,)`` and the class names, the same for both splits. It
+    must return the same data at every call and in every process: a resumed run, ``capsnet evaluate`` and each
+    process of a multi-GPU run call it again. The Trainer holds each split whole in memory, shifts the training
+    images by up to ``--max-shift`` pixels (2 by default) and builds the model for their channels, size and
+    classes. Unlike a model name, a built-in dataset's name cannot be taken: runs and checkpoints name their
+    dataset, and MNIST must stay MNIST.
 
     Example::
 
         def tiny_rgb(root, train):
-            images = torch.randint(0, 256, (100, 3, 32, 32), dtype=torch.uint8)
-            return images, torch.randint(0, 10, (100,)), [str(k) for k in range(10)]
+            generator = torch.Generator().manual_seed(0 if train else 1)  # the same images at every call
+            images = torch.randint(0, 256, (100, 3, 32, 32), dtype=torch.uint8, generator=generator)
+            return images, torch.randint(0, 10, (100,), generator=generator), [str(k) for k in range(10)]
 
-        capsnet.data.register_dataset("tiny-rgb", tiny_rgb)
+        capsnet.register_dataset("tiny-rgb", tiny_rgb)
         capsnet.train(dataset="tiny-rgb", model="capsnet-tiny", epochs=1)
     """
+    if not isinstance(name, str) or not re.fullmatch(r"[\w.-]+", name):  # it becomes part of a run folder's name
+        raise ValueError(f"a dataset name is letters, digits, '_', '.' and '-', got {name!r}")
     if name in _BUILT_IN:
         raise ValueError(f"{name!r} is one of capsnet's own datasets; register yours under another name")
     if not callable(load):
@@ -57,7 +65,7 @@ def register_dataset(name: str, load: Loader) -> None:
     _LOADERS[name] = load
 
 
-def registered_datasets() -> tuple[str, ...]:
+def list_datasets() -> tuple[str, ...]:
     """The names ``--dataset`` takes: capsnet's own, then those registered by :func:`register_dataset`."""
     return (*_BUILT_IN, *_LOADERS)
 
@@ -70,12 +78,15 @@ def load_split(name: str, root: str | Path | None, *, train: bool, progress: boo
     if name in DATASETS:
         files = get_dataset_class(name)(root, train=train, progress=progress)
         return Split(files.images, files.labels, list(files.classes))
-    images, labels, classes = _LOADERS[name](None if root is None else Path(root), train)
-    return _checked(Split(images, labels, list(classes)), f"dataset {name!r} ({'training' if train else 'test'} split)")
+    what = f"dataset {name!r} ({'training' if train else 'test'} split)"
+    loaded = _LOADERS[name](resolve_data_root(root), train)
+    if not isinstance(loaded, (tuple, list)) or len(loaded) != 3:
+        raise ValueError(f"{what}: load(root, train) must return (images, labels, classes), got "
+                         f"{type(loaded).__name__}{f' of {len(loaded)}' if isinstance(loaded, (tuple, list)) else ''}")
+    return _checked(*loaded, what)
 
 
-def _checked(split: Split, what: str) -> Split:
-    images, labels, classes = split
+def _checked(images: Tensor, labels: Tensor, classes: Sequence[str], what: str) -> Split:
     if not isinstance(images, Tensor) or images.dtype != torch.uint8 or images.dim() != 4:
         got = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, Tensor) else type(images).__name__
         raise ValueError(f"{what}: images must be a uint8 tensor (n, C, H, W) of pixel values 0..255, got {got}")
@@ -85,8 +96,14 @@ def _checked(split: Split, what: str) -> Split:
         raise ValueError(f"{what}: labels must be an integer tensor (n,) for n = {len(images)} images, got {got}")
     if not len(images):
         raise ValueError(f"{what} has no images")
+    try:  # as str: numpy's strings or integers would make the run's checkpoints unreadable (weights_only)
+        names = [] if isinstance(classes, (str, bytes)) else [str(name) for name in classes]
+    except TypeError:
+        names = []
+    if not names:
+        raise ValueError(f"{what}: classes must be a list of class names, got {classes!r}")
     lowest, highest = int(labels.min()), int(labels.max())
-    if lowest < 0 or highest >= len(classes):
-        raise ValueError(f"{what}: labels must be indices into its {len(classes)} classes, got values from {lowest} "
+    if lowest < 0 or highest >= len(names):
+        raise ValueError(f"{what}: labels must be indices into its {len(names)} classes, got values from {lowest} "
                          f"to {highest}")
-    return Split(images, labels.long(), classes)
+    return Split(images, labels.long(), names)

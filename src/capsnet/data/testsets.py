@@ -11,7 +11,7 @@ from .affnist import load_affnist_test
 from .registry import load_split
 from .synthetic import affnist_synthetic, multimnist_test_set, place_on_canvas
 
-__all__ = ["TestSet", "EXTRA_TEST_SETS", "base_dataset", "check_extra_test", "load_test_set"]
+__all__ = ["TestSet", "EXTRA_TEST_SETS", "base_dataset", "check_canvas_holds", "check_extra_test", "load_test_set"]
 
 EXTRA_TEST_SETS = ("affnist-synthetic", "affnist")  # MNIST test digits under affine maps, 40x40
 
@@ -43,6 +43,13 @@ def check_extra_test(name: str | None, dataset: str, canvas: int | None) -> None
         raise ValueError(f"--extra-test {name} holds MNIST digits: it needs --dataset mnist")
 
 
+def check_canvas_holds(canvas: int, images: Tensor, dataset: str) -> None:
+    """Raise a ``ValueError`` naming ``--canvas`` unless ``canvas`` holds ``dataset``'s ``(n, C, H, W)`` images."""
+    height, width = images.shape[-2:]
+    if canvas < max(height, width):
+        raise ValueError(f"--canvas {canvas} must hold the {height}x{width} images of {dataset}")
+
+
 def load_test_set(dataset: str, data_dir: str | None, *, canvas: int | None = None, limit: int | None = None,
                   extra_test: str | None = None, progress: bool = False) -> TestSet:
     """The test split as a run with these settings evaluates it: on its canvas, MultiMNIST pairs, extra set.
@@ -63,6 +70,7 @@ def load_test_set(dataset: str, data_dir: str | None, *, canvas: int | None = No
         images, labels = multimnist_test_set(images, labels)
     images, labels = images[:limit], labels[:limit]
     if canvas is not None:
+        check_canvas_holds(canvas, images, dataset)
         images = place_on_canvas(images, canvas, 0)
     if extra_images is not None:
         extra_images, extra_labels = extra_images[:limit], extra_labels[:limit]

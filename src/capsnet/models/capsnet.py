@@ -167,7 +167,8 @@ class CapsNet(nn.Module):
                                  f"{tuple(targets.shape)}")
             check_integer_dtype(targets, "targets")  # a multi-hot (b, k) would be decoded as k indices 0 and 1
             if values_are_cheap_to_read(targets):  # named here: the decoder would call them its labels
-                check_class_indices(targets, "targets", poses.shape[1])
+                # decoding one capsule twice is fine here, e.g. the label's and the prediction's
+                check_class_indices(targets, "targets", poses.shape[1], distinct=False)
         if targets is None or targets.dim() == 1:
             return self.decoder(poses, targets)  # (b, C * H * W)
         # Several objects per image (MultiMNIST): decode each from its own capsule, in one batched call.

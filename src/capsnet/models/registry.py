@@ -44,7 +44,16 @@ def register_model(
         capsule_model = isinstance(builder, type) and issubclass(builder, CapsNet)
     if name in _MODELS:
         warnings.warn(f"model {name!r} is registered twice; the later definition wins", stacklevel=2)
-    _MODELS[name] = _Entry(builder, config, capsule_model, sys._getframe(1).f_globals.get("__name__", ""))
+    _MODELS[name] = _Entry(builder, config, capsule_model, _importing_module())
+
+
+def _importing_module() -> str:
+    """The ``__name__`` of the module whose top-level code is running (the one an import runs), past helper
+    functions that call :func:`register_model` for it."""
+    frame = sys._getframe(2)  # register_model's caller
+    while frame.f_back is not None and frame.f_code.co_name != "<module>":
+        frame = frame.f_back
+    return frame.f_globals.get("__name__", "")
 
 
 def create_model(name: str, **overrides: Any) -> nn.Module:

@@ -56,10 +56,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"{path} is not a capsnet checkpoint, a last.pt or best.pt written by capsnet train "
                               f"({type(exc).__name__}: {first_line})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        state_dict = isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values())
+        looks_like_state_dict = isinstance(payload, dict) and bool(payload) and all(
+            isinstance(value, torch.Tensor) for value in payload.values())
         raise CheckpointError(f"{path} is not a capsnet checkpoint (no '{FORMAT}' marker)" + (
             "; it looks like a state dict saved with torch.save: build its model and call "
-            "model.load_state_dict(torch.load(path))" if state_dict else ""))
+            "model.load_state_dict(torch.load(path))" if looks_like_state_dict else ""))
     if payload.get("version") not in (1, VERSION):
         raise CheckpointError(f"{path} has checkpoint version {payload.get('version')}, this capsnet reads 1 to {VERSION}")
     if payload["version"] == 1 and "rng" in payload:

@@ -21,8 +21,8 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from ..data import TensorLoader, load_split, overlay_pairs, place_on_canvas, random_shift
-from ..data.testsets import base_dataset, load_test_set
+from ..data import Split, TensorLoader, load_split, overlay_pairs, place_on_canvas, random_shift
+from ..data.testsets import TestSet, base_dataset, check_canvas_holds, load_test_set
 from ..losses import CapsuleLoss
 from ..models import CapsNet, create_model, is_capsule_model
 from ..models.registry import registering_module
@@ -197,6 +197,7 @@ class Trainer:
                              extra_test=config.extra_test, progress=show)
         if self.distributed.is_main:
             self.distributed.barrier()
+        _check_splits_agree(train, test, config)
         self.classes = list(train.classes)
         # The whole split lives on the training device: batches are index operations, no host copies. Every rank
         # holds it (47 MB for MNIST) and trains on its own part of each batch.
@@ -563,6 +564,19 @@ def _setting_name(model_kwarg: str) -> str:
 
 def _shown(value: Any) -> str:
     return "unset (the model's default)" if value is None else repr(value)
+
+
+def _check_splits_agree(train: Split, test: TestSet, config: TrainConfig) -> None:
+    """A registered dataset's two splits must have the same classes and image shape, and fit the ``--canvas``."""
+    if list(train.classes) != list(test.classes):
+        raise TrainingError(f"dataset {config.dataset!r}: its training and test splits name different classes "
+                            f"({list(train.classes)} and {list(test.classes)})")
+    shape = tuple(train.images.shape[1:])  # the test images are on the canvas already
+    if config.canvas is None and shape != tuple(test.images.shape[1:]):
+        raise TrainingError(f"dataset {config.dataset!r}: its training images are {shape} (C, H, W), its test "
+                            f"images {tuple(test.images.shape[1:])}")
+    if config.canvas is not None:
+        check_canvas_holds(config.canvas, train.images, config.dataset)
 
 
 def _check_every_class_present(labels: Tensor, num_classes: int) -> None:
