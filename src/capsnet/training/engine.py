@@ -69,8 +69,8 @@ class _Progress:
 
 
 class Trainer:
-    """Trains a model from the registry (a CapsNet or a baseline CNN) on MNIST, Fashion-MNIST or MultiMNIST
-    following a :class:`TrainConfig`.
+    """Trains a model from the registry (a CapsNet or a baseline CNN) on MNIST, Fashion-MNIST, MultiMNIST or a
+    dataset registered with :func:`~capsnet.register_dataset`, following a :class:`TrainConfig`.
 
     Example (a notebook needs no command line)::
 
