@@ -243,17 +243,8 @@ def test_a_checkpoint_names_the_module_that_registered_its_model_in_python(capsy
 
 
 DATASET_PLUGIN = """
-import torch
 import capsnet
-
-
-def colour_squares(root, train):
-    generator = torch.Generator().manual_seed(0 if train else 1)
-    labels = torch.randint(0, 3, (48,), generator=generator)
-    images = torch.randint(0, 60, (48, 3, 24, 24), dtype=torch.uint8, generator=generator)
-    images[torch.arange(48), labels] += 150
-    return images, labels, ["red", "green", "blue"]
-
+from toy_data import colour_squares
 
 capsnet.register_dataset("colour-squares", colour_squares)
 """
@@ -269,14 +260,14 @@ def test_plugins_let_the_cli_train_and_evaluate_on_a_dataset_registered_in_pytho
     assert code == 2 and "unknown value 'colour-squares' for --dataset" in err
     code, out, _ = run(capsys, "train", "--plugins", "colour_data", "--dataset", "colour-squares", "--model",
                        "capsnet-tiny", "--epochs", "1", "--batch-size", "16", "--no-progress", "--output-dir", "run")
-    assert code == 0 and "on colour-squares (48 images)" in out and "done: test error" in out
+    assert code == 0 and "on colour-squares (96 images)" in out and "done: test error" in out
     capsnet.data.registry._LOADERS.pop("colour-squares")  # as a new process would start: neither registered
     sys.modules.pop("colour_data")  # nor imported
     code, _, err = run(capsys, "evaluate", "run/last.pt")
     assert code == 2 and err == ("capsnet: error: this checkpoint was trained on the dataset 'colour-squares', which "
                                  "is not registered; its run imported --plugins colour_data: pass the same\n")
     code, out, _ = run(capsys, "evaluate", "run/last.pt", "--plugins", "colour_data")
-    assert code == 0 and "on 48 colour-squares test images" in out and "green" in out
+    assert code == 0 and "on 96 colour-squares test images" in out and "green" in out
 
 
 def test_plugins_that_cannot_be_imported_are_named(capsys, plugin_module, tmp_path):

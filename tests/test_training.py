@@ -19,6 +19,7 @@ from capsnet.training import (
     CheckpointError, TrainingError, TrainingInterrupted, load_checkpoint, read_metrics, resume_config, save_checkpoint,
 )
 from reference import recover_shifts
+from toy_data import colour_squares
 
 QUICK = dict(model="capsnet-tiny", limit_train=256, limit_test=100, batch_size=32, progress=False)
 
@@ -888,15 +889,6 @@ def test_the_first_stop_signal_is_the_reason_the_run_gives(tmp_path, shared_data
     with pytest.raises(TrainingInterrupted) as stop:
         trainer.fit()
     assert stop.value.signum == signal.SIGTERM
-
-
-def colour_squares(root, train):
-    """A dataset of one's own: 3 x 24 x 24 noise with the channel of its class (red, green or blue) raised."""
-    generator = torch.Generator().manual_seed(0 if train else 1)
-    labels = torch.randint(0, 3, (96,), generator=generator)
-    images = torch.randint(0, 60, (96, 3, 24, 24), dtype=torch.uint8, generator=generator)
-    images[torch.arange(96), labels] += 150
-    return images, labels, ["red", "green", "blue"]
 
 
 def test_a_registered_dataset_of_rgb_images_trains_to_an_accuracy_and_loads(tmp_path, own_datasets):
