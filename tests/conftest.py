@@ -41,6 +41,7 @@ def own_datasets(monkeypatch):
     import capsnet.data.registry
 
     monkeypatch.setattr(capsnet.data.registry, "_LOADERS", dict(capsnet.data.registry._LOADERS))
+    monkeypatch.setattr(capsnet.data.registry, "_MODULES", dict(capsnet.data.registry._MODULES))
 
 
 @pytest.fixture

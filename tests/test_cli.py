@@ -268,6 +268,13 @@ def test_plugins_let_the_cli_train_and_evaluate_on_a_dataset_registered_in_pytho
                                  "is not registered; its run imported --plugins colour_data: pass the same\n")
     code, out, _ = run(capsys, "evaluate", "run/last.pt", "--plugins", "colour_data")
     assert code == 0 and "on 96 colour-squares test images" in out and "green" in out
+    capsnet.train(dataset="colour-squares", model="capsnet-tiny", epochs=1, batch_size=32, progress=False,
+                  output_dir="python-run")  # registered by evaluate's import above, as by an import in a script
+    capsnet.data.registry._LOADERS.pop("colour-squares")
+    sys.modules.pop("colour_data")
+    code, _, err = run(capsys, "evaluate", "python-run/last.pt")
+    assert code == 2 and err.endswith("which is not registered; pass --plugins colour_data, the module that "
+                                      "registered it\n")
 
 
 def test_plugins_that_cannot_be_imported_are_named(capsys, plugin_module, tmp_path):

@@ -29,6 +29,7 @@ from .config import (
 )
 from .experiments import EXPERIMENTS, results_markdown, run_experiment
 from .data import DATASETS, DataError, download_dataset, list_datasets
+from ._registration import registration_hint
 from .data.affnist import download_affnist
 from . import figures
 from .models import CapsNet
@@ -225,10 +226,9 @@ def _test_split(checkpoint: dict, data_dir: str | None, limit: int | None, devic
 def _test_set(checkpoint: dict, data_dir: str | None, limit: int | None, extra_test: str | None = None) -> TestSet:
     config = checkpoint["config"]
     if config["dataset"] not in list_datasets():
-        plugins = config.get("plugins")
-        raise ValueError(f"this checkpoint was trained on the dataset {config['dataset']!r}, which is not registered; " +
-                         (f"its run imported --plugins {plugins}: pass the same" if plugins
-                          else "pass --plugins MODULE, the module that registers it"))
+        hint = registration_hint(config.get("plugins"), checkpoint.get("dataset_module") or "", command_line=True)
+        raise ValueError(f"this checkpoint was trained on the dataset {config['dataset']!r}, which is not registered; "
+                         f"{hint}")
     try:
         check_extra_test(extra_test, config["dataset"], config.get("canvas"))
     except ValueError as exc:  # says what the training needed: evaluate has no --canvas or --dataset to give

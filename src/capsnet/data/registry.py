@@ -13,12 +13,14 @@ import torch
 from torch import Tensor
 
 from .._checks import check_choice
+from .._registration import importing_module
 from .datasets import DATASETS, get_dataset_class, resolve_data_root
 
-__all__ = ["Split", "Loader", "register_dataset", "list_datasets", "load_split"]
+__all__ = ["Split", "Loader", "register_dataset", "list_datasets", "load_split", "registering_module"]
 
 Loader = Callable[[Path, bool], tuple[Tensor, Tensor, Sequence[str]]]  # load(root, train) -> (images, labels, classes)
 _LOADERS: dict[str, Loader] = {}
+_MODULES: dict[str, str] = {}  # the module whose import registered each name
 _BUILT_IN = (*DATASETS, "multimnist")  # multimnist: pairs drawn from MNIST by the Trainer
 
 
@@ -63,11 +65,19 @@ def register_dataset(name: str, load: Loader) -> None:
     if name in _LOADERS:
         warnings.warn(f"dataset {name!r} is registered twice; the later definition wins", stacklevel=2)
     _LOADERS[name] = load
+    _MODULES[name] = importing_module()
 
 
 def list_datasets() -> tuple[str, ...]:
     """The names ``--dataset`` takes: capsnet's own, then those registered by :func:`register_dataset`."""
     return (*_BUILT_IN, *_LOADERS)
+
+
+def registering_module(name: str) -> str | None:
+    """The ``__name__`` of the module that registered the dataset ``name`` (``"__main__"`` for a script), or
+    ``None`` for one of capsnet's own."""
+    check_choice(name, "dataset", list_datasets())
+    return _MODULES.get(name) if name in _LOADERS else None
 
 
 def load_split(name: str, root: str | Path | None, *, train: bool, progress: bool = False) -> Split:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import sys
 import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -11,6 +10,7 @@ from typing import Any, NamedTuple
 from torch import nn
 
 from .._checks import check_choice
+from .._registration import importing_module
 
 __all__ = ["register_model", "create_model", "list_models", "is_capsule_model", "registering_module"]
 
@@ -44,16 +44,7 @@ def register_model(
         capsule_model = isinstance(builder, type) and issubclass(builder, CapsNet)
     if name in _MODELS:
         warnings.warn(f"model {name!r} is registered twice; the later definition wins", stacklevel=2)
-    _MODELS[name] = _Entry(builder, config, capsule_model, _importing_module())
-
-
-def _importing_module() -> str:
-    """The ``__name__`` of the module whose top-level code is running (the one an import runs), past helper
-    functions that call :func:`register_model` for it."""
-    frame = sys._getframe(2)  # register_model's caller
-    while frame.f_back is not None and frame.f_code.co_name != "<module>":
-        frame = frame.f_back
-    return frame.f_globals.get("__name__", "")
+    _MODELS[name] = _Entry(builder, config, capsule_model, importing_module())
 
 
 def create_model(name: str, **overrides: Any) -> nn.Module:

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .._files import write_atomically
+from .._registration import registration_hint
 from ..models import create_model, list_models
 from .devices import resolve_device
 
@@ -109,23 +110,11 @@ def build_model(checkpoint: dict[str, Any], path: str | Path, *, command_line: b
 
 
 def _registration_hint(checkpoint: dict[str, Any], command_line: bool) -> str:
-    """What to import so that a checkpoint's model name is registered: its run's ``--plugins``, else the module
-    that registered the name when it trained (recorded since 2026-11-29). ``(command line, Python)`` wordings."""
-    plugins, module = checkpoint["config"].get("plugins"), checkpoint.get("model_module", "")
-    if plugins:
-        hints = (f"its run imported --plugins {plugins}: pass the same",
-                 f"import {plugins}, which its run imported, first")
-    elif module == "__main__":
-        script = "it was registered by the script that trained it: register it the same way first"
-        hints = (f"{script}, in a module passed as --plugins MODULE", script)
-    elif module.partition(".")[0] == __name__.partition(".")[0]:  # a model of capsnet's own, since removed
-        hints = ("this version of capsnet does not define it (was it written by another version?)",) * 2
-    elif module:
-        hints = (f"pass --plugins {module}, the module that registered it",
-                 f"import {module}, which registered it, first")
-    else:
-        hints = ("pass --plugins MODULE, the module that registers it", "import the module that registers it first")
-    return hints[0] if command_line else hints[1]
+    """What to import so that a checkpoint's model name is registered (model modules recorded since 2026-11-29)."""
+    module = checkpoint.get("model_module", "")
+    if module.partition(".")[0] == __name__.partition(".")[0]:  # a model of capsnet's own, since removed
+        return "this version of capsnet does not define it (was it written by another version?)"
+    return registration_hint(checkpoint["config"].get("plugins"), module, command_line)
 
 
 def warn_if_built_differently(model: nn.Module, checkpoint: dict[str, Any], path: str | Path, *,

@@ -22,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from ..data import Split, TensorLoader, load_split, overlay_pairs, place_on_canvas, random_shift
+from ..data.registry import registering_module as dataset_registering_module
 from ..data.testsets import TestSet, base_dataset, check_canvas_holds, load_test_set
 from ..losses import CapsuleLoss
 from ..models import CapsNet, create_model, is_capsule_model
@@ -481,6 +482,7 @@ class Trainer:
             "model_kwargs": self.model_kwargs,
             "model_repr": repr(self.model),  # what the name built: warn_if_built_differently compares on loading
             "model_module": registering_module(self.config.model),  # named by build_model when it is not registered
+            "dataset_module": dataset_registering_module(self.config.dataset),  # and by evaluate and figures
             "device_type": self.device.type,
             "classes": self.classes,
             "model": self.model.state_dict(),
