@@ -12,7 +12,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .._checks import check_choice
+from .._checks import check_choice, values_outside
 from .._registration import importing_module
 from .datasets import DATASETS, get_dataset_class, resolve_data_root
 
@@ -112,8 +112,7 @@ def _checked(images: Tensor, labels: Tensor, classes: Sequence[str], what: str) 
         names = []
     if not names:
         raise ValueError(f"{what}: classes must be a list of class names, got {classes!r}")
-    lowest, highest = int(labels.min()), int(labels.max())
-    if lowest < 0 or highest >= len(names):
-        raise ValueError(f"{what}: labels must be indices into its {len(names)} classes, got values from {lowest} "
-                         f"to {highest}")
+    if outside := values_outside(labels, 0, len(names) - 1):
+        raise ValueError(f"{what}: labels must be indices into its {len(names)} classes, got values from {outside[0]} "
+                         f"to {outside[1]}")
     return Split(images, labels.long(), names)
