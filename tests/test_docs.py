@@ -1,11 +1,16 @@
-"""The Python examples in the docs run as written."""
+"""The docs' examples run as written, and every capsnet command they print is one the CLI accepts."""
 
 import re
+import shlex
 from pathlib import Path
 
 import pytest
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
+from capsnet.cli import build_parser
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+PAGES = [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]
 
 
 def python_blocks(path: Path) -> list[str]:
@@ -13,9 +18,57 @@ def python_blocks(path: Path) -> list[str]:
 
 
 CONCEPTS = python_blocks(DOCS / "concepts.md")
-assert CONCEPTS, "docs/concepts.md has no python example to run: was its fence renamed?"
+README = python_blocks(ROOT / "README.md")
+assert CONCEPTS and README, "a python example to run is gone from docs/concepts.md or README.md: was its fence renamed?"
 
 
 @pytest.mark.parametrize("block", CONCEPTS, ids=lambda block: block.splitlines()[-1][:40])
 def test_concepts_examples_run(block):
     exec(compile(block, str(DOCS / "concepts.md"), "exec"), {})
+
+
+@pytest.mark.parametrize("block", README, ids=lambda block: block.splitlines()[-1][:40])
+def test_readme_examples_run(block):
+    namespace: dict = {}
+    for earlier in README[: README.index(block)]:  # later blocks go on from the earlier ones' imports and names
+        exec(compile(earlier, str(ROOT / "README.md"), "exec"), namespace)
+    exec(compile(block, str(ROOT / "README.md"), "exec"), namespace)
+
+
+def _mentions_not_commands(text: str) -> bool:
+    """Prose that names a command without giving one: `capsnet evaluate`, `capsnet reproduce EXPERIMENT`, `...`."""
+    words = text.split()
+    return (len(words) < 3 or "..." in text or " / " in text or any(word.isupper() for word in words[2:])
+            or not re.fullmatch(r"-.*|[a-z]+", words[1]))  # `capsnet 0.1.0 (torch ...)` is output
+
+
+def capsnet_commands(path: Path) -> list[tuple[int, list[str]]]:
+    """(line, arguments after `capsnet`) of each capsnet command in the page's code: shell blocks, inline code."""
+    text = path.read_text()
+    found = []
+    for match in re.finditer(r"^```(?:bash|sh)\n(.*?)^```|`([^`\n]+)`", text, flags=re.MULTILINE | re.DOTALL):
+        group = 1 if match.group(1) is not None else 2
+        first_line = text[: match.start(group)].count("\n") + 1
+        for number, line in enumerate(match.group(group).splitlines(), first_line):
+            for piece in re.split(r"&&|\|\||[|;&>]", line.split(" #")[0]):
+                # `capsnet`, `python -m capsnet` or `torchrun ... -m capsnet`, after environment settings
+                command = re.search(r"(?:^|\s|-m )capsnet (\S.*)", piece)
+                if command and not _mentions_not_commands("capsnet " + command.group(1)):
+                    found.append((number, shlex.split(command.group(1))))
+    return found
+
+
+COMMANDS = [(path, line, args) for path in PAGES for line, args in capsnet_commands(path)]
+assert len(COMMANDS) > 40, f"only {len(COMMANDS)} capsnet commands found in the docs: did their code fences change?"
+
+
+@pytest.mark.parametrize("path, line, args", COMMANDS,
+                         ids=[f"{path.relative_to(ROOT)}:{line}" for path, line, _ in COMMANDS])
+def test_documented_commands_parse(path, line, args, capsys):
+    try:
+        build_parser().parse_args(args)
+    except SystemExit as exit_:
+        if exit_.code == 0:  # --help
+            return
+        pytest.fail(f"{path.relative_to(ROOT)}:{line}: `capsnet {shlex.join(args)}` is refused by the CLI:\n"
+                    f"{capsys.readouterr().err}")
