@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 
@@ -101,8 +103,21 @@ def test_reconstruction_loss_sum_per_example_mean_over_batch():
     assert reconstruction_loss(recon, images).item() == pytest.approx(0.75)
     recon.requires_grad_()
     assert torch.autograd.gradcheck(lambda r: reconstruction_loss(r, images.flatten(1) + 0.3), (recon,))
-    with pytest.raises(ValueError, match=r"do not match images of shape \(2, 1, 3, 3\) \(9 values per example\)"):
-        reconstruction_loss(recon, torch.zeros(2, 1, 3, 3))
+    mismatched = [
+        (recon, torch.zeros(2, 1, 3, 3)),  # 9 pixels against 4
+        (recon.view(2, 1, 4), torch.zeros(2, 4)),  # one object's reconstruction of an image without objects
+        (recon.view(2, 2, 2), torch.zeros(2, 4, 1, 1)),  # two objects of two pixels against two channels of two
+        (recon.view(8), torch.zeros(8)),
+    ]
+    for reconstructions, images in mismatched:
+        with pytest.raises(ValueError, match=rf"^reconstructions of shape {re.escape(str(tuple(reconstructions.shape)))} "
+                                             rf"do not match images of shape {re.escape(str(tuple(images.shape)))}: "
+                                             rf"expected reconstructions \(b, C \* H \* W\) for images"):
+            reconstruction_loss(reconstructions, images)
+    for images in (torch.zeros(2, 4), torch.zeros(2, 1, 2, 2), torch.zeros(2, 4, 1, 1)):  # every layout of 4 pixels
+        assert reconstruction_loss(recon, images).item() == pytest.approx(0.75)
+    two_objects = torch.zeros(2, 2, 1, 1, 2)  # (b, n, C, H, W)
+    assert reconstruction_loss(recon.view(2, 2, 2), two_objects).item() == pytest.approx(0.75)
 
 
 def test_capsule_loss_combines_terms_with_paper_weight():

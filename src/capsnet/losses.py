@@ -92,10 +92,13 @@ def reconstruction_loss(reconstructions: Tensor, images: Tensor) -> Tensor:
         ``reconstructions``: ``(b, C * H * W)``; ``images``: ``(b, C, H, W)`` or ``(b, C * H * W)`` -> scalar.
         For several objects per image (MultiMNIST), ``(b, n, C * H * W)`` against ``(b, n, C, H, W)``.
     """
-    if images.numel() != reconstructions.numel() or images.shape[0] != reconstructions.shape[0]:
+    leading = reconstructions.shape[:-1]  # (b,) or (b, n): what the images' shape must begin with
+    if (reconstructions.dim() not in (2, 3) or images.shape[: len(leading)] != leading or images.dim() == len(leading)
+            or images.shape[len(leading):].numel() != reconstructions.shape[-1]):
         raise ValueError(
             f"reconstructions of shape {tuple(reconstructions.shape)} do not match images of shape "
-            f"{tuple(images.shape)} ({images[0].numel() if len(images) else 0} values per example)"
+            f"{tuple(images.shape)}: expected reconstructions (b, C * H * W) for images (b, C, H, W), or (b, n, "
+            f"C * H * W) for (b, n, C, H, W)"
         )
     wide = _compute_dtype(reconstructions.dtype)
     target = images.reshape(reconstructions.shape).to(wide)
