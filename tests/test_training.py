@@ -18,6 +18,7 @@ from capsnet.data.testsets import load_test_set
 from capsnet.training import (
     CheckpointError, TrainingError, TrainingInterrupted, load_checkpoint, read_metrics, resume_config, save_checkpoint,
 )
+from capsnet.training.engine import setting_differences
 from reference import recover_shifts
 from toy_data import colour_squares
 
@@ -230,7 +231,8 @@ def test_training_batches_are_shifted_and_test_images_are_not(tmp_path, shared_d
 def test_the_papers_recipe_is_the_default_and_adam_is_its_optimizer(tmp_path, shared_data):
     defaults = TrainConfig(output_dir=str(tmp_path))
     recipe = (defaults.batch_size, defaults.lr, defaults.lr_decay, defaults.lr_decay_steps, defaults.max_shift,
-              defaults.reconstruction_weight, defaults.routing_iterations, defaults.reconstruction, defaults.model)
+              defaults.reconstruction_weight, defaults.model_setting("routing_iterations"),
+              defaults.model_setting("reconstruction"), defaults.model)
     assert recipe == (128, 1e-3, 0.96, 2000, 2, 0.0005, 3, True, "capsnet-mnist")
     trainer = Trainer(config(tmp_path, shared_data, epochs=1))
     optimizer = trainer.optimizer
@@ -758,6 +760,30 @@ def test_a_capsnet_registered_as_a_classifier_is_refused_before_the_run_folder_i
                        r"classifier .*register_model\('test-function-capsnet', builder, capsule_model=True\)"):
         Trainer(config(tmp_path, shared_data, "new/run", model="test-function-capsnet", limit_train=32))
     assert not (tmp_path / "new").exists()
+
+
+def test_a_registered_models_routing_iterations_and_decoder_are_kept_unless_given(tmp_path, own_registry):
+    capsnet.register_model("test-one-pass", capsnet.CapsNet, conv_channels=8, primary_types=2, routing_iterations=1,
+                           reconstruction=False)
+
+    def built(**settings):
+        kwargs = TrainConfig(model="test-one-pass", output_dir=str(tmp_path), **settings).model_kwargs(10, 1, (28, 28))
+        model = create_model("test-one-pass", **kwargs)
+        return model.digits.routing.iterations, model.decoder is not None
+
+    assert built() == (1, False)  # before: the paper's 3 iterations and a decoder, whatever the registration said
+    assert built(routing_iterations=2, reconstruction=True) == (2, True)
+    unset = TrainConfig(model="test-one-pass", output_dir=str(tmp_path))
+    assert (unset.routing_iterations, unset.reconstruction) == (None, None)  # config.json: not given
+    assert [unset.model_setting(name) for name in ("routing_iterations", "reconstruction", "lr")] == [1, False, 1e-3]
+
+
+def test_runs_that_recorded_the_former_defaults_still_resume(tmp_path):
+    asked = TrainConfig(model="capsnet-tiny", output_dir=str(tmp_path))  # iterations and decoder: the model's
+    saved = {**asked.to_dict(), "routing_iterations": 3, "reconstruction": True}  # as runs recorded them until now
+    assert setting_differences(saved, asked, "the checkpoint") == []
+    assert setting_differences({**saved, "routing_iterations": 1}, asked, "the checkpoint") == [
+        "--routing-iterations is 3 but the checkpoint has 1"]
 
 
 def test_init_from_weights_that_do_not_fit_names_the_settings_that_differ(tmp_path, shared_data):

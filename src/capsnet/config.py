@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 import importlib
+import inspect
 import math
 import numbers
 import operator
@@ -24,8 +25,8 @@ from .data.transforms import MAX_SHIFT
 from .data.testsets import EXTRA_TEST_SETS, check_extra_test
 from .layers import WEIGHT_INIT_STD
 from .losses import RECONSTRUCTION_WEIGHT
-from .models import is_capsule_model, list_models
-from .routing import ROUTING_ITERATIONS
+from .models import CapsNet, is_capsule_model, list_models
+from .models.registry import registered_config
 
 __all__ = [
     "TrainConfig", "DEVICES", "PRECISIONS", "EXTRA_TEST_SETS", "check_positive_flag", "flag_name", "import_plugins",
@@ -71,6 +72,8 @@ _SETTING_TYPES: dict[str, tuple[Callable[[Any], Any], str]] = {
 }
 # Settings that 0 unsets (None): no limit, no canvas, no periodic save, no time limit, no early stopping.
 _ZERO_UNSETS = ("limit_train", "limit_test", "canvas", "save_every", "time_limit", "stop_at_error")
+# Capsule options that every CapsNet is built with: unset (None), the model config's own value, else CapsNet's.
+_MODEL_OWN = ("routing_iterations", "reconstruction")
 # Settings whose default depends on others: TrainConfig.replace() derives them anew when those change.
 _DERIVED_FROM = {"lr_decay_steps": {"dataset"}, "max_shift": {"dataset"}, "output_dir": {"model", "dataset"}}
 
@@ -175,7 +178,9 @@ class TrainConfig:
     lr_warmup_steps: int = _option(
         0, "raise the learning rate linearly over the first N steps (0: none, as the paper)", metavar="N"
     )
-    routing_iterations: int = _option(ROUTING_ITERATIONS, "dynamic routing iterations (paper: 3)")
+    routing_iterations: int | None = _option(
+        None, "dynamic routing iterations (default: the model's; the paper's 3 for the built-in CapsNets)"
+    )
     detach_intermediate: bool | None = _option(
         None, "stop gradients through u_hat in all but the last routing iteration (default: the model's, True)"
     )
@@ -185,7 +190,9 @@ class TrainConfig:
         None, f"std of the normal initialization of the digit capsules' W[i, j] (default: the model's, "
               f"{WEIGHT_INIT_STD})"
     )
-    reconstruction: bool = _option(True, "train the reconstruction decoder (paper: yes)")
+    reconstruction: bool | None = _option(
+        None, "train the reconstruction decoder (default: the model's; yes for the built-in CapsNets, as the paper)"
+    )
     reconstruction_weight: float = _option(RECONSTRUCTION_WEIGHT, "weight of the reconstruction loss (paper: 0.0005)")
     halve_margin: bool = _option(False, "multiply the margin loss by 0.5, as the official code does")
     max_shift: int | None = _option(
@@ -317,10 +324,18 @@ class TrainConfig:
                    "weight_std": self.weight_std}
         return {
             **shape,
-            "routing_iterations": self.routing_iterations,
-            "reconstruction": self.reconstruction,
+            **{name: self.model_setting(name) for name in _MODEL_OWN},  # always given: a registered value or not
             **{key: value for key, value in options.items() if value is not None},  # None: the model config's own
         }
+
+    def model_setting(self, name: str) -> Any:
+        """A setting as the model is built: for ``routing_iterations`` and ``reconstruction`` left unset, the value
+        the model was registered with, else :class:`~capsnet.CapsNet`'s default (the paper's)."""
+        value = getattr(self, name)
+        if value is not None or name not in _MODEL_OWN:
+            return value
+        own = registered_config(self.model) if self.model in list_models() else {}
+        return own.get(name, inspect.signature(CapsNet).parameters[name].default)
 
     def to_dict(self) -> dict[str, Any]:
         """Every setting by field name, as ``config.json`` stores them."""

@@ -12,7 +12,7 @@ from torch import nn
 from .._checks import check_choice
 from .._registration import importing_module
 
-__all__ = ["register_model", "create_model", "list_models", "is_capsule_model", "registering_module"]
+__all__ = ["register_model", "create_model", "list_models", "is_capsule_model", "registered_config", "registering_module"]
 
 
 class _Entry(NamedTuple):
@@ -84,6 +84,16 @@ def is_capsule_model(name: str) -> bool:
         (True, False)
     """
     return _MODELS[check_choice(name, "model", _MODELS)].capsule_model
+
+
+def registered_config(name: str) -> dict[str, Any]:
+    """The keyword arguments the model ``name`` was registered with (a shallow copy).
+
+    Example:
+        >>> registered_config("capsnet-tiny")
+        {'conv_channels': 32, 'primary_types': 8}
+    """
+    return dict(_MODELS[check_choice(name, "model", _MODELS)].config)
 
 
 def registering_module(name: str) -> str:

@@ -546,8 +546,9 @@ def setting_differences(saved: dict[str, Any], asked: TrainConfig, source: str) 
     saved run take their defaults; its plugins are not imported again (a module that has moved since would
     fail the import; the asking run's own have registered the model)."""
     recorded = TrainConfig.from_dict({**saved, "plugins": None})
-    return [f"{flag_name(key)} is {getattr(asked, key)!r} but {source} has {getattr(recorded, key)!r}"
-            for key in RUN_DEFINING_SETTINGS if getattr(recorded, key) != getattr(asked, key)]
+    # As the model was built: runs saved before 2026-11-30 record the default 3 iterations and a decoder, not unset.
+    return [f"{flag_name(key)} is {asked.model_setting(key)!r} but {source} has {recorded.model_setting(key)!r}"
+            for key in RUN_DEFINING_SETTINGS if recorded.model_setting(key) != asked.model_setting(key)]
 
 
 def _model_kwargs_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[tuple[str, str]]:
