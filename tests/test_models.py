@@ -161,6 +161,16 @@ def test_register_model_warns_on_redefinition(own_registry):
     assert isinstance(create_model("test-tiny"), CapsNet)
 
 
+def test_register_model_refuses_names_unfit_for_a_run_folder_and_builders_that_cannot_build(own_registry):
+    for name in ("my/model", "my model", "", 3):  # "my/model" would nest the run folder runs/my/model-mnist-...
+        with pytest.raises(ValueError, match=r"^a model name is letters, digits, '_', '.' and '-', got "):
+            capsnet.register_model(name, tiny)
+    with pytest.raises(TypeError, match="^register_model takes a builder, a class or function returning the model, "
+                                        "got int$"):
+        capsnet.register_model("test-number", 42)
+    assert not {"my/model", "test-number"} & set(list_models())
+
+
 def test_constructor_is_keyword_only_and_checks_inputs():
     with pytest.raises(TypeError):
         CapsNet(10)
@@ -278,10 +288,21 @@ def test_dynamic_routing_options_next_to_a_routing_of_ones_own_are_flagged():
     with pytest.warns(UserWarning, match="routing_iterations configures the built-in dynamic routing; it is ignored"):
         model = CapsNet(routing=DynamicRouting(2), routing_iterations=5, device="meta")
     assert model.digits.routing.iterations == 2
+    with pytest.warns(UserWarning, match=r"^detach_intermediate configures the built-in dynamic routing; it is "
+                                         r"ignored when routing= is given \(set it on that routing\)$"):
+        CapsNet(routing=DynamicRouting(2), detach_intermediate=False, device="meta")
+    with pytest.warns(UserWarning, match="^routing_iterations and detach_intermediate configure the built-in dynamic "
+                                         "routing; they are ignored"):
+        CapsNet(routing=DynamicRouting(2), routing_iterations=1, detach_intermediate=False, device="meta")
+    with pytest.warns(UserWarning, match="^detach_intermediate configures"):  # the official config's gradient flow
+        create_model("capsnet-mnist-official", routing=DynamicRouting(2), device="meta")
+    with pytest.warns(UserWarning, match="^detach_intermediate does not apply to self-attention routing"):
+        create_model("capsnet-self-attention-tiny", detach_intermediate=False, device="meta")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         CapsNet(routing=DynamicRouting(2), device="meta")  # the defaults alone say nothing
-        create_model("capsnet-mnist-official", routing=DynamicRouting(2), device="meta")  # nor a registered config
+        CapsNet(routing=DynamicRouting(2), routing_iterations=3, detach_intermediate=True, device="meta")
+        create_model("capsnet-self-attention-tiny", routing_iterations=3, detach_intermediate=True, device="meta")
 
 
 def test_capsnet_asks_for_intensities_not_uint8_pixels():

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import capsnet
-from capsnet import TrainConfig, Trainer, reconstruction_loss
+from capsnet import TrainConfig, Trainer, margin_loss, reconstruction_loss
 from capsnet.training.precision import (
     CompiledOrEager, autocast, compile_mode, grad_scaler, resolve_channels_last, resolve_precision,
 )
@@ -49,6 +49,14 @@ def test_model_outputs_and_losses_stay_float32_under_bf16_autocast():
     assert all(term.dtype == torch.float32 and torch.isfinite(term) for term in terms)
     reference = reconstruction_loss(out.reconstructions.float(), images)
     torch.testing.assert_close(terms.reconstruction, reference)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_margin_loss_of_half_precision_lengths_is_computed_in_float32(dtype):
+    lengths = torch.full((2, 5000), 0.99)  # many classes: a float16 sum keeps ~3 digits of 1980
+    loss = margin_loss(lengths.to(dtype), torch.tensor([0, 1]))
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, margin_loss(lengths.to(dtype).float(), torch.tensor([0, 1])))
 
 
 def test_reconstruction_loss_of_bf16_outputs_is_computed_in_float32():

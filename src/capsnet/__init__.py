@@ -1,16 +1,16 @@
 """capsnet: capsule networks with routing-by-agreement (Sabour, Frosst & Hinton, NIPS 2017) in PyTorch."""
 
-from . import routing
+from . import data, routing
 from .functional import capsule_lengths, hits, mask_capsules, squash
 from .layers import CapsuleDecoder, PrimaryCapsules, RoutedCapsules
-from .losses import CapsuleLoss, LossTerms, margin_loss, reconstruction_loss
+from .losses import CapsuleLoss, CapsuleOutputLike, LossTerms, margin_loss, reconstruction_loss
 from .models import BaselineCNN, CapsNet, CapsNetOutput, create_model, is_capsule_model, list_models, register_model
 from .routing import (
     DynamicRouting, Routing, RoutingOutput, SelfAttentionRouting, create_routing, dynamic_routing, list_routings,
     register_routing,
 )
 from .config import TrainConfig
-from .data import register_dataset
+from .data import list_datasets, register_dataset
 from .training import Trainer, evaluate, load_model, train
 
 __version__ = "0.1.0"
@@ -21,6 +21,7 @@ __all__ = [
     "mask_capsules",
     "hits",
     "routing",
+    "data",
     "Routing",
     "RoutingOutput",
     "DynamicRouting",
@@ -40,9 +41,11 @@ __all__ = [
     "list_models",
     "register_model",
     "register_dataset",
+    "list_datasets",
     "margin_loss",
     "reconstruction_loss",
     "CapsuleLoss",
+    "CapsuleOutputLike",
     "LossTerms",
     "TrainConfig",
     "Trainer",

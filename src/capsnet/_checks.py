@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import operator
+import re
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -15,6 +16,13 @@ def check_choice(value: str, name: str, valid: Iterable[str]) -> str:
     if value not in valid:
         raise ValueError(f"unknown value {value!r} for {name}; valid values are {', '.join(map(repr, valid))}")
     return value
+
+
+def check_run_name(name: str, what: str) -> str:
+    """Raise a ``ValueError`` unless ``name`` can be part of a run folder's name (as model and dataset names are)."""
+    if not isinstance(name, str) or not re.fullmatch(r"[\w.-]+", name):
+        raise ValueError(f"a {what} name is letters, digits, '_', '.' and '-', got {name!r}")
+    return name
 
 
 def check_positive(value: int | float, name: str) -> int | float:

@@ -277,7 +277,7 @@ class TrainConfig:
         import_plugins(self.plugins)  # they may register the dataset and the model
         if self.dataset not in list_datasets():
             raise ValueError(f"unknown value {self.dataset!r} for --dataset; valid values are "
-                             f"{', '.join(map(repr, sorted(list_datasets())))} (a dataset of your own: "
+                             f"{', '.join(map(repr, list_datasets()))} (a dataset of your own: "
                              "capsnet.register_dataset in a module passed as --plugins MODULE)")
         check_extra_test(self.extra_test, self.dataset, self.canvas)
         if self.model not in list_models():

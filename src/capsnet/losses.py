@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -11,10 +11,7 @@ from torch import Tensor, nn
 from ._checks import check_class_indices, values_are_cheap_to_read, values_outside
 from .functional import _compute_dtype, _one_hot
 
-if TYPE_CHECKING:  # only for annotations: the loss works on any output with these fields
-    from .models.capsnet import CapsNetOutput
-
-__all__ = ["margin_loss", "reconstruction_loss", "CapsuleLoss", "LossTerms"]
+__all__ = ["margin_loss", "reconstruction_loss", "CapsuleLoss", "CapsuleOutputLike", "LossTerms"]
 
 M_POS = 0.9  # a present class must have |v_k| >= m+ (paper, eq. 4)
 M_NEG = 0.1  # an absent class must have |v_k| <= m-
@@ -69,6 +66,8 @@ def margin_loss(
         halve: multiply the loss by 0.5, as the official TensorFlow code does (which doubles the
             relative weight of the reconstruction term). Off by default: the paper's formula.
 
+    Computed in float32 (or wider) whatever the dtype of ``lengths``, as :func:`reconstruction_loss`.
+
     Shape:
         ``lengths``: ``(b, k)``; ``targets``: ``(b,)`` or ``(b, n)`` integer, or ``(b, k)`` multi-hot -> scalar.
 
@@ -76,6 +75,7 @@ def margin_loss(
         >>> margin_loss(torch.tensor([[0.95, 0.05], [0.5, 0.3]]), torch.tensor([0, 0]))
         tensor(0.0900)
     """
+    lengths = lengths.to(_compute_dtype(lengths.dtype))  # a float16 sum over many classes loses digits
     present = _multi_hot(targets, lengths)
     per_class = present * F.relu(m_pos - lengths).square() + lambda_ * (1 - present) * F.relu(lengths - m_neg).square()
     loss = per_class.sum(dim=-1).mean()
@@ -103,6 +103,20 @@ def reconstruction_loss(reconstructions: Tensor, images: Tensor) -> Tensor:
     wide = _compute_dtype(reconstructions.dtype)
     target = images.reshape(reconstructions.shape).to(wide)
     return (reconstructions.to(wide) - target).square().flatten(1).sum(dim=1).mean()
+
+
+
+class CapsuleOutputLike(Protocol):
+    """What :class:`CapsuleLoss` reads from a model's output: a :class:`~capsnet.CapsNetOutput`, or any output
+    (a NamedTuple, a dataclass) with these two fields."""
+
+    @property
+    def lengths(self) -> Tensor:
+        """``(b, num_classes)`` capsule lengths."""
+
+    @property
+    def reconstructions(self) -> Tensor | None:
+        """``(b, C * H * W)`` (or ``(b, n, C * H * W)``) decoder outputs, ``None`` without a decoder."""
 
 
 class LossTerms(NamedTuple):
@@ -144,7 +158,7 @@ class CapsuleLoss(nn.Module):
         self.reconstruction_weight = reconstruction_weight
         self.m_pos, self.m_neg, self.lambda_, self.halve_margin = m_pos, m_neg, lambda_, halve_margin
 
-    def terms(self, output: CapsNetOutput, images: Tensor, targets: Tensor) -> LossTerms:
+    def terms(self, output: CapsuleOutputLike, images: Tensor, targets: Tensor) -> LossTerms:
         """The total loss with its unweighted margin and reconstruction parts, e.g. to log them separately."""
         margin = margin_loss(output.lengths, targets, m_pos=self.m_pos, m_neg=self.m_neg, lambda_=self.lambda_,
                              halve=self.halve_margin)
@@ -153,7 +167,7 @@ class CapsuleLoss(nn.Module):
         reconstruction = reconstruction_loss(output.reconstructions, images)
         return LossTerms(margin + self.reconstruction_weight * reconstruction, margin, reconstruction)
 
-    def forward(self, output: CapsNetOutput, images: Tensor, targets: Tensor) -> Tensor:
+    def forward(self, output: CapsuleOutputLike, images: Tensor, targets: Tensor) -> Tensor:
         """Total loss.
 
         Shape:

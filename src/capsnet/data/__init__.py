@@ -16,7 +16,7 @@ from capsnet.data.datasets import (
 )
 from capsnet.data.idx import DataError, read_idx, write_idx
 from capsnet.data.loader import TensorLoader
-from capsnet.data.registry import Split, list_datasets, load_split, register_dataset
+from capsnet.data.registry import Loader, Split, list_datasets, load_split, register_dataset
 from capsnet.data.synthetic import MultiDigitBatch, overlay_pairs, place_on_canvas, random_affine
 from capsnet.data.transforms import random_shift, shift_images
 
@@ -25,6 +25,7 @@ __all__ = [
     "MNIST",
     "DataError",
     "FashionMNIST",
+    "Loader",
     "MultiDigitBatch",
     "Split",
     "TensorLoader",

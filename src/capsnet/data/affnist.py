@@ -26,6 +26,7 @@ from capsnet._files import write_atomically
 from capsnet.data.datasets import checked_data_root, resolve_data_root
 from capsnet.data.download import download_file, sha256_file
 from capsnet.data.idx import DataError
+from capsnet.data.synthetic import AFFNIST_SIZE as SIZE
 
 __all__ = ["AFFNIST_URLS", "load_affnist_test", "download_affnist", "read_affnist_mat"]
 
@@ -33,7 +34,6 @@ AFFNIST_URLS = ("https://www.cs.toronto.edu/~tijmen/affNIST/32x/transformed/test
 ARCHIVE = "test.mat.zip"
 PINNED_SHA256: str | None = None  # see the module docstring
 FOLDER = "affnist"
-SIZE = 40
 
 
 def load_affnist_test(root: str | Path | None = None, *, download: bool = True,

@@ -3,7 +3,6 @@ own, registered with :func:`register_dataset`."""
 
 from __future__ import annotations
 
-import re
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .._checks import check_choice, values_outside
+from .._checks import check_choice, check_run_name, values_outside
 from .._registration import importing_module
 from .datasets import DATASETS, get_dataset_class, resolve_data_root
 
@@ -56,8 +55,7 @@ def register_dataset(name: str, load: Loader) -> None:
         capsnet.register_dataset("tiny-rgb", tiny_rgb)
         capsnet.train(dataset="tiny-rgb", model="capsnet-tiny", epochs=1)
     """
-    if not isinstance(name, str) or not re.fullmatch(r"[\w.-]+", name):  # it becomes part of a run folder's name
-        raise ValueError(f"a dataset name is letters, digits, '_', '.' and '-', got {name!r}")
+    check_run_name(name, "dataset")
     if name in _BUILT_IN:
         raise ValueError(f"{name!r} is one of capsnet's own datasets; register yours under another name")
     if not callable(load):
@@ -68,9 +66,9 @@ def register_dataset(name: str, load: Loader) -> None:
     _MODULES[name] = importing_module()
 
 
-def list_datasets() -> tuple[str, ...]:
-    """The names ``--dataset`` takes: capsnet's own, then those registered by :func:`register_dataset`."""
-    return (*_BUILT_IN, *_LOADERS)
+def list_datasets() -> list[str]:
+    """The names ``--dataset`` takes, capsnet's own and those registered by :func:`register_dataset`, sorted."""
+    return sorted((*_BUILT_IN, *_LOADERS))
 
 
 def registering_module(name: str) -> str | None:

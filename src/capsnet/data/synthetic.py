@@ -7,7 +7,7 @@ images on any run, and training pairs need not be stored.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Final, NamedTuple, TypedDict
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +18,8 @@ from .transforms import draw_on, random_shift, shift_images
 __all__ = [
     "MultiDigitBatch", "overlay_pairs", "place_on_canvas", "multimnist_test_set", "MULTIMNIST_CANVAS",
     "MULTIMNIST_SHIFT", "MULTIMNIST_TEST_SEED",
-    "AFFNIST_RANGES", "sample_affine_parameters", "random_affine", "affnist_synthetic", "AFFNIST_SYNTHETIC_SEED",
+    "AFFNIST_SIZE", "AFFNIST_RANGES", "AffineRanges", "sample_affine_parameters", "random_affine", "affnist_synthetic",
+    "AFFNIST_SYNTHETIC_SEED",
 ]
 
 
@@ -106,8 +107,17 @@ def multimnist_test_set(images: Tensor, labels: Tensor, *, seed: int = MULTIMNIS
     return batch.images.mul(255).round_().to(torch.uint8), batch.labels
 
 
+class AffineRanges(TypedDict):
+    """The bounds of random affine maps: rotation within +-degrees, shear within +-shear, scale per axis."""
+
+    rotation_degrees: float
+    shear: float
+    scale: tuple[float, float]
+
+
+AFFNIST_SIZE = 40  # affNIST's images are 40x40
 # affNIST (Tieleman 2013): every test digit under a random affine map within these ranges.
-AFFNIST_RANGES = {"rotation_degrees": 20.0, "shear": 0.2, "scale": (0.8, 1.2)}
+AFFNIST_RANGES: Final[AffineRanges] = {"rotation_degrees": 20.0, "shear": 0.2, "scale": (0.8, 1.2)}
 
 
 def sample_affine_parameters(count: int, generator: torch.Generator | None = None) -> dict[str, Tensor]:
@@ -120,7 +130,7 @@ def sample_affine_parameters(count: int, generator: torch.Generator | None = Non
             "scale_x": uniform(low, high), "scale_y": uniform(low, high)}
 
 
-def random_affine(images: Tensor, generator: torch.Generator | None = None, *, canvas: int = 40) -> Tensor:
+def random_affine(images: Tensor, generator: torch.Generator | None = None, *, canvas: int = AFFNIST_SIZE) -> Tensor:
     """``affnist-synthetic``: MNIST digits under random affine maps drawn as affNIST describes.
 
     Each digit is centred on a ``canvas`` square, rotated, sheared and scaled about the centre (parameters
@@ -174,7 +184,7 @@ def _uniform_int(low: Tensor, high: Tensor, generator: torch.Generator | None) -
 AFFNIST_SYNTHETIC_SEED = 2013  # fixed, so that "affnist-synthetic" names one set of images everywhere
 
 
-def affnist_synthetic(images: Tensor, *, canvas: int = 40, seed: int = AFFNIST_SYNTHETIC_SEED) -> Tensor:
+def affnist_synthetic(images: Tensor, *, canvas: int = AFFNIST_SIZE, seed: int = AFFNIST_SYNTHETIC_SEED) -> Tensor:
     """The ``affnist-synthetic`` test set: each of ``images`` (all MNIST test digits) under one
     :func:`random_affine` map drawn from ``seed``, stored as uint8 like the real affNIST.
 

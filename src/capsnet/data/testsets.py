@@ -9,7 +9,7 @@ from torch import Tensor
 from .._checks import check_choice
 from .affnist import load_affnist_test
 from .registry import load_split
-from .synthetic import affnist_synthetic, multimnist_test_set, place_on_canvas
+from .synthetic import AFFNIST_SIZE, affnist_synthetic, multimnist_test_set, place_on_canvas
 
 __all__ = ["TestSet", "EXTRA_TEST_SETS", "base_dataset", "check_canvas_holds", "check_extra_test", "load_test_set"]
 
@@ -37,8 +37,8 @@ def check_extra_test(name: str | None, dataset: str, canvas: int | None) -> None
     if name is None:
         return
     check_choice(name, "--extra-test", EXTRA_TEST_SETS)
-    if canvas != 40:
-        raise ValueError(f"--extra-test {name} has 40x40 images: it needs --canvas 40")
+    if canvas != AFFNIST_SIZE:
+        raise ValueError(f"--extra-test {name} has {AFFNIST_SIZE}x{AFFNIST_SIZE} images: it needs --canvas {AFFNIST_SIZE}")
     if dataset != "mnist":
         raise ValueError(f"--extra-test {name} holds MNIST digits: it needs --dataset mnist")
 

@@ -91,6 +91,7 @@ class RoutedCapsules(nn.Module):
         return u_hat.view(self.in_caps, batch, self.out_caps, self.out_dim).transpose(0, 1)  # (b, i, j, d_out)
 
     def forward(self, u: Tensor) -> RoutingOutput:
+        """Route ``u`` ``(b, in_caps, in_dim)`` -> ``(poses (b, out_caps, out_dim), coupling (b, in_caps, out_caps))``."""
         return self.routing(self.predictions(u), self.bias)
 
     def extra_repr(self) -> str:

@@ -65,5 +65,7 @@ class CapsuleDecoder(nn.Module):
         self.net = nn.Sequential(*layers, *([nn.Sigmoid()] if sigmoid else []))
 
     def forward(self, poses: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Decode ``poses`` ``(b, in_caps, in_dim)`` from the ``labels`` ``(b,)`` capsule (else the longest) ->
+        ``(b, out_features)``."""
         check_shape(poses, "poses", "(b, in_caps, in_dim)", 3, (None, self.in_caps, self.in_dim))
         return self.net(mask_capsules(poses, labels))

@@ -58,6 +58,7 @@ class PrimaryCapsules(nn.Module):
         return (height - kernel_h) // stride_h + 1, (width - kernel_w) // stride_w + 1
 
     def forward(self, features: Tensor) -> Tensor:
+        """``features`` ``(b, in_channels, H, W)`` -> squashed capsules ``(b, types * h * w, out_dim)``."""
         check_shape(features, "features", "(b, in_channels, H, W)", 4, (None, self.conv.in_channels, None, None))
         out = self.conv(features)  # (b, types * out_dim, h, w)
         batch, _, height, width = out.shape

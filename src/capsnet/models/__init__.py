@@ -27,4 +27,5 @@ register_model("baseline-cnn-affnist", BaselineCNN, pool_after=(1, 2))
 # The same layout, narrow: for tests and quick CPU runs of the Table 1 pipeline.
 register_model("baseline-cnn-tiny", BaselineCNN, channels=(16, 16, 8), hidden=(32, 32))
 
-__all__ = ["CapsNet", "CapsNetOutput", "BaselineCNN", "create_model", "is_capsule_model", "list_models", "register_model"]
+__all__ = ["CapsNet", "CapsNetOutput", "capsnet_with_self_attention", "BaselineCNN", "create_model", "is_capsule_model",
+           "list_models", "register_model"]

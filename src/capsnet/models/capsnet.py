@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any, NamedTuple
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -57,7 +58,7 @@ class CapsNet(nn.Module):
         out_dim: digit capsule dimension (16).
         routing_iterations: dynamic routing iterations (3); ignored, with a warning, when ``routing`` is given.
         detach_intermediate: stop-gradient through ``u_hat`` in all but the last routing iteration
-            (default ``True``; the official code: ``False``); ignored when ``routing`` is given. See
+            (default ``True``; the official code: ``False``); ignored, with a warning, when ``routing`` is given. See
             :func:`capsnet.dynamic_routing`.
         digit_bias: learned bias on each digit capsule's ``s[j]``, as in the official code (off: the
             paper has none; adds ``num_classes * out_dim`` parameters).
@@ -82,7 +83,7 @@ class CapsNet(nn.Module):
         *,
         num_classes: int = 10,
         in_channels: int = 1,
-        image_size: int | tuple[int, int] = 28,
+        image_size: int | Sequence[int] = 28,
         conv_channels: int = 256,
         primary_types: int = 32,
         primary_dim: int = 8,
@@ -107,9 +108,13 @@ class CapsNet(nn.Module):
         height, width = self.image_size
         if min(height, width) < 17:
             raise ValueError(f"image_size must be at least 17 x 17 for the two 9x9 convolutions, got {height} x {width}")
-        if routing is not None and routing_iterations != ROUTING_ITERATIONS:
-            warnings.warn("routing_iterations configures the built-in dynamic routing; it is ignored when routing= is "
-                          "given (set it on that routing)", stacklevel=2)
+        dynamic_options = {"routing_iterations": routing_iterations != ROUTING_ITERATIONS,
+                           "detach_intermediate": detach_intermediate is not True}
+        if routing is not None and (ignored := [name for name, changed in dynamic_options.items() if changed]):
+            one = len(ignored) == 1
+            warnings.warn(f"{' and '.join(ignored)} configure{'s' if one else ''} the built-in dynamic routing; "
+                          f"{'it is' if one else 'they are'} ignored when routing= is given (set "
+                          f"{'it' if one else 'them'} on that routing)", stacklevel=2)
         self.conv1 = nn.Conv2d(in_channels, conv_channels, kernel_size=9, **factory)
         self.primary = PrimaryCapsules(in_channels=conv_channels, types=primary_types, out_dim=primary_dim, **factory)
         grid_h, grid_w = self.primary_grid = self.primary.output_grid(height - 8, width - 8)  # (h, w) of capsules
@@ -152,6 +157,9 @@ class CapsNet(nn.Module):
         poses, coupling = self.digits(primary)  # (b, j, out_dim), (b, i, j)
         return CapsNetOutput(capsule_lengths(poses), poses, self.reconstruct(poses, targets), coupling, primary)
 
+    if TYPE_CHECKING:  # nn.Module.__call__ returns Any: give type checkers forward's signature (no runtime effect)
+        def __call__(self, images: Tensor, targets: Tensor | None = None) -> CapsNetOutput: ...
+
     def reconstruct(self, poses: Tensor, targets: Tensor | None = None) -> Tensor | None:
         """Decode ``poses`` from the ``targets`` capsule(s), else the longest one; ``None`` without a decoder.
 
@@ -180,7 +188,8 @@ class CapsNet(nn.Module):
 def capsnet_with_self_attention(**kwargs: Any) -> CapsNet:
     """:class:`CapsNet` whose DigitCaps route by self-attention (:class:`~capsnet.SelfAttentionRouting`) with
     Efficient-CapsNet's learned prior; ``kwargs`` as for :class:`CapsNet`, but for ``routing`` and
-    ``routing_iterations`` (one pass; a value other than 3 is ignored with a warning).
+    ``routing_iterations`` and ``detach_intermediate`` (one pass; values other than their defaults are ignored
+    with a warning).
 
     Example:
         >>> capsnet_with_self_attention().digits.routing
@@ -191,6 +200,9 @@ def capsnet_with_self_attention(**kwargs: Any) -> CapsNet:
     if kwargs.pop("routing_iterations", ROUTING_ITERATIONS) != ROUTING_ITERATIONS:
         warnings.warn("routing_iterations does not apply to self-attention routing (one pass); it is ignored",
                       stacklevel=2)
+    if kwargs.pop("detach_intermediate", True) is not True:
+        warnings.warn("detach_intermediate does not apply to self-attention routing (one pass, no intermediate "
+                      "iterations); it is ignored", stacklevel=2)
     model = CapsNet(routing=SelfAttentionRouting(), **kwargs)
     digits = model.digits
     # The prior's size is the number of primary capsules, which CapsNet derives from the image size.

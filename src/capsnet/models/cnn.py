@@ -46,7 +46,7 @@ class BaselineCNN(nn.Module):
         *,
         num_classes: int = 10,
         in_channels: int = 1,
-        image_size: int | tuple[int, int] = 28,
+        image_size: int | Sequence[int] = 28,
         channels: Sequence[int] = (256, 256, 128),
         kernel_size: int = 5,
         hidden: Sequence[int] = (328, 192),
@@ -84,5 +84,6 @@ class BaselineCNN(nn.Module):
         self.classifier = nn.Sequential(*dense, nn.Dropout(dropout), nn.Linear(widths[-1], num_classes, **factory))
 
     def forward(self, images: Tensor) -> Tensor:
+        """``images`` ``(b, C, H, W)`` -> class logits ``(b, num_classes)``."""
         check_shape(images, "images", "(b, C, H, W)", 4, (None, self.in_channels, *self.image_size))
         return self.classifier(self.features(images))  # (b, num_classes)

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 
 from torch import nn
 
-from .._checks import check_choice
+from .._checks import check_choice, check_run_name
 from .._registration import importing_module
 
 __all__ = ["register_model", "create_model", "list_models", "is_capsule_model", "registered_config", "registering_module"]
@@ -38,6 +38,10 @@ def register_model(
     Module values in ``config`` (a routing, say) are copied for every model built, so that models built from one
     name share no parameters.
     """
+    check_run_name(name, "model")
+    if not callable(builder):
+        raise TypeError(f"register_model takes a builder, a class or function returning the model, got "
+                        f"{type(builder).__name__}")
     if capsule_model is None:
         from .capsnet import CapsNet  # the registry module itself stays free of concrete models
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from torch import Tensor, nn
 
@@ -38,6 +38,8 @@ class Routing(nn.Module):
     """
 
     def forward(self, u_hat: Tensor, bias: Tensor | None = None) -> RoutingOutput:
+        """Check ``u_hat`` ``(b, i, j, d_out)`` and ``bias`` ``(j, d_out)``, run :meth:`route`, check its result:
+        ``poses`` ``(b, j, d_out)``, ``coupling`` ``(b, i, j)``."""
         _check_routing_input(u_hat, bias)
         result = self.route(u_hat, bias)
         # A layer passes the result on unchecked, so a wrong one would surface far from the algorithm at fault.
@@ -84,7 +86,7 @@ def register_routing(name: str) -> Callable[[R], R]:
     return register
 
 
-def create_routing(name: str, **kwargs) -> Routing:
+def create_routing(name: str, **kwargs: Any) -> Routing:
     """Build a registered routing algorithm by name, e.g. ``create_routing("dynamic", iterations=3)``."""
     return _ROUTINGS[check_choice(name, "routing", _ROUTINGS)](**kwargs)
 

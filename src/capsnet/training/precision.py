@@ -32,7 +32,7 @@ def resolve_precision(name: str) -> str:
     return "32" if name == "auto" else name
 
 
-def autocast(precision: str, device: torch.device) -> AbstractContextManager:
+def autocast(precision: str, device: torch.device) -> AbstractContextManager[None]:
     """The ``torch.autocast`` context for ``precision`` (a no-op for ``"32"``).
 
     Autocast runs matrix products and convolutions in the low precision; squash, capsule lengths and the
