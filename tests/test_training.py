@@ -691,6 +691,30 @@ def test_evaluate_counts_errors_of_a_known_model_and_refuses_what_it_would_misco
         capsnet.evaluate(as_a_pair, images, labels)
 
 
+class SignOfMean(torch.nn.Module):
+    """Class 1 when the mean input is positive, else class 0: tells normalized inputs from intensities."""
+
+    num_classes = 2
+
+    def forward(self, images):
+        mean = images.mean(dim=(1, 2, 3))
+        return torch.stack([-mean, mean], dim=1)
+
+
+def test_evaluate_gives_the_model_intensities_or_what_transform_makes_of_them():
+    images, labels = torch.full((4, 1, 3, 3), 40, dtype=torch.uint8), torch.zeros(4, dtype=torch.long)
+    assert capsnet.evaluate(SignOfMean(), images, labels)["error"] == 1.0  # 40 / 255 > 0: class 1
+    seen = []
+
+    def centre(batch):  # a model trained on inputs normalized by mean 0.5
+        seen.append(batch.clone())
+        return batch - 0.5
+
+    assert capsnet.evaluate(SignOfMean(), images, labels, transform=centre, batch_size=3)["error"] == 0.0
+    assert [len(batch) for batch in seen] == [3, 1]
+    torch.testing.assert_close(torch.cat(seen), images.float() / 255)  # the transform gets [0, 1] intensities
+
+
 class Pair(torch.nn.Module):
     """Returns ``(scores, scores)``: a model whose scores are not where evaluate looks for them."""
 

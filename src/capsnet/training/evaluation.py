@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -27,6 +28,7 @@ def evaluate(
     batch_size: int = TrainConfig.eval_batch_size,
     num_classes: int | None = None,
     precision: str = "32",
+    transform: Callable[[Tensor], Tensor] | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Test error and per-class accuracy of ``model`` (eval mode) on uint8 ``images``, in batches moved to the
@@ -37,6 +39,8 @@ def evaluate(
     ``num_classes`` defaults to the model's ``num_classes`` attribute (``CapsNet`` and ``BaselineCNN`` have one).
 
     ``precision`` is one of ``"32"``, ``"bf16"``, ``"16-mixed"`` (autocast while predicting) or ``"auto"`` (``"32"``).
+    The model sees each batch as intensities in [0, 1] (``images / 255``), or as ``transform`` makes them from those
+    for a model trained on other inputs, e.g. ``transform=lambda x: (x - 0.1307) / 0.3081`` (MNIST's mean and std).
 
     Shape:
         ``images``: ``(n, C, H, W)`` uint8; ``labels``: ``(n,)``, or ``(n, objects)`` (MultiMNIST).
@@ -47,7 +51,8 @@ def evaluate(
             raise ValueError(f"{type(model).__name__} has no num_classes attribute: pass num_classes=")
     _check_evaluation_set(images, labels, num_classes)
     tallies = class_tallies(model, images, labels, batch_size=check_int(batch_size, "batch_size", 1),
-                            num_classes=num_classes, precision=resolve_precision(precision), progress=progress)
+                            num_classes=num_classes, precision=resolve_precision(precision), transform=transform,
+                            progress=progress)
     return error_report(tallies)
 
 
@@ -66,7 +71,8 @@ def _check_evaluation_set(images: Tensor, labels: Tensor, num_classes: int) -> N
 
 @torch.no_grad()
 def class_tallies(
-    model: nn.Module, images: Tensor, labels: Tensor, *, batch_size: int, num_classes: int, precision: str, progress: bool
+    model: nn.Module, images: Tensor, labels: Tensor, *, batch_size: int, num_classes: int, precision: str,
+    progress: bool, transform: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """``(2, num_classes + 1)`` counts on the model's device: row 0 right, row 1 all; columns: per class, then
     per example. With ``(n, objects)`` labels (MultiMNIST) an example counts under each of its classes."""
@@ -80,8 +86,9 @@ def class_tallies(
     starts = range(0, len(labels), batch_size)
     for start in tqdm(starts, desc="evaluating", unit="batch", disable=not progress, leave=False, dynamic_ncols=True):
         batch_labels = labels[start : start + batch_size]
+        batch = images[start : start + batch_size].to(device, dtype).div_(255)  # (b, C, H, W) in [0, 1]
         with autocast(precision, device):
-            scores = class_scores(model(images[start : start + batch_size].to(device, dtype).div_(255)))
+            scores = class_scores(model(transform(batch) if transform is not None else batch))
         right = hits(scores, batch_labels)  # (b,)
         # index_add_ rather than bincount(labels[right]): a boolean mask would make the host wait for the GPU.
         right_per_label = right.view(-1, *[1] * (batch_labels.dim() - 1)).expand_as(batch_labels)
