@@ -620,7 +620,7 @@ def test_config_file_errors_say_what_is_wrong(tmp_path, content, message):
 
 @pytest.mark.parametrize(
     "settings, message",
-    [({"reconstruction": "false"}, r"--reconstruction \(the setting 'reconstruction'\) must be true or false, "
+    [({"reconstruction": "false"}, r"--reconstruction \(the setting 'reconstruction'\) must be true or false or null, "
                                    r"got 'false'"),
      ({"epochs": "2"}, "--epochs .* must be an integer, got '2'"), ({"epochs": 1.5}, "must be an integer, got 1.5"),
      ({"lr": True}, "--lr .* must be a number, got True"), ({"limit_train": 2.0}, "must be an integer or null, got 2.0"),
