@@ -38,28 +38,40 @@ def test_readme_examples_run(block):
 def _mentions_not_commands(text: str) -> bool:
     """Prose that names a command without giving one: `capsnet evaluate`, `capsnet reproduce EXPERIMENT`, `...`."""
     words = text.split()
-    return (len(words) < 3 or "..." in text or " / " in text or any(word.isupper() for word in words[2:])
+    return (len(words) < 3 or "..." in text or " / " in text or words[2].isupper()  # a placeholder argument
             or not re.fullmatch(r"-.*|[a-z]+", words[1]))  # `capsnet 0.1.0 (torch ...)` is output
+
+
+def _commands_in(code: str) -> list[list[str]]:
+    """The arguments after `capsnet` of each capsnet command in a piece of shell code."""
+    found = []
+    for piece in re.split(r"&&|\|\||[|;&>]", code.split(" #")[0]):
+        # `capsnet`, `python -m capsnet` or `torchrun ... -m capsnet`, after environment settings
+        command = re.search(r"(?:^|\s|-m )capsnet (\S.*)", piece)
+        if command and not _mentions_not_commands("capsnet " + command.group(1)):
+            found.append(shlex.split(command.group(1)))
+    return found
 
 
 def capsnet_commands(path: Path) -> list[tuple[int, list[str]]]:
     """(line, arguments after `capsnet`) of each capsnet command in the page's code: shell blocks, inline code."""
     text = path.read_text()
     found = []
-    for match in re.finditer(r"^```(?:bash|sh)\n(.*?)^```|`([^`\n]+)`", text, flags=re.MULTILINE | re.DOTALL):
-        group = 1 if match.group(1) is not None else 2
-        first_line = text[: match.start(group)].count("\n") + 1
-        for number, line in enumerate(match.group(group).splitlines(), first_line):
-            for piece in re.split(r"&&|\|\||[|;&>]", line.split(" #")[0]):
-                # `capsnet`, `python -m capsnet` or `torchrun ... -m capsnet`, after environment settings
-                command = re.search(r"(?:^|\s|-m )capsnet (\S.*)", piece)
-                if command and not _mentions_not_commands("capsnet " + command.group(1)):
-                    found.append((number, shlex.split(command.group(1))))
+    fence = re.compile(r"^ *```(\w*)\n(.*?)^ *```", flags=re.MULTILINE | re.DOTALL)
+    for block in fence.finditer(text):
+        if block.group(1) in ("bash", "sh", ""):
+            first_line = text[: block.start(2)].count("\n") + 1
+            for number, line in enumerate(block.group(2).splitlines(), first_line):
+                found += [(number, args) for args in _commands_in(line)]
+    prose = fence.sub(lambda block: "\n" * block.group(0).count("\n"), text)  # line numbers kept
+    for span in re.finditer(r"`([^`]+)`", prose):  # inline code may wrap onto the next line
+        number = prose[: span.start()].count("\n") + 1
+        found += [(number, args) for args in _commands_in(" ".join(span.group(1).split()))]
     return found
 
 
 COMMANDS = [(path, line, args) for path in PAGES for line, args in capsnet_commands(path)]
-assert len(COMMANDS) > 40, f"only {len(COMMANDS)} capsnet commands found in the docs: did their code fences change?"
+assert len(COMMANDS) > 80, f"only {len(COMMANDS)} capsnet commands found in the docs: did their code fences change?"
 
 
 @pytest.mark.parametrize("path, line, args", COMMANDS,

@@ -162,7 +162,9 @@ def test_register_model_warns_on_redefinition(own_registry):
 
 
 def test_register_model_refuses_names_unfit_for_a_run_folder_and_builders_that_cannot_build(own_registry):
-    for name in ("my/model", "my model", "", 3):  # "my/model" would nest the run folder runs/my/model-mnist-...
+    with pytest.raises(TypeError, match="^a model name is a string, got int$"):
+        capsnet.register_model(3, tiny)
+    for name in ("my/model", "my model", ""):  # "my/model" would nest the run folder runs/my/model-mnist-...
         with pytest.raises(ValueError, match=r"^a model name is letters, digits, '_', '.' and '-', got "):
             capsnet.register_model(name, tiny)
     with pytest.raises(TypeError, match="^register_model takes a builder, a class or function returning the model, "

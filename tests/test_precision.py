@@ -57,6 +57,7 @@ def test_margin_loss_of_half_precision_lengths_is_computed_in_float32(dtype):
     loss = margin_loss(lengths.to(dtype), torch.tensor([0, 1]))
     assert loss.dtype == torch.float32
     torch.testing.assert_close(loss, margin_loss(lengths.to(dtype).float(), torch.tensor([0, 1])))
+    assert margin_loss(lengths.double(), torch.tensor([0, 1])).dtype == torch.float64  # wider stays wider
 
 
 def test_reconstruction_loss_of_bf16_outputs_is_computed_in_float32():

@@ -786,17 +786,27 @@ def test_a_capsnet_registered_as_a_classifier_is_refused_before_the_run_folder_i
     assert not (tmp_path / "new").exists()
 
 
+class OnePassCapsNet(capsnet.CapsNet):
+    """A CapsNet whose own defaults are one routing iteration and no decoder."""
+
+    def __init__(self, *, routing_iterations=1, reconstruction=False, **kwargs):
+        super().__init__(routing_iterations=routing_iterations, reconstruction=reconstruction, conv_channels=8,
+                         primary_types=2, **kwargs)
+
+
 def test_a_registered_models_routing_iterations_and_decoder_are_kept_unless_given(tmp_path, own_registry):
     capsnet.register_model("test-one-pass", capsnet.CapsNet, conv_channels=8, primary_types=2, routing_iterations=1,
                            reconstruction=False)
+    capsnet.register_model("test-one-pass-class", OnePassCapsNet)  # the same, as the builder's defaults
 
-    def built(**settings):
-        kwargs = TrainConfig(model="test-one-pass", output_dir=str(tmp_path), **settings).model_kwargs(10, 1, (28, 28))
-        model = create_model("test-one-pass", **kwargs)
-        return model.digits.routing.iterations, model.decoder is not None
+    def built(model, **settings):
+        kwargs = TrainConfig(model=model, output_dir=str(tmp_path), **settings).model_kwargs(10, 1, (28, 28))
+        built_model = create_model(model, **kwargs)
+        return built_model.digits.routing.iterations, built_model.decoder is not None
 
-    assert built() == (1, False)  # before: the paper's 3 iterations and a decoder, whatever the registration said
-    assert built(routing_iterations=2, reconstruction=True) == (2, True)
+    for model in ("test-one-pass", "test-one-pass-class"):
+        assert built(model) == (1, False)  # before: the paper's 3 iterations and a decoder, whatever the model said
+        assert built(model, routing_iterations=2, reconstruction=True) == (2, True)
     unset = TrainConfig(model="test-one-pass", output_dir=str(tmp_path))
     assert (unset.routing_iterations, unset.reconstruction) == (None, None)  # config.json: not given
     assert [unset.model_setting(name) for name in ("routing_iterations", "reconstruction", "lr")] == [1, False, 1e-3]
@@ -808,6 +818,11 @@ def test_runs_that_recorded_the_former_defaults_still_resume(tmp_path):
     assert setting_differences(saved, asked, "the checkpoint") == []
     assert setting_differences({**saved, "routing_iterations": 1}, asked, "the checkpoint") == [
         "--routing-iterations is 3 but the checkpoint has 1"]
+    # Left unset, as the model built them then: a model registered anew with other values does not resume the run.
+    unset = {**asked.to_dict()}
+    assert setting_differences(unset, asked, "the checkpoint", {"routing_iterations": 1, "reconstruction": True}) == [
+        "--routing-iterations is 3 but the checkpoint has 1"]
+    assert "--routing-iterations" not in capsnet.experiments._train_command({**saved, "model_kwargs": {}})
 
 
 def test_init_from_weights_that_do_not_fit_names_the_settings_that_differ(tmp_path, shared_data):
@@ -972,9 +987,12 @@ def test_a_registered_dataset_is_checked_and_named_in_errors(tmp_path, own_datas
         capsnet.train(dataset="two-names", model="capsnet-tiny", epochs=1, output_dir=str(tmp_path / "two"))
     with pytest.warns(UserWarning, match="dataset 'floats' is registered twice"):
         capsnet.register_dataset("floats", colour_squares)
-    for name in (5, "", "my/data"):  # a name goes into the run folder's name
+    for name in ("", "my/data"):  # a name goes into the run folder's name
         with pytest.raises(ValueError, match="a dataset name is letters, digits, '_', '.' and '-', got "):
             capsnet.register_dataset(name, colour_squares)
+    with pytest.raises(TypeError, match="^a dataset name is a string, got int$"):
+        capsnet.register_dataset(5, colour_squares)
+    assert capsnet.list_datasets() == sorted(capsnet.list_datasets()) and "floats" in capsnet.list_datasets()
     capsnet.register_dataset("pair", lambda root, train: colour_squares(root, train)[:2])
     with pytest.raises(ValueError, match=r"dataset 'pair' \(training split\): load\(root, train\) must return "
                                          r"\(images, labels, classes\), got tuple of 2"):

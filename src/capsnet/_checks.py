@@ -20,7 +20,9 @@ def check_choice(value: str, name: str, valid: Iterable[str]) -> str:
 
 def check_run_name(name: str, what: str) -> str:
     """Raise a ``ValueError`` unless ``name`` can be part of a run folder's name (as model and dataset names are)."""
-    if not isinstance(name, str) or not re.fullmatch(r"[\w.-]+", name):
+    if not isinstance(name, str):
+        raise TypeError(f"a {what} name is a string, got {type(name).__name__}")
+    if not re.fullmatch(r"[\w.-]+", name):
         raise ValueError(f"a {what} name is letters, digits, '_', '.' and '-', got {name!r}")
     return name
 

@@ -278,7 +278,7 @@ def _figures(args: argparse.Namespace) -> None:
                                        capsule=args.capsule),
         ]
     else:
-        print("this model has no decoder (trained with --no-reconstruction): Figures 3, 4 and 5 need one",
+        print("this model has no decoder (trained without reconstruction): Figures 3, 4 and 5 need one",
               file=sys.stderr)
     run_dir = Path(args.checkpoint).parent
     epochs = read_metrics(run_dir) if (run_dir / "metrics.jsonl").is_file() else []

@@ -26,7 +26,7 @@ from .data.testsets import EXTRA_TEST_SETS, check_extra_test
 from .layers import WEIGHT_INIT_STD
 from .losses import RECONSTRUCTION_WEIGHT
 from .models import CapsNet, is_capsule_model, list_models
-from .models.registry import registered_config
+from .models.registry import registered_default
 
 __all__ = [
     "TrainConfig", "DEVICES", "PRECISIONS", "EXTRA_TEST_SETS", "check_positive_flag", "flag_name", "import_plugins",
@@ -87,6 +87,14 @@ def check_positive_flag(flag: str, value: int | None) -> None:
     """Raise a ``ValueError`` naming ``flag`` unless ``value`` is ``None`` (unset) or a positive number."""
     if value is not None and value <= 0:
         raise ValueError(f"{flag} must be a positive integer, got {value}")
+
+
+def model_default(model: str, name: str) -> Any:
+    """``routing_iterations`` or ``reconstruction`` of the model ``model`` built without them: the value it was
+    registered with, else its builder's default, else :class:`~capsnet.CapsNet`'s (the paper's; also for a model
+    not registered in this process)."""
+    fallback = inspect.signature(CapsNet).parameters[name].default
+    return registered_default(model, name, fallback) if model in list_models() else fallback
 
 
 def reaches_error(error: float, target_percent: float | None) -> bool:
@@ -329,13 +337,10 @@ class TrainConfig:
         }
 
     def model_setting(self, name: str) -> Any:
-        """A setting as the model is built: for ``routing_iterations`` and ``reconstruction`` left unset, the value
-        the model was registered with, else :class:`~capsnet.CapsNet`'s default (the paper's)."""
+        """The setting ``name``; for ``routing_iterations`` and ``reconstruction`` left unset, the value the model
+        is built with (see :func:`model_default`)."""
         value = getattr(self, name)
-        if value is not None or name not in _MODEL_OWN:
-            return value
-        own = registered_config(self.model) if self.model in list_models() else {}
-        return own.get(name, inspect.signature(CapsNet).parameters[name].default)
+        return model_default(self.model, name) if value is None and name in _MODEL_OWN else value
 
     def to_dict(self) -> dict[str, Any]:
         """Every setting by field name, as ``config.json`` stores them."""

@@ -16,7 +16,7 @@ from typing import Any
 
 from ._checks import check_choice
 from ._files import write_atomically
-from .config import TrainConfig, flag_name, reaches_error
+from .config import TrainConfig, flag_name, model_default, reaches_error
 from .runtime import describe_machine
 from .training import Trainer, TrainingError, read_metrics
 from .training.distributed import is_main_process
@@ -168,7 +168,7 @@ def _finished(config: TrainConfig, tiny: bool) -> bool:
         raise TrainingError(f"{run_dir} holds checkpoints and metrics but no config.json to tell their settings: put "
                             f"it back, or move the folder away to train the row anew")
     try:
-        differences = setting_differences(saved, config, "its config.json")
+        differences = setting_differences(saved, config, "its config.json", saved.get("model_kwargs"))
     except ValueError as exc:  # settings this version refuses (an older version's, a plugin's model)
         raise TrainingError(f"{run_dir / 'config.json'} cannot be read as settings of this version ({exc}); choose "
                             f"another --runs-dir, or move the folder away to train the row anew") from None
@@ -249,6 +249,8 @@ def _train_command(config: dict[str, Any]) -> str:
     for key, value in config.items():
         if key in ("output_dir", "resume", "progress", "model_kwargs", "resolved") or value == defaults.get(key, value):
             continue
+        if key in ("routing_iterations", "reconstruction") and value == model_default(config["model"], key):
+            continue  # the model's own, as runs saved before 2026-11-29 recorded it
         flag = flag_name(key)
         flags.append(flag if value is True else f"--no-{flag[2:]}" if value is False else f"{flag} {shlex.quote(str(value))}")
     return " ".join(["capsnet train", *flags, "--output-dir", shlex.quote(config["output_dir"])])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -12,7 +13,7 @@ from torch import nn
 from .._checks import check_choice, check_run_name
 from .._registration import importing_module
 
-__all__ = ["register_model", "create_model", "list_models", "is_capsule_model", "registered_config", "registering_module"]
+__all__ = ["register_model", "create_model", "list_models", "is_capsule_model", "registered_default", "registering_module"]
 
 
 class _Entry(NamedTuple):
@@ -90,14 +91,19 @@ def is_capsule_model(name: str) -> bool:
     return _MODELS[check_choice(name, "model", _MODELS)].capsule_model
 
 
-def registered_config(name: str) -> dict[str, Any]:
-    """The keyword arguments the model ``name`` was registered with (a shallow copy).
+def registered_default(name: str, argument: str, fallback: Any) -> Any:
+    """The ``argument`` that ``create_model(name)`` builds with when not given: the registered config's value,
+    else the builder's default for it, else ``fallback`` (for a builder that takes it through ``**kwargs``).
 
     Example:
-        >>> registered_config("capsnet-tiny")
-        {'conv_channels': 32, 'primary_types': 8}
+        >>> registered_default("capsnet-tiny", "conv_channels", None), registered_default("capsnet-tiny", "out_dim", None)
+        (32, 16)
     """
-    return dict(_MODELS[check_choice(name, "model", _MODELS)].config)
+    entry = _MODELS[check_choice(name, "model", _MODELS)]
+    if argument in entry.config:
+        return entry.config[argument]
+    parameter = inspect.signature(entry.builder).parameters.get(argument)
+    return fallback if parameter is None or parameter.default is inspect.Parameter.empty else parameter.default
 
 
 def registering_module(name: str) -> str:

@@ -497,7 +497,7 @@ class Trainer:
             save_checkpoint(self.run_dir / name, checkpoint)
 
     def _restore(self, checkpoint: dict[str, Any]) -> None:
-        mismatched = setting_differences(checkpoint["config"], self.config, "the checkpoint")
+        mismatched = setting_differences(checkpoint["config"], self.config, "the checkpoint", checkpoint["model_kwargs"])
         saved_device = checkpoint.get("device_type", self.device.type)
         if saved_device != self.device.type:
             mismatched.append(f"the run is on {self.device.type} but the checkpoint was trained on {saved_device}")
@@ -540,15 +540,21 @@ def train(config: TrainConfig | None = None, **overrides: Any) -> list[dict[str,
             shutdown_distributed()
 
 
-def setting_differences(saved: dict[str, Any], asked: TrainConfig, source: str) -> list[str]:
+def setting_differences(saved: dict[str, Any], asked: TrainConfig, source: str,
+                        built: dict[str, Any] | None = None) -> list[str]:
     """``"--flag is X but SOURCE has Y"`` for every setting in :data:`RUN_DEFINING_SETTINGS` in which the run saved
     as ``saved`` (a checkpoint's or ``config.json``'s settings) differs from ``asked``. Settings newer than the
     saved run take their defaults; its plugins are not imported again (a module that has moved since would
-    fail the import; the asking run's own have registered the model)."""
+    fail the import; the asking run's own have registered the model). Routing iterations and decoder compare as
+    built: from the saved run's ``built`` model arguments where it has them (a model registered anew since then
+    would resolve unset ones otherwise), and runs saved before 2026-11-29 recorded the defaults 3 and ``True``."""
     recorded = TrainConfig.from_dict({**saved, "plugins": None})
-    # As the model was built: runs saved before 2026-11-30 record the default 3 iterations and a decoder, not unset.
-    return [f"{flag_name(key)} is {asked.model_setting(key)!r} but {source} has {recorded.model_setting(key)!r}"
-            for key in RUN_DEFINING_SETTINGS if recorded.model_setting(key) != asked.model_setting(key)]
+
+    def as_built(key: str) -> Any:
+        return built[key] if built and key in built else recorded.model_setting(key)
+
+    return [f"{flag_name(key)} is {asked.model_setting(key)!r} but {source} has {as_built(key)!r}"
+            for key in RUN_DEFINING_SETTINGS if as_built(key) != asked.model_setting(key)]
 
 
 def _model_kwargs_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[tuple[str, str]]:
