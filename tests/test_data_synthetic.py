@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from capsnet.data import MNIST
+from capsnet.data import MNIST, random_shift
 from capsnet.data.synthetic import (
     AFFNIST_RANGES, _affine_matrices, _warp, multimnist_test_set, overlay_pairs, place_on_canvas, random_affine,
     sample_affine_parameters,
@@ -136,3 +136,15 @@ def test_affnist_synthetic_is_a_fixed_uint8_set(digits):
     assert first.shape == (300, 1, 40, 40) and first.dtype == torch.uint8
     assert torch.equal(first, affnist_synthetic(images[:300]))
     assert not torch.equal(first, affnist_synthetic(images[:300], seed=1))
+
+
+def test_a_size_passed_where_the_generator_goes_is_named():
+    images = torch.zeros(2, 1, 28, 28, dtype=torch.uint8)
+    message = r"^generator must be a torch.Generator or None, got int \(40\)$"
+    with pytest.raises(TypeError, match=message):
+        random_affine(images, 40)  # canvas is keyword-only
+    with pytest.raises(TypeError, match=message):
+        place_on_canvas(images.float(), 40, 6, 40)
+    with pytest.raises(TypeError, match=r"^generator must be a torch.Generator or None, got int \(2\)$"):
+        random_shift(images, 2, 2)
+    assert random_affine(images, torch.Generator().manual_seed(0)).shape == (2, 1, 40, 40)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .transforms import draw_on, random_shift, shift_images
+from .transforms import check_generator, draw_on, random_shift, shift_images
 
 __all__ = [
     "MultiDigitBatch", "overlay_pairs", "place_on_canvas", "multimnist_test_set", "MULTIMNIST_CANVAS",
@@ -122,6 +122,7 @@ AFFNIST_RANGES: Final[AffineRanges] = {"rotation_degrees": 20.0, "shear": 0.2, "
 
 def sample_affine_parameters(count: int, generator: torch.Generator | None = None) -> dict[str, Tensor]:
     """Uniform draws within :data:`AFFNIST_RANGES`: rotation (degrees), shear, and a scale per axis, ``(count,)`` each."""
+    check_generator(generator)
     def uniform(low: float, high: float) -> Tensor:
         return low + (high - low) * torch.rand(count, generator=generator)
 

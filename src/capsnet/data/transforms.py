@@ -56,8 +56,15 @@ def draw_on(sample: Callable[..., torch.Tensor], generator: torch.Generator | No
             *args: Any) -> torch.Tensor:
     """``sample(*args)`` (``torch.rand``, ``torch.randint``, ...) drawn from ``generator`` on its own device, so
     a seed gives the same numbers wherever the batch lives, and delivered on ``device``."""
+    check_generator(generator)
     source = generator.device if generator is not None else device
     return sample(*args, generator=generator, device=source).to(device)
+
+
+def check_generator(generator: Any) -> None:
+    """Name a ``generator`` that is not one (a size passed by position, say) before torch's own error does."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__} ({generator!r})")
 
 
 def shift_images(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, max_shift: int) -> torch.Tensor:
