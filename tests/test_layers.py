@@ -18,6 +18,15 @@ def test_primary_capsules_shape_and_channel_grouping():
     torch.testing.assert_close(caps[1, index], capsnet.squash(conv[1, t * 5 : (t + 1) * 5, row, col]))
 
 
+def test_primary_capsules_take_a_kernel_and_stride_per_axis():
+    layer = PrimaryCapsules(in_channels=4, types=3, out_dim=5, kernel_size=(3, 5), stride=(1, 2)).double()
+    x = torch.randn(2, 4, 9, 11, dtype=torch.float64)
+    assert layer.output_grid(9, 11) == (7, 4) and layer(x).shape == (2, 3 * 7 * 4, 5)
+    conv = layer.conv(x)  # (2, 15, 7, 4)
+    t, row, col = 1, 6, 2
+    torch.testing.assert_close(layer(x)[0, t * 7 * 4 + row * 4 + col], capsnet.squash(conv[0, 5:10, row, col]))
+
+
 def test_primary_capsules_paper_size():
     assert PrimaryCapsules(in_channels=256)(torch.randn(1, 256, 20, 20)).shape == (1, 1152, 8)
 
@@ -116,7 +125,9 @@ def test_routed_capsules_draw_their_matrices_with_the_given_std():
 @pytest.mark.parametrize("layer, arguments, message", [
     (PrimaryCapsules, {"in_channels": 256, "types": 0}, "types must be an integer >= 1, got 0"),
     (PrimaryCapsules, {"in_channels": 256, "out_dim": 8.0}, "out_dim must be an integer >= 1, got 8.0"),
-    (PrimaryCapsules, {"in_channels": 256, "stride": 0}, "stride must be an integer >= 1, got 0"),
+    (PrimaryCapsules, {"in_channels": 256, "stride": 0}, r"stride must be an integer >= 1 or a pair of them "
+                                                         r"\(height, width\), got 0"),
+    (PrimaryCapsules, {"in_channels": 256, "kernel_size": (9, 0)}, r"kernel_size must be .* got \(9, 0\)"),
     (CapsuleDecoder, {"in_dim": 0}, "in_dim must be an integer >= 1, got 0"),
     (CapsuleDecoder, {"hidden": (512, -1)}, "hidden must be an integer >= 1, got -1"),
     (capsnet.BaselineCNN, {"channels": ()}, "channels must give at least one convolution's width, got none"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_int, check_shape
+from .._checks import check_image_size, check_int, check_shape
 from ..functional import squash
 
 __all__ = ["PrimaryCapsules"]
@@ -22,12 +22,12 @@ class PrimaryCapsules(nn.Module):
         in_channels: channels of the input feature map (256 after Conv1 in the paper).
         types: capsule types (channels of capsules); 32 in the paper.
         out_dim: capsule dimension (the next layer's ``d_in``); 8 in the paper.
-        kernel_size, stride: of the convolution; 9 and 2 in the paper.
+        kernel_size, stride: of the convolution, an int or a pair ``(height, width)``; 9 and 2 in the paper.
         device, dtype: where and in which floating point type to create the parameters.
 
     Shape:
         ``(b, in_channels, H, W)`` -> ``(b, types * h * w, out_dim)``, squashed, with
-        ``h = (H - kernel_size) // stride + 1`` (likewise ``w``); capsules ordered by (type, row, column).
+        ``h = (H - kernel_h) // stride_h + 1`` (likewise ``w``); capsules ordered by (type, row, column).
 
     Example:
         >>> layer = PrimaryCapsules(in_channels=256)
@@ -41,15 +41,15 @@ class PrimaryCapsules(nn.Module):
         in_channels: int,
         types: int = 32,
         out_dim: int = 8,
-        kernel_size: int = 9,
-        stride: int = 2,
+        kernel_size: int | tuple[int, int] = 9,
+        stride: int | tuple[int, int] = 2,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        sizes = {"in_channels": in_channels, "types": types, "out_dim": out_dim, "kernel_size": kernel_size,
-                 "stride": stride}
-        in_channels, self.types, self.out_dim, kernel_size, stride = (check_int(v, k, 1) for k, v in sizes.items())
+        sizes = {"in_channels": in_channels, "types": types, "out_dim": out_dim}
+        in_channels, self.types, self.out_dim = (check_int(v, k, 1) for k, v in sizes.items())
+        kernel_size, stride = check_image_size(kernel_size, "kernel_size"), check_image_size(stride, "stride")
         self.conv = nn.Conv2d(in_channels, self.types * self.out_dim, kernel_size, stride, device=device, dtype=dtype)
 
     def output_grid(self, height: int, width: int) -> tuple[int, int]:
