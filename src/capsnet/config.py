@@ -332,7 +332,7 @@ class TrainConfig:
                    "weight_std": self.weight_std}
         return {
             **shape,
-            **{name: self.model_setting(name) for name in _MODEL_OWN},  # always given: a registered value or not
+            **{name: self.model_setting(name) for name in _MODEL_OWN},  # resolved, as checkpoints have always recorded them
             **{key: value for key, value in options.items() if value is not None},  # None: the model config's own
         }
 

@@ -123,6 +123,7 @@ AFFNIST_RANGES: Final[AffineRanges] = {"rotation_degrees": 20.0, "shear": 0.2, "
 def sample_affine_parameters(count: int, generator: torch.Generator | None = None) -> dict[str, Tensor]:
     """Uniform draws within :data:`AFFNIST_RANGES`: rotation (degrees), shear, and a scale per axis, ``(count,)`` each."""
     check_generator(generator)
+
     def uniform(low: float, high: float) -> Tensor:
         return low + (high - low) * torch.rand(count, generator=generator)
 
