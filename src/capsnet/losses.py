@@ -105,7 +105,6 @@ def reconstruction_loss(reconstructions: Tensor, images: Tensor) -> Tensor:
     return (reconstructions.to(wide) - target).square().flatten(1).sum(dim=1).mean()
 
 
-
 class CapsuleOutputLike(Protocol):
     """What :class:`CapsuleLoss` reads from a model's output: a :class:`~capsnet.CapsNetOutput`, or any output
     (a NamedTuple, a dataclass) with these two fields."""
