@@ -96,7 +96,7 @@ def test_plots_write_pngs_of_the_expected_size(tmp_path):
     model, images, labels = tiny_model(), torch.rand(30, 1, 28, 28), torch.randint(0, 10, (30,))
     assert png_size(figures.plot_perturbations(model, images[0], tmp_path / "p.png")) == (780, 1040)
     assert png_size(figures.plot_perturbations(model, images[0], tmp_path / "p3.png", capsule=3)) == (780, 1040)
-    assert png_size(figures.plot_coupling(model, images[0], tmp_path / "c.png")) == (1430, 210)
+    assert png_size(figures.plot_coupling(model, images[0], tmp_path / "c.png")) == (1430, 244)  # 3 title lines
     path = figures.plot_reconstructions(model, images, labels, tmp_path / "r.png", count=4)
     right, wrong = figures.pick_examples(model, images, labels, 4)
     assert png_size(path) == (max(round(110 * (len(right) + len(wrong))), 400), 290)  # 400: room for the title
@@ -152,7 +152,9 @@ def test_routing_picture_of_a_model_with_a_learned_prior_says_it_shows_the_softm
     image = torch.rand(1, 28, 28)
     figures.plot_coupling(create_model("capsnet-self-attention-tiny"), image, tmp_path / "attention.png")
     figures.plot_coupling(tiny_model(), image, tmp_path / "dynamic.png")
-    assert "softmax coupling c without its learned prior" in titles[0] and "prior" not in titles[1]
+    assert "the softmax coupling c alone: the votes are weighted by c + the learned prior,\nwhich is below 0 for 0% " \
+           "of them here" in titles[0] and "prior" not in titles[1]  # a prior starting at 0
+    assert "(each sees a 17x17-pixel window of the input, 2 px from the next)" in titles[1]
 
 
 def test_figures_of_a_capsnets_parts_name_what_they_need_of_another_model():
@@ -336,3 +338,40 @@ def test_capsnet_curves_draws_each_error_of_each_run_folder(tmp_path, capsys, mo
     (tmp_path / "started" / "metrics.jsonl").write_text('{"epoch": 1, "test_er')  # torn by a crash
     assert main(["curves", str(tmp_path / "started"), "--out", str(out)]) == 2
     assert "started has no finished epoch yet" in capsys.readouterr().err
+
+
+def test_routing_colours_centre_on_uniform_coupling_and_do_not_stretch_rounding_noise(tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    scales, imshow = [], Axes.imshow
+    monkeypatch.setattr(Axes, "imshow", lambda self, data, **kw: scales.append((kw.get("vmin"), kw.get("vmax")))
+                        or imshow(self, data, **kw))
+    one_pass = tiny_model(routing_iterations=1)  # its coupling is uniform: any pattern would be noise
+    figures.plot_coupling(one_pass, torch.rand(1, 28, 28), tmp_path / "c.png")
+    assert scales[0] == (0, 1) and scales[1:] == [(pytest.approx(0.09), pytest.approx(0.11))] * 10  # input, maps
+
+
+def test_learning_curve_marks_the_epoch_of_the_checkpoint_drawn(tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    lines, axvline = [], Axes.axvline
+    monkeypatch.setattr(Axes, "axvline", lambda self, x, **kw: lines.append((x, kw["label"])) or axvline(self, x, **kw))
+    figures.plot_learning_curves({"run": [0.02, 0.01, 0.012]}, tmp_path / "c.png", checkpoint_epoch=2)
+    figures.plot_learning_curves({"run": [0.02]}, tmp_path / "d.png", checkpoint_epoch=0)  # saved within epoch 1
+    assert lines == [(2, "this checkpoint: after epoch 2")]
+
+
+def test_fig4_of_another_capsule_than_the_longest_says_what_the_model_predicts(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    titles, suptitle = [], Figure.suptitle
+    monkeypatch.setattr(Figure, "suptitle", lambda self, text, **kw: titles.append(text) or suptitle(self, text, **kw))
+    model, image = tiny_model(), torch.rand(1, 28, 28)
+    with torch.no_grad():
+        lengths = model(image.unsqueeze(0)).lengths[0]
+    longest, other = int(lengths.argmax()), int(lengths.argmin())
+    figures.plot_perturbations(model, image, tmp_path / "a.png")
+    figures.plot_perturbations(model, image, tmp_path / "b.png", capsule=other, classes=[f"c{k}" for k in range(10)])
+    assert titles[0].startswith(f"the longest capsule, of class {longest} (length {float(lengths[longest]):.2f}),")
+    assert titles[1].startswith(f"the capsule of class c{other} (length {float(lengths[other]):.2f}; the model "
+                                f"predicts c{longest}, length {float(lengths[longest]):.2f}),")

@@ -163,16 +163,17 @@ def require_matplotlib() -> None:
 
 # Inches that the titles at 9 points need: the width of a figure of few columns (few classes, few examples).
 _TITLE_WIDTH = 4.0
-_COUPLING_TITLE_WIDTH = 6.5  # the routing picture's two lines
+_COUPLING_TITLE_WIDTH = 7.5  # the routing picture's lines
 
 
-def _figure(rows: int = 1, columns: int = 1, *, figsize: tuple[float, float]) -> tuple[Any, Any]:
+def _figure(rows: int = 1, columns: int = 1, *, figsize: tuple[float, float],
+            layout: str | None = None) -> tuple[Any, Any]:
     """A matplotlib figure and its ``(rows, columns)`` array of axes, outside pyplot: the caller's backend and
     pyplot's list of open figures stay as they were (nothing to close, even when saving fails)."""
     require_matplotlib()
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=figsize)
+    figure = Figure(figsize=figsize, layout=layout)
     return figure, figure.subplots(rows, columns, squeeze=False)
 
 
@@ -251,48 +252,77 @@ def plot_perturbations(model: CapsNet, image: Tensor, path: str | Path, *, class
     for axis in all_axes[1:, 0]:
         axis.axis("off")
     axes = all_axes[:, 1:]
-    which = "the longest capsule" if capsule is None else "the capsule"
-    figure.suptitle(f"{which} ({classes[chosen] if classes else chosen}, length "
-                    f"{float(capsule_lengths(poses)[chosen]):.2f}) decoded with one of its {rows} dimensions (row)\n"
+    lengths = capsule_lengths(poses)
+    names, longest = classes or [str(k) for k in range(len(lengths))], int(lengths.argmax())
+    which = (f"the longest capsule, of class {names[chosen]} (length {float(lengths[chosen]):.2f}),"
+             if chosen == longest else
+             f"the capsule of class {names[chosen]} (length {float(lengths[chosen]):.2f}; the model predicts "
+             f"{names[longest]}, length {float(lengths[longest]):.2f}),")
+    figure.suptitle(f"{which} decoded with one of its {rows} dimensions (row)\n"
                     f"moved by the offset on top (column); +0.00: its plain reconstruction", fontsize=8)
     for row in range(rows):
         for column in range(columns):
             title = f"{PERTURBATIONS[column]:+.2f}" if row == 0 else ""
             _show(axes[row, column], grid[row, column], title)
-        axes[row, 0].set_ylabel(str(row), fontsize=7, rotation=0, labelpad=8)
-    figure.tight_layout(pad=0.2, rect=(0, 0, 1, 1 - 0.4 / height))  # room for the two lines of the title
+        axes[row, -1].text(1.08, 0.5, str(row), transform=axes[row, -1].transAxes, fontsize=7, ha="left", va="center")
+    # Fixed gaps, not tight_layout's: it would keep the column titles' height between every two rows.
+    figure.subplots_adjust(left=0.01, right=1 - 0.25 / (0.6 * columns + 1.2), bottom=0.005, top=1 - 0.75 / height,
+                           wspace=0.06, hspace=0.06)
     return _save(figure, path)
 
 
 @_draws_model
 def plot_coupling(model: CapsNet, image: Tensor, path: str | Path, *, classes: list[str] | None = None) -> Path:
     """The routing of one example: per class, the share of the primary capsules' output at each grid position
-    that goes to it (``coupling_maps`` over their sum; 1 / classes everywhere would be uniform coupling)."""
+    that goes to it (``coupling_maps`` over their sum), on a colour scale centred on uniform coupling (1 / classes,
+    white) that stretches no less than +-``_COUPLING_MIN_SPREAD``, so that rounding noise does not look like
+    routing."""
     amounts = coupling_maps(model, image)  # (j, h, w)
     maps = amounts / amounts.sum(0).clamp_min(1e-12)
-    lengths = model(image.unsqueeze(0)).lengths[0]
+    output = model(image.unsqueeze(0))
+    lengths = output.lengths[0]
     names = classes or [str(k) for k in range(maps.shape[0])]
-    figure, axes = _figure(1, maps.shape[0] + 1, figsize=(max(1.3 * (maps.shape[0] + 1), _COUPLING_TITLE_WIDTH), 2.1))
+    title = (f"routing: share of the primary capsules' output sent to each class at each of the "
+             f"{maps.shape[1]}x{maps.shape[2]} positions\n(each sees {_window(model)});\n"
+             f"white: uniform coupling, {1 / maps.shape[0]:.3f}; red: more, blue: less (here {float(maps.min()):.3f} "
+             f"to {float(maps.max()):.3f})" + _prior_note(model, output.coupling[0]))
+    height = 2.1 + 0.17 * title.count("\n")  # room for every line of the title above the class names
+    figure, axes = _figure(1, maps.shape[0] + 1, figsize=(max(1.3 * (maps.shape[0] + 1), _COUPLING_TITLE_WIDTH),
+                                                          height), layout="constrained")
     _show(axes[0, 0], image, f"input\nprediction {names[int(lengths.argmax())]}")
-    low, high = float(maps.min()), float(maps.max())  # trained couplings stay near uniform: stretch the colours
+    uniform = 1 / maps.shape[0]
+    spread = max(float((maps - uniform).abs().max()), _COUPLING_MIN_SPREAD)
     for j in range(maps.shape[0]):
-        axes[0, j + 1].imshow(maps[j].cpu().numpy(), cmap="viridis", vmin=low, vmax=high)
+        shown = axes[0, j + 1].imshow(maps[j].cpu().numpy(), cmap="RdBu_r", vmin=uniform - spread,
+                                      vmax=uniform + spread)
         axes[0, j + 1].set_xticks([])
         axes[0, j + 1].set_yticks([])
         axes[0, j + 1].set_title(f"{names[j]}\n|v|={float(lengths[j]):.2f}", fontsize=8)
-    figure.suptitle(f"routing: share of the primary capsules' output sent to each class at each of the "
-                    f"{maps.shape[1]}x{maps.shape[2]} positions;\ncolours from {low:.3f} (dark) to {high:.3f} (bright), "
-                    f"uniform coupling: {1 / maps.shape[0]:.3f}" + _prior_note(model), fontsize=9)
-    figure.tight_layout()
+    figure.colorbar(shown, ax=axes[0, -1], fraction=0.1, pad=0.08).ax.tick_params(labelsize=7)
+    figure.suptitle(title, fontsize=9)
     return _save(figure, path)
 
 
-def _prior_note(model: CapsNet) -> str:
+_COUPLING_MIN_SPREAD = 0.01  # shares within 0.01 of uniform are drawn pale: one routing iteration is exactly uniform
+
+
+def _window(model: CapsNet) -> str:
+    """The input pixels one primary capsule sees through Conv1 and PrimaryCaps, and their step from one to the next."""
+    (conv_h, conv_w), (conv_step, _) = model.conv1.kernel_size, model.conv1.stride
+    (primary_h, primary_w), (primary_step, _) = model.primary.conv.kernel_size, model.primary.conv.stride
+    height, width = conv_h + (primary_h - 1) * conv_step, conv_w + (primary_w - 1) * conv_step
+    return f"a {height}x{width}-pixel window of the input, {conv_step * primary_step} px from the next"
+
+
+def _prior_note(model: CapsNet, coupling: Tensor) -> str:
     """Self-attention routing weights the votes by its softmax coupling plus a learned prior; the maps show the
     softmax alone (a share of what is sent only while the weights are positive and sum to 1)."""
-    if getattr(model.digits.routing, "prior", None) is None:
+    prior = getattr(model.digits.routing, "prior", None)
+    if prior is None:
         return ""
-    return "\nthe routing's softmax coupling c without its learned prior: the votes are weighted by c + prior"
+    negative = float(((coupling + prior) < 0).float().mean())  # coupling (i, j), prior (i, j)
+    return (f"\nthe softmax coupling c alone: the votes are weighted by c + the learned prior,\nwhich is below 0 "
+            f"for {negative:.0%} of them here (docs/concepts.md)")
 
 
 @_draws_model
@@ -331,12 +361,14 @@ def plot_segmentation(model: CapsNet, images: Tensor, labels: Tensor, path: str 
 
 
 def plot_learning_curves(
-    curves: Mapping[str, Sequence[float]], path: str | Path, *, target: float | None = None
+    curves: Mapping[str, Sequence[float]], path: str | Path, *, target: float | None = None,
+    checkpoint_epoch: int | None = None,
 ) -> Path:
     """Error after every epoch, one line per entry of ``curves`` (label -> errors as fractions, epoch 1 first),
     on a log scale (late epochs move by hundredths of a percent; linear if an error is 0), with ``target`` (a
-    positive fraction) as a dashed line. A curve with the same errors as an earlier one would hide under it: it
-    is drawn dashed, and its legend entry names the earlier one."""
+    positive fraction) as a dashed line, and ``checkpoint_epoch`` (the epoch a drawn checkpoint was saved after)
+    as a dotted vertical line. A curve with the same errors as an earlier one would hide under it: it is drawn
+    dashed, and its legend entry names the earlier one."""
     if not curves:
         raise ValueError("no curves to draw")
     for label, errors in curves.items():
@@ -355,6 +387,9 @@ def plot_learning_curves(
                         + ("" if twin == label else f" (the same as {twin})"))
     if target is not None:
         axis.axhline(100 * target, color="black", linestyle="--", linewidth=1, label=f"target {100 * target:.2f}%")
+    if checkpoint_epoch:  # a best.pt is often not the last epoch drawn
+        axis.axvline(checkpoint_epoch, color="grey", linestyle=":", linewidth=1.5,
+                     label=f"this checkpoint: after epoch {checkpoint_epoch}")
     values = [e for errors in curves.values() for e in errors] + ([] if target is None else [target])
     from matplotlib.ticker import FuncFormatter, MaxNLocator  # importable: _figure imported matplotlib
 
@@ -364,11 +399,12 @@ def plot_learning_curves(
         if max(values) < 10 * min(values):  # within a decade only minor ticks fall inside: label them
             axis.yaxis.set_minor_formatter(percent)
     axis.yaxis.set_major_formatter(percent)
+    axis.set_ylim(top=min(axis.get_ylim()[1], 100))  # no error above 100%
     axis.set_xlim(0.5, max(len(errors) for errors in curves.values()) + 0.5)
     axis.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # whole epochs, even for a run of one
     axis.set_xlabel("epoch")
     axis.set_ylabel("test error")
     axis.grid(True, which="both", alpha=0.3)
-    axis.legend(fontsize=8)
+    axis.legend(fontsize=8, loc="best", framealpha=0.8)
     figure.tight_layout()
     return _save(figure, path)
