@@ -212,27 +212,35 @@ def _save(figure: Any, path: str | Path) -> Path:
 @_draws_model
 def plot_reconstructions(model: CapsNet, images: Tensor, labels: Tensor, path: str | Path, *,
                          classes: list[str] | None = None, count: int = 8) -> Path:
-    """Fig. 3: inputs above their reconstructions from the predicted capsule, right and wrong predictions.
+    """Fig. 3: inputs above their reconstructions from the predicted capsule, the right predictions in the first
+    two rows and the wrong ones (titled in red) in the next two, ``count`` of each at most.
 
-    Each column shows label and prediction ``(l:3, p:5)``; misclassified examples are marked in red.
+    Each input is titled with its label and the prediction ``(l:3, p:5)``.
     """
     _require_decoder(model)
-    right, wrong = pick_examples(model, images, labels, count)
-    picked = torch.cat([right, wrong])
-    output = model(images[picked])
-    reconstructions = output.reconstructions.view(-1, model.in_channels, *model.image_size)
-    names = classes or [str(k) for k in range(output.lengths.shape[1])]
-    figure, axes = _figure(2, len(picked), figsize=(max(1.1 * len(picked), _TITLE_WIDTH), 2.9))
-    for column, index in enumerate(picked.tolist()):
-        predicted = int(output.lengths[column].argmax())
-        _show(axes[0, column], images[index], f"l:{names[int(labels[index])]}\np:{names[predicted]}")
-        if predicted != int(labels[index]):
-            axes[0, column].title.set_color("red")
-        _show(axes[1, column], reconstructions[column])
-    axes[0, 0].set_ylabel("input", fontsize=8)
-    axes[1, 0].set_ylabel("reconstruction\n(predicted class)", fontsize=8)
-    figure.suptitle(f"{len(right)} right, {len(wrong)} wrong (red)\nl: label, p: prediction", fontsize=9)
-    figure.tight_layout()
+    groups = {name: indices for name, indices in zip(("right", "wrong"), pick_examples(model, images, labels, count))
+              if len(indices)}
+    columns = max(map(len, groups.values()))
+    figure, axes = _figure(2 * len(groups), columns, figsize=(max(1.1 * columns, _TITLE_WIDTH), 0.4 + 1.25 * 2 * len(groups)))
+    for group, (name, indices) in enumerate(groups.items()):
+        output = model(images[indices])
+        reconstructions = output.reconstructions.view(-1, model.in_channels, *model.image_size)
+        names = classes or [str(k) for k in range(output.lengths.shape[1])]
+        inputs, decoded = axes[2 * group], axes[2 * group + 1]
+        for column, index in enumerate(indices.tolist()):
+            predicted = int(output.lengths[column].argmax())
+            _show(inputs[column], images[index], f"l:{names[int(labels[index])]}\np:{names[predicted]}")
+            if name == "wrong":
+                inputs[column].title.set_color("red")
+            _show(decoded[column], reconstructions[column])
+        for axis in (*inputs[len(indices):], *decoded[len(indices):]):
+            axis.axis("off")
+        inputs[0].set_ylabel(f"{name}:\ninput", fontsize=8)
+        decoded[0].set_ylabel("reconstruction\n(predicted class)", fontsize=8)
+    counts = ", ".join(f"{len(indices)} {name}" for name, indices in groups.items())
+    figure.suptitle(f"{counts} (red)\nl: label, p: prediction" if "wrong" in groups else
+                    f"{counts}\nl: label, p: prediction", fontsize=9)
+    figure.tight_layout(h_pad=1.2)  # the wrong inputs' titles clear of the reconstructions above
     return _save(figure, path)
 
 
