@@ -191,12 +191,17 @@ def test_perturbation_of_a_capsule_that_does_not_exist_is_refused():
 
 
 def test_capsnet_figures_command_writes_the_three_pictures(tmp_path, shared_data, capsys, monkeypatch):
+    from matplotlib.axes import Axes
+
+    marked, axvline = [], Axes.axvline
+    monkeypatch.setattr(Axes, "axvline", lambda self, x, **kw: marked.append(x) or axvline(self, x, **kw))
     run = tmp_path / "run"
     assert main(["train", "--model", "capsnet-tiny", "--data-dir", str(shared_data), "--limit-train", "64",
                  "--limit-test", "50", "--batch-size", "32", "--epochs", "1", "--no-progress", "--output-dir", str(run)]) == 0
     assert main(["figures", str(run / "last.pt"), "--limit-test", "200", "--examples", "4"]) == 0
     names = sorted(p.name for p in (run / "figures").iterdir())
     assert names == ["fig3_reconstructions.png", "fig4_perturbations.png", "learning_curve.png", "routing_coupling.png"]
+    assert marked == [1]  # the learning curve marks the epoch last.pt was saved after
     assert main(["figures", str(run / "last.pt"), "--index", "999", "--limit-test", "200"]) == 2
     assert "--index must be in [0, 200), got 999" in capsys.readouterr().err
     assert main(["figures", str(run), "--capsule", "10", "--limit-test", "200"]) == 2  # a run folder: its best.pt
@@ -375,4 +380,8 @@ def test_fig4_of_another_capsule_than_the_longest_says_what_the_model_predicts(t
     figures.plot_perturbations(model, image, tmp_path / "b.png", capsule=other, classes=[f"c{k}" for k in range(10)])
     assert titles[0].startswith(f"the longest capsule, of class {longest} (length {float(lengths[longest]):.2f}),")
     assert titles[1].startswith(f"the capsule of class c{other} (length {float(lengths[other]):.2f}; the model "
-                                f"predicts c{longest}, length {float(lengths[longest]):.2f}),")
+                                f"predicts\nc{longest}, length {float(lengths[longest]):.2f}),")
+    with pytest.raises(ValueError, match="^count must be an integer >= 1, got 0$"):
+        figures.plot_reconstructions(model, image.unsqueeze(0), torch.tensor([1]), tmp_path / "c.png", count=0)
+    with pytest.raises(ValueError, match="^no images to draw$"):
+        figures.plot_reconstructions(model, image.unsqueeze(0)[:0], torch.tensor([], dtype=torch.long), tmp_path / "c.png")

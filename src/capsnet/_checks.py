@@ -19,7 +19,8 @@ def check_choice(value: str, name: str, valid: Iterable[str]) -> str:
 
 
 def check_run_name(name: str, what: str) -> str:
-    """Raise a ``ValueError`` unless ``name`` can be part of a run folder's name (as model and dataset names are)."""
+    """Raise a ``TypeError`` unless ``name`` is a string, a ``ValueError`` unless it can be part of a run folder's
+    name (as model and dataset names are)."""
     if not isinstance(name, str):
         raise TypeError(f"a {what} name is a string, got {type(name).__name__}")
     if not re.fullmatch(r"[\w.-]+", name):

@@ -284,8 +284,10 @@ def _figures(args: argparse.Namespace) -> None:
     epochs = read_metrics(run_dir) if (run_dir / "metrics.jsonl").is_file() else []
     if epochs:  # none finished yet when the checkpoint was saved by Ctrl-C in the first epoch
         curves = _error_curves(run_dir, epochs, run_dir.resolve().name)  # resolved: "." has no name
+        progress = checkpoint.get("progress", {})
+        at_epoch_end = progress.get("batch") == 0  # a save within an epoch holds weights between two points
         written.append(figures.plot_learning_curves(curves, out / "learning_curve.png",
-                                                    checkpoint_epoch=checkpoint.get("progress", {}).get("epoch")))
+                                                    checkpoint_epoch=progress.get("epoch") if at_epoch_end else None))
     for path in written:
         print(f"wrote {path}")
 

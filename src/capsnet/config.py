@@ -30,6 +30,7 @@ from .models.registry import registered_default
 
 __all__ = [
     "TrainConfig", "DEVICES", "PRECISIONS", "EXTRA_TEST_SETS", "check_positive_flag", "flag_name", "import_plugins",
+    "model_default",
     "reaches_error",
 ]
 

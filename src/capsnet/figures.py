@@ -218,8 +218,11 @@ def plot_reconstructions(model: CapsNet, images: Tensor, labels: Tensor, path: s
     Each input is titled with its label and the prediction ``(l:3, p:5)``.
     """
     _require_decoder(model)
+    check_int(count, "count", 1)
+    if len(images) == 0:
+        raise ValueError("no images to draw")
     groups = {name: indices for name, indices in zip(("right", "wrong"), pick_examples(model, images, labels, count))
-              if len(indices)}
+              if len(indices)}  # one of the two at least
     columns = max(map(len, groups.values()))
     figure, axes = _figure(2 * len(groups), columns, figsize=(max(1.1 * columns, _TITLE_WIDTH), 0.4 + 1.25 * 2 * len(groups)))
     for group, (name, indices) in enumerate(groups.items()):
@@ -264,18 +267,19 @@ def plot_perturbations(model: CapsNet, image: Tensor, path: str | Path, *, class
     names, longest = classes or [str(k) for k in range(len(lengths))], int(lengths.argmax())
     which = (f"the longest capsule, of class {names[chosen]} (length {float(lengths[chosen]):.2f}),"
              if chosen == longest else
-             f"the capsule of class {names[chosen]} (length {float(lengths[chosen]):.2f}; the model predicts "
-             f"{names[longest]}, length {float(lengths[longest]):.2f}),")
-    figure.suptitle(f"{which} decoded with one of its {rows} dimensions (row)\n"
-                    f"moved by the offset on top (column); +0.00: its plain reconstruction", fontsize=8)
+             f"the capsule of class {names[chosen]} (length {float(lengths[chosen]):.2f}; the model predicts\n"
+             f"{names[longest]}, length {float(lengths[longest]):.2f}),")  # two lines: class names may be long
+    title = (f"{which} decoded with one of its {rows} dimensions (row)\n"
+             f"moved by the offset on top (column); +0.00: its plain reconstruction")
+    figure.suptitle(title, fontsize=8)
     for row in range(rows):
         for column in range(columns):
             title = f"{PERTURBATIONS[column]:+.2f}" if row == 0 else ""
             _show(axes[row, column], grid[row, column], title)
         axes[row, -1].text(1.08, 0.5, str(row), transform=axes[row, -1].transAxes, fontsize=7, ha="left", va="center")
     # Fixed gaps, not tight_layout's: it would keep the column titles' height between every two rows.
-    figure.subplots_adjust(left=0.01, right=1 - 0.25 / (0.6 * columns + 1.2), bottom=0.005, top=1 - 0.75 / height,
-                           wspace=0.06, hspace=0.06)
+    figure.subplots_adjust(left=0.01, right=1 - 0.25 / (0.6 * columns + 1.2), bottom=0.005,
+                           top=1 - (0.45 + 0.15 * title.count("\n")) / height, wspace=0.06, hspace=0.06)
     return _save(figure, path)
 
 
@@ -316,10 +320,12 @@ _COUPLING_MIN_SPREAD = 0.01  # shares within 0.01 of uniform are drawn pale: one
 
 def _window(model: CapsNet) -> str:
     """The input pixels one primary capsule sees through Conv1 and PrimaryCaps, and their step from one to the next."""
-    (conv_h, conv_w), (conv_step, _) = model.conv1.kernel_size, model.conv1.stride
-    (primary_h, primary_w), (primary_step, _) = model.primary.conv.kernel_size, model.primary.conv.stride
-    height, width = conv_h + (primary_h - 1) * conv_step, conv_w + (primary_w - 1) * conv_step
-    return f"a {height}x{width}-pixel window of the input, {conv_step * primary_step} px from the next"
+    (conv_h, conv_w), (conv_step_h, conv_step_w) = model.conv1.kernel_size, model.conv1.stride
+    (primary_h, primary_w), (primary_step_h, primary_step_w) = model.primary.conv.kernel_size, model.primary.conv.stride
+    height, width = conv_h + (primary_h - 1) * conv_step_h, conv_w + (primary_w - 1) * conv_step_w
+    step_h, step_w = conv_step_h * primary_step_h, conv_step_w * primary_step_w
+    step = f"{step_h} px" if step_h == step_w else f"{step_h} px down and {step_w} px across"
+    return f"a {height}x{width}-pixel window of the input, {step} from the next"
 
 
 def _prior_note(model: CapsNet, coupling: Tensor) -> str:

@@ -102,7 +102,10 @@ def registered_default(name: str, argument: str, fallback: Any) -> Any:
     entry = _MODELS[check_choice(name, "model", _MODELS)]
     if argument in entry.config:
         return entry.config[argument]
-    parameter = inspect.signature(entry.builder).parameters.get(argument)
+    try:
+        parameter = inspect.signature(entry.builder).parameters.get(argument)
+    except (TypeError, ValueError):  # a builder whose signature Python cannot tell (some callables of C code)
+        return fallback
     return fallback if parameter is None or parameter.default is inspect.Parameter.empty else parameter.default
 
 

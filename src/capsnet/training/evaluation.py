@@ -50,6 +50,8 @@ def evaluate(
         if not isinstance(num_classes, int):
             raise ValueError(f"{type(model).__name__} has no num_classes attribute: pass num_classes=")
     _check_evaluation_set(images, labels, num_classes)
+    if transform is not None and not callable(transform):
+        raise TypeError(f"transform must be a function of a batch of images, got {type(transform).__name__}")
     tallies = class_tallies(model, images, labels, batch_size=check_int(batch_size, "batch_size", 1),
                             num_classes=num_classes, precision=resolve_precision(precision), transform=transform,
                             progress=progress)
