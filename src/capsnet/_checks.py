@@ -28,6 +28,12 @@ def check_run_name(name: str, what: str) -> str:
     return name
 
 
+def check_generator(generator: object) -> None:
+    """Name a ``generator`` that is not one (a size passed by position, say) before torch's own error does."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__} ({generator!r})")
+
+
 def check_positive(value: int | float, name: str) -> int | float:
     """Return ``value`` if it is > 0 and finite (NaN is neither), else raise a ``ValueError`` naming ``name``."""
     if not 0 < value < math.inf:

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .transforms import check_generator, draw_on, random_shift, shift_images
+from .._checks import check_generator
+from .transforms import draw_on, random_shift, shift_images
 
 __all__ = [
     "MultiDigitBatch", "overlay_pairs", "place_on_canvas", "multimnist_test_set", "MULTIMNIST_CANVAS",

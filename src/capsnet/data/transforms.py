@@ -8,7 +8,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from capsnet._checks import check_int, check_shape
+from capsnet._checks import check_generator, check_int, check_shape
 
 __all__ = ["random_shift", "shift_images", "MAX_SHIFT"]
 
@@ -60,11 +60,6 @@ def draw_on(sample: Callable[..., torch.Tensor], generator: torch.Generator | No
     source = generator.device if generator is not None else device
     return sample(*args, generator=generator, device=source).to(device)
 
-
-def check_generator(generator: Any) -> None:
-    """Name a ``generator`` that is not one (a size passed by position, say) before torch's own error does."""
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__} ({generator!r})")
 
 
 def shift_images(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, max_shift: int) -> torch.Tensor:
