@@ -115,11 +115,14 @@ def test_titles_fit_in_figures_of_few_classes_or_few_examples(tmp_path, monkeypa
         figures.plot_coupling(model, images[0], tmp_path / "c.png")
         figures.plot_reconstructions(model, images, pairs[:, 0], tmp_path / "r.png", count=1)
         figures.plot_segmentation(model, images, pairs, tmp_path / "s.png", count=1)
+        figures.plot_perturbations(model, images[0], tmp_path / "p.png", capsule=1)  # its title's longest form
     for figure in drawn:
         renderer = FigureCanvasAgg(figure).get_renderer()
         for text in figure.texts:  # the suptitle
             box = text.get_window_extent(renderer)
             assert 0 <= box.x0 and box.x1 <= figure.bbox.width and box.y1 <= figure.bbox.height, text.get_text()
+            below = [axis.title.get_window_extent(renderer).y1 for axis in figure.axes if axis.title.get_text()]
+            assert box.y0 >= max(below) - 1, text.get_text()  # clear of the titles of the pictures under it
 
 
 def test_plots_keep_the_callers_matplotlib_backend_figures_and_training_mode(tmp_path):

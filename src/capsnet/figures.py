@@ -279,7 +279,7 @@ def plot_perturbations(model: CapsNet, image: Tensor, path: str | Path, *, class
         axes[row, -1].text(1.08, 0.5, str(row), transform=axes[row, -1].transAxes, fontsize=7, ha="left", va="center")
     # Fixed gaps, not tight_layout's: it would keep the column titles' height between every two rows.
     figure.subplots_adjust(left=0.01, right=1 - 0.25 / (0.6 * columns + 1.2), bottom=0.005,
-                           top=1 - (0.45 + 0.15 * title.count("\n")) / height, wspace=0.06, hspace=0.06)
+                           top=1 - (0.65 + 0.2 * (title.count("\n") + 1)) / height, wspace=0.06, hspace=0.06)
     return _save(figure, path)
 
 
