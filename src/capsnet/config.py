@@ -30,7 +30,7 @@ from .models.registry import registered_default
 
 __all__ = [
     "TrainConfig", "DEVICES", "PRECISIONS", "EXTRA_TEST_SETS", "check_positive_flag", "flag_name", "import_plugins",
-    "model_default",
+    "model_default", "MODEL_OWN_SETTINGS",
     "reaches_error",
 ]
 
@@ -74,7 +74,7 @@ _SETTING_TYPES: dict[str, tuple[Callable[[Any], Any], str]] = {
 # Settings that 0 unsets (None): no limit, no canvas, no periodic save, no time limit, no early stopping.
 _ZERO_UNSETS = ("limit_train", "limit_test", "canvas", "save_every", "time_limit", "stop_at_error")
 # Capsule options that every CapsNet is built with: unset (None), the model config's own value, else CapsNet's.
-_MODEL_OWN = ("routing_iterations", "reconstruction")
+MODEL_OWN_SETTINGS = ("routing_iterations", "reconstruction")
 # Settings whose default depends on others: TrainConfig.replace() derives them anew when those change.
 _DERIVED_FROM = {"lr_decay_steps": {"dataset"}, "max_shift": {"dataset"}, "output_dir": {"model", "dataset"}}
 
@@ -333,7 +333,7 @@ class TrainConfig:
                    "weight_std": self.weight_std}
         return {
             **shape,
-            **{name: self.model_setting(name) for name in _MODEL_OWN},  # resolved, as checkpoints have always recorded them
+            **{name: self.model_setting(name) for name in MODEL_OWN_SETTINGS},  # resolved, as checkpoints have always recorded them
             **{key: value for key, value in options.items() if value is not None},  # None: the model config's own
         }
 
@@ -341,7 +341,7 @@ class TrainConfig:
         """The setting ``name``; for ``routing_iterations`` and ``reconstruction`` left unset, the value the model
         is built with (see :func:`model_default`)."""
         value = getattr(self, name)
-        return model_default(self.model, name) if value is None and name in _MODEL_OWN else value
+        return model_default(self.model, name) if value is None and name in MODEL_OWN_SETTINGS else value
 
     def to_dict(self) -> dict[str, Any]:
         """Every setting by field name, as ``config.json`` stores them."""

@@ -16,7 +16,7 @@ from typing import Any
 
 from ._checks import check_choice
 from ._files import write_atomically
-from .config import TrainConfig, flag_name, model_default, reaches_error
+from .config import MODEL_OWN_SETTINGS, TrainConfig, flag_name, model_default, reaches_error
 from .runtime import describe_machine
 from .training import Trainer, TrainingError, read_metrics
 from .training.distributed import is_main_process
@@ -249,7 +249,7 @@ def _train_command(config: dict[str, Any]) -> str:
     for key, value in config.items():
         if key in ("output_dir", "resume", "progress", "model_kwargs", "resolved") or value == defaults.get(key, value):
             continue
-        if key in ("routing_iterations", "reconstruction") and value == model_default(config["model"], key):
+        if key in MODEL_OWN_SETTINGS and value == model_default(config["model"], key):
             continue  # the model's own, as runs saved before 2026-11-29 recorded it
         flag = flag_name(key)
         flags.append(flag if value is True else f"--no-{flag[2:]}" if value is False else f"{flag} {shlex.quote(str(value))}")
