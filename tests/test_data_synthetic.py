@@ -22,7 +22,7 @@ def seeded(seed=0):
 
 def test_place_on_canvas_keeps_every_pixel_and_stays_inside():
     images = torch.randint(1, 256, (50, 1, 28, 28), dtype=torch.uint8)  # ink up to the border
-    placed = place_on_canvas(images, 36, 4, seeded())
+    placed = place_on_canvas(images, 36, 4, generator=seeded())
     assert placed.shape == (50, 1, 36, 36) and placed.dtype == torch.uint8
     assert torch.equal(placed.flatten(1).long().sum(1), images.flatten(1).long().sum(1))  # nothing cut off
     assert torch.equal(place_on_canvas(images, 36, 0)[:, :, 4:32, 4:32], images)  # no shift: centred
@@ -33,7 +33,7 @@ def test_place_on_canvas_keeps_every_pixel_and_stays_inside():
 def test_multimnist_pairs_have_two_classes_stay_in_the_canvas_and_are_clipped(digits):
     images, labels = digits
     first = torch.arange(200)
-    batch = overlay_pairs(images, labels, first, seeded())
+    batch = overlay_pairs(images, labels, first, generator=seeded())
     assert batch.images.shape == (200, 1, 36, 36) and batch.digits.shape == (200, 2, 1, 36, 36)
     assert (batch.labels[:, 0] != batch.labels[:, 1]).all()
     assert torch.equal(batch.labels[:, 0], labels[first])
@@ -48,7 +48,7 @@ def test_multimnist_digits_shift_by_at_most_4_px_and_are_never_cut():
     torch.manual_seed(0)
     images = torch.randint(1, 256, (300, 1, 28, 28), dtype=torch.uint8)  # ink up to the border
     labels = torch.arange(300) % 10
-    batch = overlay_pairs(images, labels, torch.arange(300), seeded())
+    batch = overlay_pairs(images, labels, torch.arange(300), generator=seeded())
     ink = images.float().div(255).flatten(1).sum(1)
     partner_ink = batch.digits[:, 1].flatten(1).sum(1)
     torch.testing.assert_close(batch.digits[:, 0].flatten(1).sum(1), ink)
@@ -63,9 +63,9 @@ def test_multimnist_digits_shift_by_at_most_4_px_and_are_never_cut():
 
 def test_multimnist_is_deterministic_for_a_seed(digits):
     images, labels = digits
-    a = overlay_pairs(images, labels, torch.arange(64), seeded(3))
-    b = overlay_pairs(images, labels, torch.arange(64), seeded(3))
-    c = overlay_pairs(images, labels, torch.arange(64), seeded(4))
+    a = overlay_pairs(images, labels, torch.arange(64), generator=seeded(3))
+    b = overlay_pairs(images, labels, torch.arange(64), generator=seeded(3))
+    c = overlay_pairs(images, labels, torch.arange(64), generator=seeded(4))
     assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
     assert not torch.equal(a.images, c.images)
 
@@ -81,7 +81,7 @@ def test_multimnist_test_set_is_fixed_and_pairs_every_digit_with_one_of_another_
 
 
 def test_affine_parameters_stay_inside_the_affnist_ranges():
-    params = sample_affine_parameters(10_000, seeded())
+    params = sample_affine_parameters(10_000, generator=seeded())
     assert params["rotation_degrees"].abs().max() <= 20 and params["rotation_degrees"].abs().max() > 19.9
     assert params["shear"].min() < -0.199 and params["shear"].max() > 0.199 and params["shear"].abs().max() <= 0.2
     assert params["rotation_degrees"].min() < -19.9  # both signs, not only the largest magnitude
@@ -108,12 +108,13 @@ def test_affine_sampling_matrices_invert_rotation_shear_and_scale_in_that_order(
 
 def test_affnist_synthetic_digits_are_inside_the_canvas_and_reproducible(digits):
     images, _ = digits
-    out = random_affine(images[:100], seeded(), canvas=40)
+    out = random_affine(images[:100], generator=seeded(), canvas=40)
     assert out.shape == (100, 1, 40, 40) and out.min() >= 0 and out.max() <= 1
-    torch.testing.assert_close(out, random_affine(images[:100], seeded(), canvas=40))
-    assert random_affine(images[:0], seeded(), canvas=40).shape == (0, 1, 40, 40)  # an empty batch, as random_shift
+    torch.testing.assert_close(out, random_affine(images[:100], generator=seeded(), canvas=40))
+    empty = random_affine(images[:0], generator=seeded(), canvas=40)
+    assert empty.shape == (0, 1, 40, 40)  # an empty batch, as random_shift
     # The ink of each digit is conserved up to the scale's area change (bilinear sampling blurs a little).
-    params = sample_affine_parameters(100, seeded())
+    params = sample_affine_parameters(100, generator=seeded())
     area = params["scale_x"] * params["scale_y"]
     ratio = out.flatten(1).sum(1) / (images[:100].float().div(255).flatten(1).sum(1) * area)
     assert ratio.min() > 0.9 and ratio.max() < 1.1
@@ -138,13 +139,18 @@ def test_affnist_synthetic_is_a_fixed_uint8_set(digits):
     assert not torch.equal(first, affnist_synthetic(images[:300], seed=1))
 
 
-def test_a_size_passed_where_the_generator_goes_is_named():
+def test_the_generator_is_keyword_only_and_checked():
     images = torch.zeros(2, 1, 28, 28, dtype=torch.uint8)
+    seed = torch.Generator().manual_seed(0)
+    for positional in (lambda: random_affine(images, seed), lambda: place_on_canvas(images, 40, 6, seed),
+                       lambda: random_shift(images, 2, seed), lambda: sample_affine_parameters(2, seed)):
+        with pytest.raises(TypeError, match="positional argument"):  # a size in its place cannot be taken for it
+            positional()
     message = r"^generator must be a torch.Generator or None, got int \(40\)$"
     with pytest.raises(TypeError, match=message):
-        random_affine(images, 40)  # canvas is keyword-only
+        random_affine(images, generator=40)
     with pytest.raises(TypeError, match=message):
-        place_on_canvas(images.float(), 40, 6, 40)
+        place_on_canvas(images.float(), 40, 6, generator=40)
     with pytest.raises(TypeError, match=r"^generator must be a torch.Generator or None, got int \(2\)$"):
-        random_shift(images, 2, 2)
-    assert random_affine(images, torch.Generator().manual_seed(0)).shape == (2, 1, 40, 40)
+        random_shift(images, 2, generator=2)
+    assert random_affine(images, generator=seed).shape == (2, 1, 40, 40)

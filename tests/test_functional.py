@@ -103,7 +103,7 @@ def test_mask_capsules_takes_labels_of_any_integer_type(dtype):
 
 
 def test_mask_capsules_rejects_wrong_label_shape():
-    with pytest.raises(ValueError, match=r"expected labels of shape \(b,\) = \(2,\), got \(2, 3\)"):
+    with pytest.raises(ValueError, match=r"expected targets of shape \(b,\) = \(2,\), got \(2, 3\)"):
         mask_capsules(torch.rand(2, 3, 4), torch.zeros(2, 3, dtype=torch.long))
 
 
@@ -117,10 +117,10 @@ def test_squash_refuses_integers_instead_of_rounding_them_to_zero():
         squash(torch.tensor([[3, 4]]))
 
 
-def test_labels_outside_the_capsules_are_named():
-    with pytest.raises(ValueError, match=r"labels must be class indices in \[0, 5\), got values from 0 to 7"):
+def test_targets_outside_the_capsules_are_named():
+    with pytest.raises(ValueError, match=r"targets must be class indices in \[0, 5\), got values from 0 to 7"):
         mask_capsules(torch.rand(2, 5, 3), torch.tensor([0, 7]))
-    with pytest.raises(ValueError, match=r"labels must be class indices in \[0, 5\), got values from -1 to 2"):
+    with pytest.raises(ValueError, match=r"targets must be class indices in \[0, 5\), got values from -1 to 2"):
         mask_capsules(torch.rand(2, 5, 3), torch.tensor([2, -1]))
 
 
@@ -141,7 +141,7 @@ def test_label_functions_refuse_float_and_bool_labels_instead_of_misreading_mult
         hits(torch.rand(2, 3), multi_hot)
     with pytest.raises(TypeError, match="targets must be integer class indices, got torch.bool"):
         hits(torch.rand(2, 3), multi_hot.bool())
-    with pytest.raises(TypeError, match="labels must be integer class indices, got torch.float32"):
+    with pytest.raises(TypeError, match="targets must be integer class indices, got torch.float32"):
         mask_capsules(torch.rand(2, 3, 4), torch.tensor([1.0, 2.0]))  # would be truncated to indices otherwise
     with pytest.raises(TypeError, match="targets must be integer class indices, got torch.float32"):
         capsnet.create_model("capsnet-tiny")(torch.rand(2, 1, 28, 28), torch.eye(10)[:2])
@@ -166,3 +166,16 @@ def test_squash_follows_the_formula_for_short_vectors(dtype):
         v = squash(norm * direction)
         assert v.norm().item() == pytest.approx(norm**2 / (1 + norm**2), rel=1e-5)
         torch.testing.assert_close(v / v.norm(), direction)
+
+
+def test_mask_capsules_and_the_decoder_still_take_their_former_keyword_labels_with_a_warning():
+    from capsnet import CapsuleDecoder
+
+    poses, targets = torch.rand(2, 3, 4), torch.tensor([2, 0])
+    with pytest.warns(FutureWarning, match=r"^mask_capsules\(\): labels= is now called targets="):
+        assert torch.equal(mask_capsules(poses, labels=targets), mask_capsules(poses, targets=targets))
+    decoder = CapsuleDecoder(in_caps=3, in_dim=4, out_features=5)
+    with pytest.warns(FutureWarning, match=r"^CapsuleDecoder.forward\(\): labels= is now called targets="):
+        assert torch.equal(decoder(poses, labels=targets), decoder(poses, targets))
+    with pytest.raises(TypeError, match=r"got both labels= and targets=; labels is the former name of targets"):
+        mask_capsules(poses, labels=targets, targets=targets)

@@ -11,6 +11,9 @@ Axis glossary used in every shape comment and docstring of capsnet:
     k      classes (class scores, multi-hot targets)
     r      routing iterations
     h, w   spatial grid of convolutional capsules
+
+``targets`` are the classes a model, a decoder or a loss is given for each example (what to decode, what is
+right); ``labels`` are a dataset's classes of its images (``MNIST(...).labels``, ``evaluate(model, images, labels)``).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch
 from torch import Tensor
 
 from ._checks import check_class_indices, check_integer_dtype, values_are_cheap_to_read
+from ._deprecation import renamed_keyword
 
 __all__ = ["squash", "capsule_lengths", "mask_capsules", "hits"]
 
@@ -74,18 +78,20 @@ def capsule_lengths(poses: Tensor) -> Tensor:
     return torch.linalg.vector_norm(poses.to(_compute_dtype(poses.dtype)), dim=-1)
 
 
-def mask_capsules(poses: Tensor, labels: Tensor | None = None) -> Tensor:
+@renamed_keyword("labels", "targets")
+def mask_capsules(poses: Tensor, targets: Tensor | None = None) -> Tensor:
     """Zero every capsule but one per example and flatten, as the decoder's input (paper, section 4.1).
 
-    The kept capsule is ``labels[b]`` when labels are given (training) and the longest capsule otherwise.
+    The kept capsule is ``targets[b]`` when targets are given (training) and the longest capsule otherwise.
 
     Args:
         poses: higher-capsule vectors.
-        labels: class index per example, of any integer dtype, or ``None`` to keep the longest capsule
-            (indices outside the capsules raise a ``ValueError`` in eager mode on the CPU).
+        targets: class index per example, of any integer dtype, or ``None`` to keep the longest capsule
+            (indices outside the capsules raise a ``ValueError`` in eager mode on the CPU). Formerly ``labels``,
+            which still works with a ``FutureWarning``.
 
     Shape:
-        ``poses``: ``(b, j, d)``; ``labels``: ``(b,)`` -> ``(b, j * d)``.
+        ``poses``: ``(b, j, d)``; ``targets``: ``(b,)`` -> ``(b, j * d)``.
 
     Example:
         >>> poses = torch.tensor([[[0.1, 0.0], [0.0, 0.9]]])
@@ -94,15 +100,15 @@ def mask_capsules(poses: Tensor, labels: Tensor | None = None) -> Tensor:
         >>> mask_capsules(poses, torch.tensor([0]))
         tensor([[0.1000, 0.0000, 0.0000, 0.0000]])
     """
-    if labels is None:
-        labels = capsule_lengths(poses).argmax(dim=-1)
-    elif labels.shape != poses.shape[:1]:
-        raise ValueError(f"expected labels of shape (b,) = ({poses.shape[0]},), got {tuple(labels.shape)}")
+    if targets is None:
+        targets = capsule_lengths(poses).argmax(dim=-1)
+    elif targets.shape != poses.shape[:1]:
+        raise ValueError(f"expected targets of shape (b,) = ({poses.shape[0]},), got {tuple(targets.shape)}")
     else:
-        check_integer_dtype(labels, "labels")
-        if values_are_cheap_to_read(labels):
-            check_class_indices(labels, "labels", poses.shape[1])
-    keep = _one_hot(labels, poses.shape[1]).to(poses.dtype)  # (b, j)
+        check_integer_dtype(targets, "targets")
+        if values_are_cheap_to_read(targets):
+            check_class_indices(targets, "targets", poses.shape[1])
+    keep = _one_hot(targets, poses.shape[1]).to(poses.dtype)  # (b, j)
     return (poses * keep.unsqueeze(-1)).flatten(1)  # (b, j * d)
 
 

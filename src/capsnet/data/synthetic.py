@@ -28,7 +28,8 @@ MULTIMNIST_CANVAS, MULTIMNIST_SHIFT = 36, 4  # paper, section 6
 MULTIMNIST_TEST_SEED = 2017  # fixed, so that the MultiMNIST test set is the same everywhere
 
 
-def place_on_canvas(images: Tensor, canvas: int, max_shift: int, generator: torch.Generator | None = None) -> Tensor:
+def place_on_canvas(images: Tensor, canvas: int, max_shift: int, *,
+                    generator: torch.Generator | None = None) -> Tensor:
     """Centre ``images`` on a black ``canvas x canvas`` background, then shift each by up to ``max_shift`` px.
 
     With ``canvas = 28 + 2 * max_shift`` every digit stays inside the canvas (MultiMNIST: 36 and 4; the
@@ -42,7 +43,7 @@ def place_on_canvas(images: Tensor, canvas: int, max_shift: int, generator: torc
         raise ValueError(f"canvas {canvas} is smaller than the {h}x{w} images")
     top, left = (canvas - h) // 2, (canvas - w) // 2
     padded = F.pad(images, (left, canvas - w - left, top, canvas - h - top))
-    return random_shift(padded, max_shift, generator)
+    return random_shift(padded, max_shift, generator=generator)
 
 
 class MultiDigitBatch(NamedTuple):
@@ -57,8 +58,8 @@ def overlay_pairs(
     images: Tensor,
     labels: Tensor,
     first: Tensor,
-    generator: torch.Generator | None = None,
     *,
+    generator: torch.Generator | None = None,
     num_classes: int = 10,
     canvas: int = MULTIMNIST_CANVAS,
     max_shift: int = MULTIMNIST_SHIFT,
@@ -93,7 +94,7 @@ def overlay_pairs(
     within = (draw_on(torch.rand, generator, labels.device, first.shape) * counts[other]).long()
     partner = by_class[starts[other] + within]
     both = torch.stack([images[first], images[partner]], dim=1)  # (b, 2, C, 28, 28)
-    placed = place_on_canvas(both.flatten(0, 1), canvas, max_shift, generator).float().div_(255)
+    placed = place_on_canvas(both.flatten(0, 1), canvas, max_shift, generator=generator).float().div_(255)
     digits = placed.view(len(first), 2, *placed.shape[1:])
     return MultiDigitBatch(digits.sum(1).clamp_(max=1.0), digits, torch.stack([labels[first], labels[partner]], 1))
 
@@ -104,7 +105,7 @@ def multimnist_test_set(images: Tensor, labels: Tensor, *, seed: int = MULTIMNIS
     Returns uint8 images ``(n, C, 36, 36)`` (the clipped sum is exact in uint8) and labels ``(n, 2)``.
     """
     batch = overlay_pairs(images, labels, torch.arange(len(labels), device=labels.device),
-                          torch.Generator().manual_seed(seed))  # on the CPU: the same set from any device
+                          generator=torch.Generator().manual_seed(seed))  # on the CPU: the same set from any device
     return batch.images.mul(255).round_().to(torch.uint8), batch.labels
 
 
@@ -121,7 +122,7 @@ AFFNIST_SIZE = 40  # affNIST's images are 40x40
 AFFNIST_RANGES: Final[AffineRanges] = {"rotation_degrees": 20.0, "shear": 0.2, "scale": (0.8, 1.2)}
 
 
-def sample_affine_parameters(count: int, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+def sample_affine_parameters(count: int, *, generator: torch.Generator | None = None) -> dict[str, Tensor]:
     """Uniform draws within :data:`AFFNIST_RANGES`: rotation (degrees), shear, and a scale per axis, ``(count,)`` each."""
     check_generator(generator)
 
@@ -133,7 +134,7 @@ def sample_affine_parameters(count: int, generator: torch.Generator | None = Non
             "scale_x": uniform(low, high), "scale_y": uniform(low, high)}
 
 
-def random_affine(images: Tensor, generator: torch.Generator | None = None, *, canvas: int = AFFNIST_SIZE) -> Tensor:
+def random_affine(images: Tensor, *, generator: torch.Generator | None = None, canvas: int = AFFNIST_SIZE) -> Tensor:
     """``affnist-synthetic``: MNIST digits under random affine maps drawn as affNIST describes.
 
     Each digit is centred on a ``canvas`` square, rotated, sheared and scaled about the centre (parameters
@@ -147,7 +148,7 @@ def random_affine(images: Tensor, generator: torch.Generator | None = None, *, c
     count = images.shape[0]
     if count == 0:  # affine_grid refuses an empty batch
         return torch.zeros(0, images.shape[1], canvas, canvas, device=images.device)
-    params = sample_affine_parameters(count, generator)
+    params = sample_affine_parameters(count, generator=generator)
     centred = place_on_canvas(images.float().div(255), canvas, 0)
     warped = _warp(centred, _affine_matrices(params).to(images.device))
     ink = warped.amax(1) > 0  # (n, canvas, canvas), any channel
@@ -197,4 +198,4 @@ def affnist_synthetic(images: Tensor, *, canvas: int = AFFNIST_SIZE, seed: int =
         uint8 ``(n, C, 28, 28)`` -> uint8 ``(n, C, canvas, canvas)``.
     """
     generator = torch.Generator().manual_seed(seed)
-    return random_affine(images, generator, canvas=canvas).mul_(255).round_().to(torch.uint8)
+    return random_affine(images, generator=generator, canvas=canvas).mul_(255).round_().to(torch.uint8)

@@ -15,7 +15,8 @@ __all__ = ["random_shift", "shift_images", "MAX_SHIFT"]
 MAX_SHIFT = 2  # "shifted by up to 2 pixels in each direction with zero padding" (paper, section 5)
 
 
-def random_shift(images: torch.Tensor, max_shift: int = MAX_SHIFT, generator: torch.Generator | None = None) -> torch.Tensor:
+def random_shift(images: torch.Tensor, max_shift: int = MAX_SHIFT, *,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
     """Shift every image by its own random whole-pixel offset, filling the uncovered border with zeros.
 
     This is the paper's only augmentation (Sabour et al. 2017, section 5: training images shifted by up to

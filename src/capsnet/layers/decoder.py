@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_int, check_shape
+from .._deprecation import renamed_keyword
 from ..functional import mask_capsules
 
 __all__ = ["CapsuleDecoder"]
@@ -16,7 +17,7 @@ __all__ = ["CapsuleDecoder"]
 class CapsuleDecoder(nn.Module):
     """Fully connected decoder that reconstructs the input from one capsule (paper, section 4.1, Fig. 2).
 
-    All capsules but one are masked to zero: the capsule of ``labels`` when given (training), the
+    All capsules but one are masked to zero: the capsule of ``targets`` when given (training), the
     longest one otherwise. The masked ``in_caps * in_dim`` vector goes through FC+ReLU layers of
     sizes ``hidden`` and a final FC+sigmoid to ``out_features`` pixel intensities in [0, 1] (FC alone with
     ``sigmoid=False``).
@@ -31,7 +32,7 @@ class CapsuleDecoder(nn.Module):
         device, dtype: where and in which floating point type to create the parameters.
 
     Shape:
-        ``poses``: ``(b, in_caps, in_dim)``, ``labels``: ``(b,)`` or ``None`` -> ``(b, out_features)``.
+        ``poses``: ``(b, in_caps, in_dim)``, ``targets``: ``(b,)`` or ``None`` -> ``(b, out_features)``.
 
     Example:
         >>> decoder = CapsuleDecoder()
@@ -64,8 +65,9 @@ class CapsuleDecoder(nn.Module):
         layers.append(nn.Linear(sizes[-1], out_features, **factory))
         self.net = nn.Sequential(*layers, *([nn.Sigmoid()] if sigmoid else []))
 
-    def forward(self, poses: Tensor, labels: Tensor | None = None) -> Tensor:
-        """Decode ``poses`` ``(b, in_caps, in_dim)`` from the ``labels`` ``(b,)`` capsule (else the longest) ->
+    @renamed_keyword("labels", "targets")
+    def forward(self, poses: Tensor, targets: Tensor | None = None) -> Tensor:
+        """Decode ``poses`` ``(b, in_caps, in_dim)`` from the ``targets`` ``(b,)`` capsule (else the longest) ->
         ``(b, out_features)``."""
         check_shape(poses, "poses", "(b, in_caps, in_dim)", 3, (None, self.in_caps, self.in_dim))
-        return self.net(mask_capsules(poses, labels))
+        return self.net(mask_capsules(poses, targets))

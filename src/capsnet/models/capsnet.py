@@ -10,9 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import (
-    check_class_indices, check_image_size, check_int, check_integer_dtype, check_shape, values_are_cheap_to_read,
-)
+from .._checks import check_image_size, check_int, check_shape
 from ..functional import capsule_lengths
 from ..layers import WEIGHT_INIT_STD, CapsuleDecoder, PrimaryCapsules, RoutedCapsules
 from ..routing import ROUTING_ITERATIONS, DynamicRouting, Routing, SelfAttentionRouting
@@ -169,14 +167,11 @@ class CapsNet(nn.Module):
         """
         if self.decoder is None:
             return None
-        if targets is not None:
-            if targets.dim() not in (1, 2) or len(targets) != len(poses):  # named here, as below
-                raise ValueError(f"expected targets of shape (b,) or (b, n) for b = {len(poses)} images, got "
-                                 f"{tuple(targets.shape)}")
-            check_integer_dtype(targets, "targets")  # a multi-hot (b, k) would be decoded as k indices 0 and 1
-            if values_are_cheap_to_read(targets):  # named here: the decoder would call them its labels
-                # decoding one capsule twice is fine here, e.g. the label's and the prediction's
-                check_class_indices(targets, "targets", poses.shape[1], distinct=False)
+        # The decoder checks the targets' dtype and values (a repeated class is fine here: decoding the label's
+        # capsule and the prediction's, say); their shape is checked here, before (b, n) targets are flattened.
+        if targets is not None and (targets.dim() not in (1, 2) or len(targets) != len(poses)):
+            raise ValueError(f"expected targets of shape (b,) or (b, n) for b = {len(poses)} images, got "
+                             f"{tuple(targets.shape)}")
         if targets is None or targets.dim() == 1:
             return self.decoder(poses, targets)  # (b, C * H * W)
         # Several objects per image (MultiMNIST): decode each from its own capsule, in one batched call.

@@ -359,10 +359,10 @@ class Trainer:
         otherwise the images are shifted (targets ``(b,)``, originals the inputs themselves).
         """
         if self.config.dataset == "multimnist":
-            batch = overlay_pairs(self.train_images, self.train_labels, indices, self._augment_generator,
+            batch = overlay_pairs(self.train_images, self.train_labels, indices, generator=self._augment_generator,
                                   num_classes=len(self.classes), max_shift=self.config.max_shift)
             return batch.images, batch.labels, batch.digits
-        shifted = random_shift(self.train_images[indices], self.config.max_shift, self._augment_generator)
+        shifted = random_shift(self.train_images[indices], self.config.max_shift, generator=self._augment_generator)
         inputs = shifted.float().div_(255)
         return inputs, labels, inputs
 
