@@ -244,6 +244,26 @@ def test_segmentation_decodes_each_of_the_two_longest_capsules_on_its_own():
         torch.testing.assert_close(decoded[:, k], alone)
 
 
+def test_segmentation_of_colour_images_or_many_objects_draws_a_row_per_capsule(tmp_path, monkeypatch):
+    shown, original = [], figures._show
+    monkeypatch.setattr(figures, "_show", lambda axis, picture, title="", **kw: shown.append((picture, title))
+                        or original(axis, picture, title, **kw))
+    for channels, objects in ((3, 2), (1, 4)):
+        shown.clear()
+        model, images = tiny_model(in_channels=channels), torch.rand(6, channels, 28, 28)
+        labels = torch.stack([torch.randperm(10)[:objects] for _ in range(6)])
+        path = figures.plot_segmentation(model, images, labels, tmp_path / "s.png", count=1)
+        right, wrong = figures.pick_examples(model, images, labels, 1)
+        columns = len(right) + len(wrong)
+        assert png_size(path) == (400, 80 + 110 * (1 + objects))  # the input, then one row per capsule
+        decoded = figures.segmentation(model, images[torch.cat([right, wrong])], objects)[1]  # (columns, objects, C, H, W)
+        for column in range(columns):  # drawn column by column, top to bottom
+            pictures = [picture for picture, _ in shown[column * (1 + objects):(column + 1) * (1 + objects)]]
+            assert all(picture.shape == (channels, 28, 28) for picture in pictures)
+            for k in range(objects):
+                torch.testing.assert_close(pictures[1 + k], decoded[column, k])
+
+
 def test_colour_overlay_puts_the_first_object_in_red_the_second_in_green_and_clips():
     first, second = torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2)
     first[..., 0, 0], first[..., 1, 1] = 0.5, 0.8

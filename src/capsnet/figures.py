@@ -31,6 +31,7 @@ __all__ = [
 PERTURBATIONS = torch.arange(-5, 6) * 0.05  # exact 0 in the middle
 # Fig. 5: the reconstruction from the longest capsule in red, the second in green (yellow where they overlap).
 _OBJECT_COLOURS = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.4, 1.0]])
+_OBJECT_COLOUR_NAMES = ("red", "green", "blue")
 _BACKGROUND_WEIGHT = 0.35
 _P = ParamSpec("_P")  # the arguments of a plot_* function after the model
 
@@ -342,36 +343,54 @@ def _prior_note(model: CapsNet, coupling: Tensor) -> str:
 @_draws_model
 def plot_segmentation(model: CapsNet, images: Tensor, labels: Tensor, path: str | Path, *,
                       classes: list[str] | None = None, count: int = 8) -> Path:
-    """Fig. 5: MultiMNIST inputs above the two longest capsules decoded separately, red and green, overlaid,
-    and the same over the input in grey.
+    """Fig. 5: MultiMNIST inputs above the longest capsules decoded separately.
 
+    Grey inputs of up to three objects get the paper's picture: the decoded capsules in red, green (and blue),
+    overlaid, then the same over the input in grey. Inputs in colour, or of more objects, get a row per capsule
+    instead, longest first, since colours of their own cannot be told from an overlay's.
     Titles give the labels ``L:(a,b)`` and the decoded classes ``R:(c,d)``; wrong examples are marked in red.
 
     Shape:
-        ``images``: ``(n, 1, H, W)`` in [0, 1]; ``labels``: ``(n, 2)``.
+        ``images``: ``(n, C, H, W)`` in [0, 1]; ``labels``: ``(n, objects)``.
     """
     right, wrong = pick_examples(model, images, labels, count)
     picked = torch.cat([right, wrong])
-    chosen, reconstructions = segmentation(model, images[picked], objects=labels.shape[1])
-    rows = {"input": images[picked], "decoded": colour_overlay(reconstructions),
-            "on the input": colour_overlay(reconstructions, images[picked])}
+    objects = labels.shape[1]
+    chosen, reconstructions = segmentation(model, images[picked], objects=objects)
+    rows: dict[str, Tensor] = {"input": images[picked]}
+    if images.shape[1] == 1 and objects <= len(_OBJECT_COLOURS):
+        rows.update({"decoded": colour_overlay(reconstructions),
+                     "on the input": colour_overlay(reconstructions, images[picked])})
+        key = ", ".join(f"{_ordinal(k)} {colour}" for k, colour in enumerate(_OBJECT_COLOUR_NAMES[:objects]))
+    else:
+        rows.update({_ordinal(k): reconstructions[:, k] for k in range(objects)})
+        key = "a row per capsule decoded"
     names = classes or [str(k) for k in range(model.digits.out_caps)]
 
     def pair(indices: list[int]) -> str:
         return "(" + ",".join(names[k] for k in indices) + ")"
 
-    figure, axes = _figure(len(rows), len(picked), figsize=(max(1.1 * len(picked), _TITLE_WIDTH), 4.1))
+    figure, axes = _figure(len(rows), len(picked),
+                           figsize=(max(1.1 * len(picked), _TITLE_WIDTH), 0.8 + 1.1 * len(rows)))
     for column, index in enumerate(picked.tolist()):
-        titles = (f"L:{pair(labels[index].tolist())}", f"R:{pair(chosen[column].tolist())}", "")
-        for row, (pictures, title) in enumerate(zip(rows.values(), titles)):
-            _show(axes[row, column], pictures[column], title)
+        titles = [f"L:{pair(labels[index].tolist())}", f"R:{pair(chosen[column].tolist())}"]
+        for row, pictures in enumerate(rows.values()):
+            _show(axes[row, column], pictures[column], titles[row] if row < len(titles) else "")
         if column >= len(right):
             axes[1, column].title.set_color("red")
     for row, label in enumerate(rows):
         axes[row, 0].set_ylabel(label, fontsize=8)
-    figure.suptitle(f"{len(right)} right, {len(wrong)} wrong (red); longest capsule red, second green", fontsize=9)
+    figure.suptitle(f"{len(right)} right, {len(wrong)} wrong (red); {key}", fontsize=9)
     figure.tight_layout()
     return _save(figure, path)
+
+
+def _ordinal(rank: int) -> str:
+    """The capsule of length rank ``rank`` (0 the longest): "longest", "2nd longest", ..."""
+    return "longest" if rank == 0 else f"{rank + 1}{_SUFFIXES.get(rank + 1, 'th')} longest"
+
+
+_SUFFIXES = {2: "nd", 3: "rd"}
 
 
 def plot_learning_curves(
