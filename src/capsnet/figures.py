@@ -387,10 +387,8 @@ def plot_segmentation(model: CapsNet, images: Tensor, labels: Tensor, path: str 
 
 def _ordinal(rank: int) -> str:
     """The capsule of length rank ``rank`` (0 the longest): "longest", "2nd longest", ..."""
-    return "longest" if rank == 0 else f"{rank + 1}{_SUFFIXES.get(rank + 1, 'th')} longest"
-
-
-_SUFFIXES = {2: "nd", 3: "rd"}
+    suffix = {2: "nd", 3: "rd"}.get(rank + 1, "th")  # ranks past 20 do not fit a figure's rows anyway
+    return "longest" if rank == 0 else f"{rank + 1}{suffix} longest"
 
 
 def plot_learning_curves(
