@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import capsnet
-from capsnet import TrainConfig, create_model
+from capsnet import TrainConfig, cli, create_model
 from capsnet.cli import main
 import capsnet.models.registry
 from capsnet.training import TrainingError, save_checkpoint
@@ -346,3 +346,26 @@ def test_evaluate_names_what_an_extra_test_set_needs_of_the_checkpoint(capsys, t
 def test_limit_test_zero_means_every_test_image_in_evaluate_and_figures_as_in_train():
     assert capsnet.cli._test_limit(0) is None and capsnet.cli._test_limit(None) is None
     assert capsnet.cli._test_limit(20) == 20
+
+
+def test_evaluate_reads_the_test_set_from_data_dir_when_the_training_data_moved(tmp_path, shared_data, capsys):
+    data = tmp_path / "data"
+    data.symlink_to(shared_data, target_is_directory=True)
+    run = tmp_path / "run"
+    assert main(["train", "--model", "capsnet-tiny", "--data-dir", str(data), "--limit-train", "32", "--limit-test", "20",
+                 "--batch-size", "16", "--epochs", "1", "--no-progress", "--output-dir", str(run)]) == 0
+    data.unlink()  # trained on another machine
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--limit-test", "20"]) == 2
+    assert "pass --data-dir" in capsys.readouterr().err
+    assert main(["evaluate", str(run), "--limit-test", "20", "--data-dir", str(shared_data)]) == 0
+    assert "test error" in capsys.readouterr().out
+
+
+def test_train_progress_flags_win_over_terminal_detection(tmp_path, capsys, monkeypatch):
+    seen = []
+    monkeypatch.setattr(cli, "_run_training", seen.append)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert main(["train", "--no-progress", "--output-dir", str(tmp_path / "a")]) == 0 and seen[-1].progress is False
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    assert main(["train", "--progress", "--output-dir", str(tmp_path / "b")]) == 0 and seen[-1].progress is True

@@ -223,3 +223,9 @@ def test_download_dataset_fetches_everything_once(server, tmp_path, monkeypatch)
     )
     assert download_dataset("mnist", root, progress=False) == root / "mnist"
     assert len(server.requests) == 4  # the second call only verified what was there
+
+
+def test_the_expected_checksum_may_be_given_in_capitals(server, tmp_path):
+    dest = tmp_path / LABELS
+    assert download_file([_url(server, f"mnist/{LABELS}")], dest, LABELS_SHA256.upper(), progress=False) == dest
+    assert sha256_file(dest) == LABELS_SHA256

@@ -57,9 +57,10 @@ def _raises_naming(path, match):
     return message
 
 
-def test_wrong_magic(tmp_path):
+@pytest.mark.parametrize("magic", ["01000801", "00010801"])  # each of the two zero bytes
+def test_wrong_magic(tmp_path, magic):
     path = tmp_path / "bad-magic"
-    path.write_bytes(bytes.fromhex("01000801 00000001 05"))
+    path.write_bytes(bytes.fromhex(magic + "00000001 05"))
     _raises_naming(path, "not an IDX file")
 
 

@@ -1,6 +1,7 @@
 """`capsnet reproduce`: the paper's experiments as resumable sets of runs with a results table."""
 
 import json
+import sys
 
 import pytest
 
@@ -279,3 +280,25 @@ def test_extra_test_none_is_no_extra_test_for_every_experiment(tmp_path, monkeyp
     config = _row_config(EXPERIMENTS["affnist"], EXPERIMENTS["affnist"].rows[0], tmp_path, {"extra_test": "none"},
                          tiny=True)
     assert config.extra_test is None
+
+
+def test_results_table_gives_the_last_epoch_and_the_lowest_with_its_epoch(tmp_path):
+    run = tmp_path / "multimnist" / "capsnet"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps(
+        {"model": "capsnet-mnist", "seed": 0, "dataset": "multimnist", "output_dir": str(run)}))
+    epochs = [{"epoch": k, "test_error": e, "test_examples": 10_000, "epoch_seconds": 60.0, "test_seconds": 1.0}
+              for k, e in ((1, 0.3), (2, 0.2), (3, 0.25))]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in epochs))
+    [result] = experiment_results("multimnist", tmp_path)
+    assert (result["test_error"], result["best_test_error"], result["best_epoch"]) == (0.25, 0.2, 2)
+    assert "| **25.00%** | 20.00% (2) |" in (tmp_path / "multimnist" / "results.md").read_text()
+
+
+def test_reproduce_progress_flags_win_over_terminal_detection(capsys, monkeypatch):
+    given = {}
+    monkeypatch.setattr(cli, "run_experiment", lambda name, runs_dir, rows, tiny, **settings: given.update(settings))
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert main(["reproduce", "table1", "--no-progress"]) == 0 and given["progress"] is False
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    assert main(["reproduce", "table1", "--progress"]) == 0 and given["progress"] is True

@@ -14,6 +14,7 @@ import capsnet
 from capsnet import TrainConfig, Trainer, create_model
 from capsnet import cli
 from capsnet.cli import main
+from capsnet.config import reaches_error
 from capsnet.data.testsets import load_test_set
 from capsnet.training import (
     CheckpointError, TrainingError, TrainingInterrupted, load_checkpoint, read_metrics, resume_config, save_checkpoint,
@@ -624,7 +625,8 @@ def test_config_file_errors_say_what_is_wrong(tmp_path, content, message):
                                    r"got 'false'"),
      ({"epochs": "2"}, "--epochs .* must be an integer, got '2'"), ({"epochs": 1.5}, "must be an integer, got 1.5"),
      ({"lr": True}, "--lr .* must be a number, got True"), ({"limit_train": 2.0}, "must be an integer or null, got 2.0"),
-     ({"data_dir": 3}, "--data-dir .* must be a string or null, got 3")],
+     ({"data_dir": 3}, "--data-dir .* must be a string or null, got 3"),
+     ({"epochs": True}, "--epochs .* must be an integer, got True")],
 )
 def test_settings_of_the_wrong_type_are_refused_not_misread(tmp_path, settings, message):
     path = tmp_path / "settings.json"
@@ -1035,3 +1037,67 @@ def test_class_names_of_a_registered_dataset_are_kept_as_text_in_its_checkpoints
     capsnet.train(dataset="numpy-names", model="capsnet-tiny", epochs=1, batch_size=32, limit_train=32,
                   progress=False, output_dir=str(tmp_path / "run"))
     assert load_checkpoint(tmp_path / "run" / "last.pt")["classes"] == ["red", "green", "blue"]  # weights_only reads it
+
+
+def scripted_errors(monkeypatch, trainer, errors):
+    """The test pass reports these errors, one per epoch (the choice of best.pt and early stopping read them)."""
+    it = iter(errors)
+    monkeypatch.setattr(trainer, "_evaluate_on", lambda images, labels, progress=False: {
+        "error": next(it), "examples": len(labels), "per_class_accuracy": []})
+
+
+def test_best_pt_holds_the_first_epoch_with_the_lowest_test_error(tmp_path, shared_data, monkeypatch):
+    trainer = Trainer(config(tmp_path, shared_data, limit_train=64, limit_test=20, epochs=4))
+    scripted_errors(monkeypatch, trainer, [0.3, 0.2, 0.5, 0.2])  # epoch 4 ties epoch 2: best.pt stays epoch 2
+    trainer.fit()
+    best = load_checkpoint(tmp_path / "run" / "best.pt")["progress"]
+    assert (best["epoch"], best["best_error"]) == (2, 0.2)
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["progress"]["epoch"] == 4
+
+
+def test_early_stopping_reads_the_last_epochs_error_not_the_best(tmp_path, shared_data, monkeypatch):
+    trainer = Trainer(config(tmp_path, shared_data, limit_train=64, limit_test=20, epochs=2))
+    scripted_errors(monkeypatch, trainer, [0.2, 0.5])
+    trainer.fit()
+    assert (trainer.progress.best_error, trainer.progress.last_error) == (0.2, 0.5)
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["progress"]["last_error"] == 0.5
+    trainer.config.stop_at_error = 30  # met by epoch 1, not by the last: trains on
+    assert not trainer.reached_target
+
+
+@pytest.mark.parametrize("max_shift", [0, 4])
+def test_max_shift_bounds_the_training_shifts(tmp_path, shared_data, monkeypatch, max_shift):
+    trainer = Trainer(config(tmp_path, shared_data, limit_train=64, limit_test=20, epochs=1, max_shift=max_shift))
+    seen, forward = [], trainer.model.forward
+    monkeypatch.setattr(trainer.model, "forward",
+                        lambda images, targets=None: seen.append(images.clone()) or forward(images, targets))
+    trainer.fit()
+    order = torch.randperm(64, generator=torch.Generator().manual_seed(0))  # epoch 1's order for seed 0 (the engine's)
+    inputs = (torch.cat(seen[:2]) * 255).round()
+    shifts = recover_shifts(trainer.train_images[order].float(), inputs, max_shift=max_shift)
+    assert max(max(abs(dx), abs(dy)) for dx, dy in shifts) == max_shift
+
+
+def test_a_target_error_met_exactly_counts_despite_floating_point():
+    assert 35 / 10_000 * 100 > 0.35  # 0.35000000000000003
+    assert reaches_error(35 / 10_000, 0.35) and reaches_error(0.0025, 0.25)
+    assert not reaches_error(36 / 10_000, 0.35) and not reaches_error(0.0, None)
+
+
+def test_evaluate_puts_the_model_back_in_the_mode_it_was_in():
+    model = create_model("capsnet-tiny")
+    images, labels = torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8), torch.arange(4)
+    model.train()
+    capsnet.evaluate(model, images, labels)
+    assert model.training
+    model.eval()
+    capsnet.evaluate(model, images, labels)
+    assert not model.training
+
+
+def test_resume_refuses_a_checkpoint_trained_on_another_kind_of_device(tmp_path, shared_data):
+    Trainer(config(tmp_path, shared_data, limit_train=64, limit_test=20, epochs=1, device="cpu")).fit()
+    last = tmp_path / "run" / "last.pt"
+    torch.save({**torch.load(last, weights_only=True), "device_type": "cuda"}, last)
+    with pytest.raises(CheckpointError, match="the run is on cpu but the checkpoint was trained on cuda"):
+        Trainer(config(tmp_path, shared_data, limit_train=64, limit_test=20, epochs=2, device="cpu", resume=True))
