@@ -141,9 +141,10 @@ def test_affnist_synthetic_is_a_fixed_uint8_set(digits):
 
 def test_the_generator_is_keyword_only_and_checked():
     images = torch.zeros(2, 1, 28, 28, dtype=torch.uint8)
-    seed = torch.Generator().manual_seed(0)
-    for positional in (lambda: random_affine(images, seed), lambda: place_on_canvas(images, 40, 6, seed),
-                       lambda: random_shift(images, 2, seed), lambda: sample_affine_parameters(2, seed)):
+    generator = torch.Generator().manual_seed(0)
+    for positional in (lambda: random_affine(images, generator), lambda: place_on_canvas(images, 40, 6, generator),
+                       lambda: random_shift(images, 2, generator), lambda: sample_affine_parameters(2, generator),
+                       lambda: overlay_pairs(images, torch.arange(2), torch.arange(2), generator)):
         with pytest.raises(TypeError, match="positional argument"):  # a size in its place cannot be taken for it
             positional()
     message = r"^generator must be a torch.Generator or None, got int \(40\)$"
@@ -153,4 +154,4 @@ def test_the_generator_is_keyword_only_and_checked():
         place_on_canvas(images.float(), 40, 6, generator=40)
     with pytest.raises(TypeError, match=r"^generator must be a torch.Generator or None, got int \(2\)$"):
         random_shift(images, 2, generator=2)
-    assert random_affine(images, generator=seed).shape == (2, 1, 40, 40)
+    assert random_affine(images, generator=generator).shape == (2, 1, 40, 40)

@@ -111,11 +111,15 @@ def test_titles_fit_in_figures_of_few_classes_or_few_examples(tmp_path, monkeypa
     monkeypatch.setattr(figures, "_save", lambda figure, path: drawn.append(figure) or save(figure, path))
     images = torch.rand(30, 1, 28, 28)
     pairs = torch.stack([torch.randperm(classes)[:2] for _ in range(30)])
+    triples = torch.stack([torch.randperm(classes)[:3] for _ in range(30)])
     for model in (tiny_model(num_classes=classes), create_model("capsnet-self-attention-tiny", num_classes=classes)):
         figures.plot_coupling(model, images[0], tmp_path / "c.png")
         figures.plot_reconstructions(model, images, pairs[:, 0], tmp_path / "r.png", count=1)
         figures.plot_segmentation(model, images, pairs, tmp_path / "s.png", count=1)
+        figures.plot_segmentation(model, images, triples, tmp_path / "s.png", count=1)  # the longest colour key
         figures.plot_perturbations(model, images[0], tmp_path / "p.png", capsule=1)  # its title's longest form
+    colour = tiny_model(num_classes=classes, in_channels=3)
+    figures.plot_segmentation(colour, torch.rand(30, 3, 28, 28), pairs, tmp_path / "s.png", count=1)  # a row each
     for figure in drawn:
         renderer = FigureCanvasAgg(figure).get_renderer()
         for text in figure.texts:  # the suptitle
@@ -245,23 +249,30 @@ def test_segmentation_decodes_each_of_the_two_longest_capsules_on_its_own():
 
 
 def test_segmentation_of_colour_images_or_many_objects_draws_a_row_per_capsule(tmp_path, monkeypatch):
-    shown, original = [], figures._show
-    monkeypatch.setattr(figures, "_show", lambda axis, picture, title="", **kw: shown.append((picture, title))
-                        or original(axis, picture, title, **kw))
+    shown, original = {}, figures._show  # (row, column) -> (picture, title)
+
+    def show(axis, picture, title="", **kw):
+        place = axis.get_subplotspec()
+        shown[place.rowspan.start, place.colspan.start] = (picture, title)
+        original(axis, picture, title, **kw)
+
+    monkeypatch.setattr(figures, "_show", show)
     for channels, objects in ((3, 2), (1, 4)):
         shown.clear()
         model, images = tiny_model(in_channels=channels), torch.rand(6, channels, 28, 28)
         labels = torch.stack([torch.randperm(10)[:objects] for _ in range(6)])
         path = figures.plot_segmentation(model, images, labels, tmp_path / "s.png", count=1)
         right, wrong = figures.pick_examples(model, images, labels, 1)
-        columns = len(right) + len(wrong)
+        picked = torch.cat([right, wrong])
         assert png_size(path) == (400, 80 + 110 * (1 + objects))  # the input, then one row per capsule
-        decoded = figures.segmentation(model, images[torch.cat([right, wrong])], objects)[1]  # (columns, objects, C, H, W)
-        for column in range(columns):  # drawn column by column, top to bottom
-            pictures = [picture for picture, _ in shown[column * (1 + objects):(column + 1) * (1 + objects)]]
-            assert all(picture.shape == (channels, 28, 28) for picture in pictures)
+        chosen, decoded = figures.segmentation(model, images[picked], objects)  # decoded (columns, objects, C, H, W)
+        assert sorted(shown) == [(row, column) for row in range(1 + objects) for column in range(len(picked))]
+        for column, index in enumerate(picked.tolist()):
+            torch.testing.assert_close(shown[0, column][0], images[index])
+            assert shown[0, column][1] == "L:(" + ",".join(map(str, labels[index].tolist())) + ")"
+            assert shown[1, column][1] == "R:(" + ",".join(map(str, chosen[column].tolist())) + ")"
             for k in range(objects):
-                torch.testing.assert_close(pictures[1 + k], decoded[column, k])
+                torch.testing.assert_close(shown[1 + k, column][0], decoded[column, k])
 
 
 def test_colour_overlay_puts_the_first_object_in_red_the_second_in_green_and_clips():

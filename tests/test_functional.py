@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from capsnet import capsule_lengths, mask_capsules, squash
+from capsnet import CapsuleDecoder, capsule_lengths, mask_capsules, squash
 from reference import squash_reference
 
 
@@ -83,7 +83,7 @@ def test_capsule_lengths():
     assert capsule_lengths(poses.bfloat16()).dtype == torch.float32
 
 
-def test_mask_capsules_keeps_label_or_longest():
+def test_mask_capsules_keeps_target_or_longest():
     poses = torch.arange(2 * 3 * 2, dtype=torch.float32).view(2, 3, 2)
     poses[1, 0] = 100.0  # the longest capsule of example 1 is capsule 0
     masked = mask_capsules(poses, torch.tensor([1, 2])).view(2, 3, 2)
@@ -95,14 +95,14 @@ def test_mask_capsules_keeps_label_or_longest():
 
 
 @pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.uint8])
-def test_mask_capsules_takes_labels_of_any_integer_type(dtype):
+def test_mask_capsules_takes_targets_of_any_integer_type(dtype):
     # one_hot takes only int64: labels read from numpy or a uint8 file must not crash there.
     poses = torch.rand(2, 3, 4)
     labels = torch.tensor([2, 0])
     assert torch.equal(mask_capsules(poses, labels.to(dtype)), mask_capsules(poses, labels))
 
 
-def test_mask_capsules_rejects_wrong_label_shape():
+def test_mask_capsules_rejects_wrong_target_shape():
     with pytest.raises(ValueError, match=r"expected targets of shape \(b,\) = \(2,\), got \(2, 3\)"):
         mask_capsules(torch.rand(2, 3, 4), torch.zeros(2, 3, dtype=torch.long))
 
@@ -131,7 +131,7 @@ def test_hits_refuses_scores_and_targets_of_different_batches():
         hits(torch.rand(3, 4), torch.tensor([1, 2]))
 
 
-def test_label_functions_refuse_float_and_bool_labels_instead_of_misreading_multi_hot():
+def test_target_functions_refuse_float_and_bool_targets_instead_of_misreading_multi_hot():
     import capsnet
     from capsnet.functional import hits
 
@@ -169,13 +169,12 @@ def test_squash_follows_the_formula_for_short_vectors(dtype):
 
 
 def test_mask_capsules_and_the_decoder_still_take_their_former_keyword_labels_with_a_warning():
-    from capsnet import CapsuleDecoder
-
     poses, targets = torch.rand(2, 3, 4), torch.tensor([2, 0])
-    with pytest.warns(FutureWarning, match=r"^mask_capsules\(\): labels= is now called targets="):
-        assert torch.equal(mask_capsules(poses, labels=targets), mask_capsules(poses, targets=targets))
     decoder = CapsuleDecoder(in_caps=3, in_dim=4, out_features=5)
-    with pytest.warns(FutureWarning, match=r"^CapsuleDecoder.forward\(\): labels= is now called targets="):
-        assert torch.equal(decoder(poses, labels=targets), decoder(poses, targets))
+    with pytest.warns(FutureWarning, match=r"^mask_capsules\(\): labels= is now called targets=") as record:
+        assert torch.equal(mask_capsules(poses, labels=targets), mask_capsules(poses, targets=targets))
+    with pytest.warns(FutureWarning, match=r"^CapsuleDecoder.forward\(\): labels= is now called targets=") as through:
+        assert torch.equal(decoder(poses, labels=targets), decoder(poses, targets))  # through nn.Module.__call__
+    assert [warning.filename for warning in [*record, *through]] == [__file__, __file__]  # the caller's line
     with pytest.raises(TypeError, match=r"got both labels= and targets=; labels is the former name of targets"):
         mask_capsules(poses, labels=targets, targets=targets)

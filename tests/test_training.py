@@ -1067,14 +1067,14 @@ def test_early_stopping_reads_the_last_epochs_error_not_the_best(tmp_path, share
 
 @pytest.mark.parametrize("max_shift", [0, 4])
 def test_max_shift_bounds_the_training_shifts(tmp_path, shared_data, monkeypatch, max_shift):
-    trainer = Trainer(config(tmp_path, shared_data, limit_train=64, limit_test=20, epochs=1, max_shift=max_shift))
-    seen, forward = [], trainer.model.forward
-    monkeypatch.setattr(trainer.model, "forward",
-                        lambda images, targets=None: seen.append(images.clone()) or forward(images, targets))
-    trainer.fit()
-    order = torch.randperm(64, generator=torch.Generator().manual_seed(0))  # epoch 1's order for seed 0 (the engine's)
-    inputs = (torch.cat(seen[:2]) * 255).round()
-    shifts = recover_shifts(trainer.train_images[order].float(), inputs, max_shift=max_shift)
+    from capsnet.training import engine
+
+    pairs, shift = [], engine.random_shift  # (images, shifted) of each training batch
+    monkeypatch.setattr(engine, "random_shift", lambda images, *args, **kwargs: pairs.append(
+        (images, shift(images, *args, **kwargs))) or pairs[-1][1])
+    Trainer(config(tmp_path, shared_data, limit_train=64, limit_test=20, epochs=1, max_shift=max_shift)).fit()
+    images, shifted = (torch.cat(batches).float() for batches in zip(*pairs))
+    shifts = recover_shifts(images, shifted, max_shift=max_shift)
     assert max(max(abs(dx), abs(dy)) for dx, dy in shifts) == max_shift
 
 

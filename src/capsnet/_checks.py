@@ -29,7 +29,7 @@ def check_run_name(name: str, what: str) -> str:
 
 
 def check_generator(generator: object) -> None:
-    """Name a ``generator`` that is not one (a size passed by position, say) before torch's own error does."""
+    """Name a ``generator=`` that is not a ``torch.Generator`` before torch's own, vaguer error does."""
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__} ({generator!r})")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec
@@ -29,9 +30,9 @@ __all__ = [
 
 # Fig. 4 of the paper: each dimension of the winning capsule moved from -0.25 to 0.25 in steps of 0.05.
 PERTURBATIONS = torch.arange(-5, 6) * 0.05  # exact 0 in the middle
-# Fig. 5: the reconstruction from the longest capsule in red, the second in green (yellow where they overlap).
-_OBJECT_COLOURS = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.4, 1.0]])
-_OBJECT_COLOUR_NAMES = ("red", "green", "blue")
+# Fig. 5: the reconstruction from the longest capsule in red, the second in green (yellow where they overlap), a
+# third in a blue that still shows on black.
+_OBJECT_COLOURS = {"red": (1.0, 0.0, 0.0), "green": (0.0, 1.0, 0.0), "blue": (0.0, 0.4, 1.0)}
 _BACKGROUND_WEIGHT = 0.35
 _P = ParamSpec("_P")  # the arguments of a plot_* function after the model
 
@@ -143,15 +144,20 @@ def colour_overlay(reconstructions: Tensor, background: Tensor | None = None) ->
         ``reconstructions``: ``(b, objects, 1, H, W)`` in [0, 1], ``background``: ``(b, 1, H, W)`` -> ``(b, 3, H, W)``.
     """
     objects = reconstructions.shape[1]
-    if reconstructions.shape[2] != 1 or objects > len(_OBJECT_COLOURS):
+    if not _overlays(reconstructions.shape[2], objects):
         raise ValueError(f"colour_overlay takes up to {len(_OBJECT_COLOURS)} grey reconstructions per image, got "
                          f"shape {tuple(reconstructions.shape)}")
-    colours = _OBJECT_COLOURS[:objects].to(reconstructions)  # (objects, 3)
+    colours = torch.tensor(list(_OBJECT_COLOURS.values())[:objects]).to(reconstructions)  # (objects, 3)
     rgb = torch.einsum("bohw,oc->bchw", reconstructions[:, :, 0], colours)
     if background is not None:
         check_shape(background, "background", "(b, 1, H, W)", 4, (len(rgb), 1, *rgb.shape[2:]))
         rgb = rgb + _BACKGROUND_WEIGHT * background  # dim, so that the colours stand out where they cover it
     return rgb.clamp_(max=1)
+
+
+def _overlays(channels: int, objects: int) -> bool:
+    """Whether ``colour_overlay`` can tell each of ``objects`` reconstructions of ``channels`` apart by colour."""
+    return channels == 1 and objects <= len(_OBJECT_COLOURS)
 
 
 def require_matplotlib() -> None:
@@ -358,10 +364,11 @@ def plot_segmentation(model: CapsNet, images: Tensor, labels: Tensor, path: str 
     objects = labels.shape[1]
     chosen, reconstructions = segmentation(model, images[picked], objects=objects)
     rows: dict[str, Tensor] = {"input": images[picked]}
-    if images.shape[1] == 1 and objects <= len(_OBJECT_COLOURS):
+    if _overlays(images.shape[1], objects):
         rows.update({"decoded": colour_overlay(reconstructions),
                      "on the input": colour_overlay(reconstructions, images[picked])})
-        key = ", ".join(f"{_ordinal(k)} {colour}" for k, colour in enumerate(_OBJECT_COLOUR_NAMES[:objects]))
+        key = ", ".join(f"{_ordinal(k).removesuffix(' longest')} {colour}"  # "longest red, 2nd green"
+                        for k, colour in enumerate(list(_OBJECT_COLOURS)[:objects]))
     else:
         rows.update({_ordinal(k): reconstructions[:, k] for k in range(objects)})
         key = "a row per capsule decoded"
@@ -374,8 +381,8 @@ def plot_segmentation(model: CapsNet, images: Tensor, labels: Tensor, path: str 
                            figsize=(max(1.1 * len(picked), _TITLE_WIDTH), 0.8 + 1.1 * len(rows)))
     for column, index in enumerate(picked.tolist()):
         titles = [f"L:{pair(labels[index].tolist())}", f"R:{pair(chosen[column].tolist())}"]
-        for row, pictures in enumerate(rows.values()):
-            _show(axes[row, column], pictures[column], titles[row] if row < len(titles) else "")
+        for row, (pictures, title) in enumerate(itertools.zip_longest(rows.values(), titles, fillvalue="")):
+            _show(axes[row, column], pictures[column], title)
         if column >= len(right):
             axes[1, column].title.set_color("red")
     for row, label in enumerate(rows):

@@ -122,8 +122,8 @@ def _one_hot(indices: Tensor, classes: int) -> Tensor:
 
 
 def hits(scores: Tensor, targets: Tensor) -> Tensor:
-    """Which examples are right: the top class is the label, or, for ``(b, n)`` labels of n objects per image
-    (MultiMNIST), the n top classes are exactly the n labels.
+    """Which examples are right: the top class is the target, or, for ``(b, n)`` targets of n objects per image
+    (MultiMNIST), the n top classes are exactly the n targets.
 
     Args:
         scores: per-class scores whose argmax is the prediction (capsule lengths or logits).

@@ -68,6 +68,6 @@ class CapsuleDecoder(nn.Module):
     @renamed_keyword("labels", "targets")
     def forward(self, poses: Tensor, targets: Tensor | None = None) -> Tensor:
         """Decode ``poses`` ``(b, in_caps, in_dim)`` from the ``targets`` ``(b,)`` capsule (else the longest) ->
-        ``(b, out_features)``."""
+        ``(b, out_features)``. ``targets`` was called ``labels``, which still works with a ``FutureWarning``."""
         check_shape(poses, "poses", "(b, in_caps, in_dim)", 3, (None, self.in_caps, self.in_dim))
         return self.net(mask_capsules(poses, targets))
