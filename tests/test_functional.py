@@ -178,3 +178,5 @@ def test_mask_capsules_and_the_decoder_still_take_their_former_keyword_labels_wi
     assert [warning.filename for warning in [*record, *through]] == [__file__, __file__]  # the caller's line
     with pytest.raises(TypeError, match=r"got both labels= and targets=; labels is the former name of targets"):
         mask_capsules(poses, labels=targets, targets=targets)
+    with pytest.raises(TypeError, match=r"got both labels= and targets="):
+        decoder(poses, targets, labels=targets)  # targets by position

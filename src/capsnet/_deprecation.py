@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import sys
 import warnings
 from collections.abc import Callable
@@ -23,11 +24,13 @@ def renamed_keyword(old: str, new: str) -> Callable[[Function], Function]:
     (shown by default, unlike a ``DeprecationWarning`` raised inside a library) that points at their line."""
 
     def decorate(function: Function) -> Function:
+        signature = inspect.signature(function)
+
         @functools.wraps(function)
         def accepting_old_keyword(*args: Any, **kwargs: Any) -> Any:
             if old in kwargs:
                 name = function.__qualname__
-                if new in kwargs:
+                if new in kwargs or new in signature.bind_partial(*args).arguments:
                     raise TypeError(f"{name}() got both {old}= and {new}=; {old} is the former name of {new}")
                 if not torch.compiler.is_compiling():  # Dynamo cannot trace warnings.warn: fullgraph would fail
                     warnings.warn(f"{name}(): {old}= is now called {new}=; the old name will stop working in a "
