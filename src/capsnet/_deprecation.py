@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-import torch.nn.modules.module
 
 Function = TypeVar("Function", bound=Callable[..., Any])
 
