@@ -62,7 +62,6 @@ def draw_on(sample: Callable[..., torch.Tensor], generator: torch.Generator | No
     return sample(*args, generator=generator, device=source).to(device)
 
 
-
 def shift_images(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, max_shift: int) -> torch.Tensor:
     """Move image ``k`` down by ``dy[k]`` and right by ``dx[k]`` whole pixels, filling with zeros.
 
