@@ -1,12 +1,14 @@
 import importlib
 import sys
 import warnings
+from typing import get_args
 
 import pytest
 import torch
 
 import capsnet
 from capsnet import CapsNet, CapsNetOutput, DynamicRouting, create_model, list_models
+from capsnet.models.registry import BaselineCNNName, CapsNetName, registering_module
 
 
 def count(module: torch.nn.Module) -> int:
@@ -152,6 +154,14 @@ def test_registry_and_overrides():
     assert model.digits.routing.iterations == 1 and model.decoder is None and model.digits.out_caps == 10
     with pytest.raises(ValueError, match=r"unknown value 'capsnet-cifar' for model; valid values are"):
         create_model("capsnet-cifar")
+
+
+def test_the_types_create_model_declares_for_the_built_in_names_are_what_it_builds():
+    declared = {**dict.fromkeys(get_args(CapsNetName), CapsNet), **dict.fromkeys(get_args(BaselineCNNName),
+                                                                                  capsnet.BaselineCNN)}
+    assert set(declared) == {name for name in list_models() if registering_module(name) == "capsnet.models"}
+    for name, cls in declared.items():
+        assert type(create_model(name)) is cls, name
 
 
 def test_register_model_warns_on_redefinition(own_registry):

@@ -16,6 +16,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from ._checks import check_choice
@@ -128,7 +129,7 @@ def import_plugins(modules: str | None) -> None:
             raise ValueError(f"--plugins: importing {name!r} failed: {type(exc).__name__}: {exc}") from exc
 
 
-def _absolute(path: str) -> str:
+def _absolute(path: str | Path) -> str:
     return os.path.abspath(os.path.expanduser(path))  # without resolving links, unlike Path.resolve
 
 
@@ -145,7 +146,7 @@ class TrainConfig:
                  "section 6), or one of your own that --plugins registers (capsnet.register_dataset)",
         metavar="NAME"
     )
-    data_dir: str | None = _option(
+    data_dir: str | Path | None = _option(
         None, "folder with the dataset files (default: $CAPSNET_DATA, else $XDG_CACHE_HOME/capsnet or ~/.cache/capsnet)"
     )
     model: str = _option("capsnet-mnist", "registered model name (an unknown one lists them all); baseline-cnn is the paper's CNN")
@@ -155,7 +156,7 @@ class TrainConfig:
               "--config import them again (as does every TrainConfig made with them); evaluate and figures take "
               "--plugins too", metavar="MODULES"
     )
-    init_from: str | None = _option(
+    init_from: str | Path | None = _option(
         None, "start from the weights of this checkpoint (another run's last.pt or best.pt, or its folder: its "
               "best.pt; a model with the same layers): fine-tuning or a warm start; the optimizer, learning-rate "
               "schedule and epochs start afresh", metavar="CHECKPOINT"
@@ -229,7 +230,7 @@ class TrainConfig:
               "CPU and under DDP); falls back to eager with a warning where unsupported"
     )
     channels_last: bool | None = _option(None, "channels-last memory format for the convolutions (default: on CUDA only)")
-    output_dir: str | None = _option(
+    output_dir: str | Path | None = _option(
         None, "run folder for config.json, metrics.jsonl, last.pt, best.pt (default: runs/MODEL-DATASET-TIMESTAMP, "
               "with -2, -3, ... for runs started in the same second)"
     )

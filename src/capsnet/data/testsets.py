@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import NamedTuple
 
 from torch import Tensor
@@ -50,7 +51,7 @@ def check_canvas_holds(canvas: int, images: Tensor, dataset: str) -> None:
         raise ValueError(f"--canvas {canvas} must hold the {height}x{width} images of {dataset}")
 
 
-def load_test_set(dataset: str, data_dir: str | None, *, canvas: int | None = None, limit: int | None = None,
+def load_test_set(dataset: str, data_dir: str | Path | None, *, canvas: int | None = None, limit: int | None = None,
                   extra_test: str | None = None, progress: bool = False) -> TestSet:
     """The test split as a run with these settings evaluates it: on its canvas, MultiMNIST pairs, extra set.
 

@@ -6,14 +6,24 @@ import copy
 import inspect
 import warnings
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, overload
 
 from torch import nn
 
 from .._checks import check_choice, check_run_name
 from .._registration import importing_module
 
+if TYPE_CHECKING:  # for the types of create_model only: the registry itself stays free of concrete models
+    from .capsnet import CapsNet
+    from .cnn import BaselineCNN
+
 __all__ = ["register_model", "create_model", "list_models", "is_capsule_model", "registered_default", "registering_module"]
+
+# The built-in names (registered in capsnet.models), so that a type checker knows what create_model builds them as;
+# a name registered again with another builder keeps its overload (register_model warns).
+CapsNetName = Literal["capsnet-mnist", "capsnet-mnist-official", "capsnet-tiny", "capsnet-self-attention",
+                      "capsnet-self-attention-tiny"]
+BaselineCNNName = Literal["baseline-cnn", "baseline-cnn-affnist", "baseline-cnn-affnist-11m", "baseline-cnn-tiny"]
 
 
 class _Entry(NamedTuple):
@@ -52,6 +62,12 @@ def register_model(
     _MODELS[name] = _Entry(builder, config, capsule_model, importing_module())
 
 
+@overload
+def create_model(name: CapsNetName, **overrides: Any) -> CapsNet: ...
+@overload
+def create_model(name: BaselineCNNName, **overrides: Any) -> BaselineCNN: ...
+@overload
+def create_model(name: str, **overrides: Any) -> nn.Module: ...
 def create_model(name: str, **overrides: Any) -> nn.Module:
     """Build a registered model; keyword ``overrides`` replace the config's values (``None`` ones are ignored,
     so unset command-line flags keep the config's defaults).
