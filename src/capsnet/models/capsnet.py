@@ -167,8 +167,9 @@ class CapsNet(nn.Module):
         """
         if self.decoder is None:
             return None
-        # The decoder checks the targets' dtype and values (a repeated class is fine here: decoding the label's
-        # capsule and the prediction's, say); their shape is checked here, before (b, n) targets are flattened.
+        # CapsuleDecoder's mask_capsules checks the targets' dtype and values (a repeated class is fine here:
+        # decoding the label's capsule and the prediction's, say); their shape is checked here, before (b, n)
+        # targets are flattened.
         if targets is not None and (targets.dim() not in (1, 2) or len(targets) != len(poses)):
             raise ValueError(f"expected targets of shape (b,) or (b, n) for b = {len(poses)} images, got "
                              f"{tuple(targets.shape)}")
