@@ -164,6 +164,18 @@ def test_the_types_create_model_declares_for_the_built_in_names_are_what_it_buil
         assert type(create_model(name)) is cls, name
 
 
+@pytest.mark.parametrize("name", ["capsnet-tiny", "capsnet-self-attention-tiny"])
+def test_models_export_with_any_batch_size_and_compute_what_they_compute_eagerly(name):
+    """torch.export, for serving without the Python code: the routing loop unrolls, the data checks stay out."""
+    model = create_model(name, image_size=20, num_classes=4).eval()
+    batch = torch.export.Dim("batch", min=2)
+    images, targets = torch.rand(3, 1, 20, 20), torch.tensor([0, 3, 1])
+    exported = torch.export.export(model, (images, targets), dynamic_shapes={"images": {0: batch}, "targets": {0: batch}})
+    images, targets = torch.rand(5, 1, 20, 20), torch.tensor([2, 2, 0, 1, 3])
+    for got, expected in zip(exported.module()(images, targets), model(images, targets)):
+        torch.testing.assert_close(got, expected)
+
+
 def test_register_model_warns_on_redefinition(own_registry):
     capsnet.register_model("test-tiny", tiny)
     with pytest.warns(UserWarning, match="registered twice"):
