@@ -94,9 +94,13 @@ def test_figures_refuse_labels_the_model_has_no_capsule_for(tmp_path):
 
 def test_plots_write_pngs_of_the_expected_size(tmp_path):
     model, images, labels = tiny_model(), torch.rand(30, 1, 28, 28), torch.randint(0, 10, (30,))
+    passes = []  # of the whole model: each picture of one image needs one
+    model.register_forward_hook(lambda *_: passes.append(1))
     assert png_size(figures.plot_perturbations(model, images[0], tmp_path / "p.png")) == (780, 1040)
+    assert len(passes) == 1
     assert png_size(figures.plot_perturbations(model, images[0], tmp_path / "p3.png", capsule=3)) == (780, 1040)
     assert png_size(figures.plot_coupling(model, images[0], tmp_path / "c.png")) == (1430, 244)  # 3 title lines
+    assert len(passes) == 3
     path = figures.plot_reconstructions(model, images, labels, tmp_path / "r.png", count=4)
     right, wrong = figures.pick_examples(model, images, labels, 4)
     groups = (len(right) > 0) + (len(wrong) > 0)  # two rows each: the right ones, then the wrong ones

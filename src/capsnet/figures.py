@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ._checks import check_class_indices, check_int, check_integer_dtype, check_shape
 from .functional import capsule_lengths, hits
-from .models import CapsNet
+from .models import CapsNet, CapsNetOutput
 
 __all__ = [
     "PERTURBATIONS", "perturbation_grid", "coupling_maps", "pick_examples", "segmentation", "colour_overlay",
@@ -84,7 +84,11 @@ def perturbation_grid(model: CapsNet, image: Tensor, deltas: Tensor = PERTURBATI
     """
     _require_decoder(model)
     poses = model(image.unsqueeze(0)).poses[0]  # (j, out_dim)
-    chosen = _chosen_capsule(poses, capsule)
+    return _perturbed(model, poses, _chosen_capsule(poses, capsule), deltas)
+
+
+def _perturbed(model: CapsNet, poses: Tensor, chosen: int, deltas: Tensor) -> Tensor:
+    """``perturbation_grid`` of one image's ``(j, out_dim)`` poses, from the capsule ``chosen``."""
     dims = poses.shape[-1]
     # (out_dim, deltas, j, out_dim): every copy of the poses with one entry of the chosen capsule changed
     varied = poses.expand(dims, len(deltas), *poses.shape).clone()
@@ -113,7 +117,11 @@ def coupling_maps(model: CapsNet, image: Tensor) -> Tensor:
     routing adds to it to weight the votes.
     """
     _require_capsnet(model)
-    output = model(image.unsqueeze(0))
+    return _sent_to_classes(model, model(image.unsqueeze(0)))
+
+
+def _sent_to_classes(model: CapsNet, output: CapsNetOutput) -> Tensor:
+    """``coupling_maps`` from the model's ``output`` for one image."""
     primary, coupling = output.primary[0], output.coupling[0]  # (i, primary_dim), (i, j)
     h, w = model.primary_grid
     sent = coupling * capsule_lengths(primary).unsqueeze(-1)  # (i, j)
@@ -260,9 +268,10 @@ def plot_perturbations(model: CapsNet, image: Tensor, path: str | Path, *, class
     """Fig. 4: one row per dimension of the longest capsule (or of the class ``capsule``), columns from -0.25 to
     +0.25 in steps of 0.05, after a first column with the input image on top; the title names the capsule's class
     (from ``classes`` if given) and its length."""
+    _require_decoder(model)
     poses = model(image.unsqueeze(0)).poses[0]  # (j, out_dim)
     chosen = _chosen_capsule(poses, capsule)
-    grid = perturbation_grid(model, image, capsule=chosen)  # (out_dim, deltas, C, H, W)
+    grid = _perturbed(model, poses, chosen, PERTURBATIONS)  # (out_dim, deltas, C, H, W)
     rows, columns = grid.shape[:2]
     height = 0.6 * rows + 0.8
     figure, all_axes = _figure(rows, columns + 1, figsize=(0.6 * columns + 1.2, height))
@@ -296,9 +305,10 @@ def plot_coupling(model: CapsNet, image: Tensor, path: str | Path, *, classes: l
     that goes to it (``coupling_maps`` over their sum), on a colour scale centred on uniform coupling (1 / classes,
     white) that stretches no less than +-``_COUPLING_MIN_SPREAD``, so that rounding noise does not look like
     routing."""
-    amounts = coupling_maps(model, image)  # (j, h, w)
-    maps = amounts / amounts.sum(0).clamp_min(1e-12)
+    _require_capsnet(model)
     output = model(image.unsqueeze(0))
+    amounts = _sent_to_classes(model, output)  # (j, h, w)
+    maps = amounts / amounts.sum(0).clamp_min(1e-12)
     lengths = output.lengths[0]
     names = classes or [str(k) for k in range(maps.shape[0])]
     title = (f"routing: share of the primary capsules' output sent to each class at each of the "
