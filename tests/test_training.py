@@ -625,7 +625,8 @@ def test_config_file_errors_say_what_is_wrong(tmp_path, content, message):
                                    r"got 'false'"),
      ({"epochs": "2"}, "--epochs .* must be an integer, got '2'"), ({"epochs": 1.5}, "must be an integer, got 1.5"),
      ({"lr": True}, "--lr .* must be a number, got True"), ({"limit_train": 2.0}, "must be an integer or null, got 2.0"),
-     ({"data_dir": 3}, "--data-dir .* must be a string or null, got 3"),
+     ({"data_dir": 3}, r"--data-dir .* must be a path \(a string or pathlib.Path\) or null, got 3"),
+     ({"model": 3}, "--model .* must be a string, got 3"),
      ({"epochs": True}, "--epochs .* must be an integer, got True")],
 )
 def test_settings_of_the_wrong_type_are_refused_not_misread(tmp_path, settings, message):
@@ -635,8 +636,10 @@ def test_settings_of_the_wrong_type_are_refused_not_misread(tmp_path, settings, 
         capsnet.training.config_from_file(path)
     import numpy as np
 
-    config = TrainConfig(lr=np.float32(0.5), epochs=np.int64(3), limit_train=torch.tensor(7), output_dir=tmp_path)
-    assert (config.lr, config.epochs, config.limit_train, config.output_dir) == (0.5, 3, 7, str(tmp_path))
+    config = TrainConfig(lr=np.float32(0.5), epochs=np.int64(3), limit_train=torch.tensor(7), output_dir=tmp_path,
+                         data_dir=tmp_path / "data")
+    assert (config.lr, config.epochs, config.limit_train, config.output_dir, config.data_dir) == (
+        0.5, 3, 7, str(tmp_path), str(tmp_path / "data"))
     assert [type(value) for value in (config.lr, config.epochs, config.limit_train)] == [float, int, int]
     json.dumps(config.to_dict())  # what config.json will hold
 

@@ -67,10 +67,20 @@ def _as_float(value: Any) -> float:
     return float(value)
 
 
+def _as_str(value: Any) -> str:
+    if not isinstance(value, str):  # os.fspath would take a Path as a model's name
+        raise TypeError
+    return value
+
+
+def _as_path(value: Any) -> str:
+    return _as_str(os.fspath(value))  # stored as a string, for config.json; not bytes
+
+
 # Per annotation of a setting: the conversion that accepts a value (else TypeError) and how errors call it.
 _SETTING_TYPES: dict[str, tuple[Callable[[Any], Any], str]] = {
     "bool": (_as_bool, "true or false"), "int": (_as_int, "an integer"), "float": (_as_float, "a number"),
-    "str": (os.fspath, "a string"),  # paths may be Path objects
+    "str": (_as_str, "a string"), "Path": (_as_path, "a path (a string or pathlib.Path)"),
 }
 # Settings that 0 unsets (None): no limit, no canvas, no periodic save, no time limit, no early stopping.
 _ZERO_UNSETS = ("limit_train", "limit_test", "canvas", "save_every", "time_limit", "stop_at_error")
@@ -146,7 +156,7 @@ class TrainConfig:
                  "section 6), or one of your own that --plugins registers (capsnet.register_dataset)",
         metavar="NAME"
     )
-    data_dir: str | Path | None = _option(
+    data_dir: Path | str | None = _option(
         None, "folder with the dataset files (default: $CAPSNET_DATA, else $XDG_CACHE_HOME/capsnet or ~/.cache/capsnet)"
     )
     model: str = _option("capsnet-mnist", "registered model name (an unknown one lists them all); baseline-cnn is the paper's CNN")
@@ -156,7 +166,7 @@ class TrainConfig:
               "--config import them again (as does every TrainConfig made with them); evaluate and figures take "
               "--plugins too", metavar="MODULES"
     )
-    init_from: str | Path | None = _option(
+    init_from: Path | str | None = _option(
         None, "start from the weights of this checkpoint (another run's last.pt or best.pt, or its folder: its "
               "best.pt; a model with the same layers): fine-tuning or a warm start; the optimizer, learning-rate "
               "schedule and epochs start afresh", metavar="CHECKPOINT"
@@ -230,7 +240,7 @@ class TrainConfig:
               "CPU and under DDP); falls back to eager with a warning where unsupported"
     )
     channels_last: bool | None = _option(None, "channels-last memory format for the convolutions (default: on CUDA only)")
-    output_dir: str | Path | None = _option(
+    output_dir: Path | str | None = _option(
         None, "run folder for config.json, metrics.jsonl, last.pt, best.pt (default: runs/MODEL-DATASET-TIMESTAMP, "
               "with -2, -3, ... for runs started in the same second)"
     )
