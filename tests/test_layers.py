@@ -165,6 +165,7 @@ def test_an_empty_batch_goes_through_every_layer():
     assert output.primary.shape == (0, 288, 8) and output.lengths.shape == (0, 10)
     assert output.reconstructions.shape == (0, 784) and output.coupling.shape == (0, 288, 10)
     assert capsnet.margin_loss(output.lengths, torch.zeros(0, dtype=torch.long)).shape == ()  # the mean of nothing
+    assert model(torch.rand(0, 1, 28, 28), torch.zeros(0, 2, dtype=torch.long)).reconstructions.shape == (0, 2, 784)
 
 
 def test_a_given_routing_with_parameters_is_created_where_and_as_the_layer_is():

@@ -185,6 +185,20 @@ def test_the_index_checks_stay_out_of_vmap_and_fake_tensors():
         assert margin_loss(torch.rand(3, 5), torch.tensor([0, 1, 4])).shape == ()
 
 
+def test_the_loss_and_hits_export_with_any_batch_size():
+    class Scored(torch.nn.Module):
+        def forward(self, lengths, targets):
+            return margin_loss(lengths, targets), capsnet.hits(lengths, targets)
+
+    lengths, labels = torch.rand(3, 5), torch.tensor([0, 1, 4])
+    batch = torch.export.Dim("batch", min=2)
+    exported = torch.export.export(Scored(), (lengths, labels), dynamic_shapes=({0: batch}, {0: batch})).module()
+    lengths, labels = torch.rand(6, 5), torch.tensor([0, 1, 4, 4, 2, 3])
+    loss, right = exported(lengths, labels)
+    torch.testing.assert_close(loss, margin_loss(lengths, labels))
+    assert torch.equal(right, capsnet.hits(lengths, labels))
+
+
 def test_per_example_gradients_take_class_index_targets():
     """torch.func.vmap(grad(...)), the per-example gradients of DP-SGD and influence functions."""
     lengths, labels = torch.rand(3, 5, dtype=torch.float64), torch.tensor([0, 1, 4])

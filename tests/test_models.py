@@ -165,15 +165,50 @@ def test_the_types_create_model_declares_for_the_built_in_names_are_what_it_buil
 
 
 @pytest.mark.parametrize("name", ["capsnet-tiny", "capsnet-self-attention-tiny"])
-def test_models_export_with_any_batch_size_and_compute_what_they_compute_eagerly(name):
-    """torch.export, for serving without the Python code: the routing loop unrolls, the data checks stay out."""
+def test_models_export_with_any_batch_size_save_and_compute_what_they_compute_eagerly(name, tmp_path):
+    """torch.export, for serving: the routing loop unrolls, the data checks stay out, the output keeps its fields."""
     model = create_model(name, image_size=20, num_classes=4).eval()
     batch = torch.export.Dim("batch", min=2)
     images, targets = torch.rand(3, 1, 20, 20), torch.tensor([0, 3, 1])
     exported = torch.export.export(model, (images, targets), dynamic_shapes={"images": {0: batch}, "targets": {0: batch}})
+    torch.export.save(exported, tmp_path / "model.pt2")  # names CapsNetOutput, which it cannot do by itself
+    loaded = torch.export.load(tmp_path / "model.pt2").module()
     images, targets = torch.rand(5, 1, 20, 20), torch.tensor([2, 2, 0, 1, 3])
-    for got, expected in zip(exported.module()(images, targets), model(images, targets)):
-        torch.testing.assert_close(got, expected)
+    got, expected = loaded(images, targets), model(images, targets)
+    assert type(got) is CapsNetOutput
+    for field in CapsNetOutput._fields:
+        torch.testing.assert_close(getattr(got, field), getattr(expected, field))
+
+
+def test_a_model_built_on_the_meta_device_is_initialized_by_reset_parameters_as_torchs_layers():
+    torch.manual_seed(0)
+    model = create_model("capsnet-self-attention-tiny", digit_bias=True, device="meta").to_empty(device="cpu")
+    torch.manual_seed(0)
+    for module in model.modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    assert 0.029 < float(model.digits.weight.detach().std()) < 0.031  # 3,456 x 128 draws of std 0.03
+    assert torch.equal(model.digits.bias, torch.full((10, 16), 0.1))
+    assert torch.equal(model.digits.routing.prior, torch.zeros(288, 10))
+    torch.manual_seed(0)
+    layer = capsnet.RoutedCapsules(in_caps=2, in_dim=3, out_caps=2, out_dim=2)
+    torch.manual_seed(0)
+    drawn = layer.weight.clone()
+    layer.reset_parameters()
+    assert torch.equal(layer.weight, drawn)  # the same draw for a seed as when built
+
+
+def test_hooks_see_each_decoder_and_cnn_layers_own_output():
+    """No ReLU in place: Captum and Grad-CAM hook a layer's output and its gradient."""
+    for model, layer in ((create_model("capsnet-tiny"), "decoder.net.0"), (create_model("baseline-cnn-tiny"),
+                                                                          "features.0")):
+        seen, gradients = [], []
+        hooked = model.get_submodule(layer)
+        hooked.register_forward_hook(lambda module, inputs, output: seen.append(output.detach()))  # same storage
+        hooked.register_full_backward_hook(lambda module, grad_in, grad_out: gradients.append(grad_out[0]))
+        output = model(torch.rand(2, 1, 28, 28, requires_grad=True))
+        (output.reconstructions if isinstance(output, CapsNetOutput) else output).sum().backward()
+        assert float(seen[0].min()) < 0 and len(gradients) == 1, layer  # before its ReLU
 
 
 def test_register_model_warns_on_redefinition(own_registry):

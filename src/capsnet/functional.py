@@ -140,7 +140,7 @@ def hits(scores: Tensor, targets: Tensor) -> Tensor:
         >>> hits(torch.tensor([[0.1, 0.9, 0.3], [0.2, 0.1, 0.9]]), torch.tensor([[2, 1], [0, 1]]))  # two objects each
         tensor([ True, False])
     """
-    if scores.dim() != 2 or targets.dim() not in (1, 2) or len(targets) != len(scores):
+    if scores.dim() != 2 or targets.dim() not in (1, 2) or targets.shape[0] != scores.shape[0]:
         raise ValueError(f"expected scores (b, k) and targets (b,) or (b, n), got {tuple(scores.shape)} and "
                          f"{tuple(targets.shape)}")
     check_integer_dtype(targets, "targets")

@@ -31,7 +31,7 @@ def _multi_hot(targets: Tensor, lengths: Tensor) -> Tensor:
             raise ValueError(f"targets of shape (b, k) = ({batch}, {classes}) are read as multi-hot, 0 or 1, got "
                              f"values from {outside[0]} to {outside[1]}; pass k class indices per example as multi-hot")
         return targets.to(lengths.dtype)
-    if targets.dim() in (1, 2) and len(targets) == batch and not targets.is_floating_point() \
+    if targets.dim() in (1, 2) and targets.shape[0] == batch and not targets.is_floating_point() \
             and targets.dtype != torch.bool:
         indices = targets.unsqueeze(1) if targets.dim() == 1 else targets  # (b, n): the n classes of each example
         if values_are_cheap_to_read(indices):

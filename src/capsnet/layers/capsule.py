@@ -68,14 +68,23 @@ class RoutedCapsules(nn.Module):
             )
         sizes = {"in_caps": in_caps, "in_dim": in_dim, "out_caps": out_caps, "out_dim": out_dim}
         self.in_caps, self.in_dim, self.out_caps, self.out_dim = (check_int(v, k, 1) for k, v in sizes.items())
-        check_positive(weight_std, "weight_std")  # W = 0 would leave squash without a gradient
+        self.weight_std = float(check_positive(weight_std, "weight_std"))  # W = 0 would leave squash without a gradient
         factory = {"device": device, "dtype": dtype}
         shape = (self.in_caps, self.out_caps, self.out_dim, self.in_dim)  # the checked ints, whatever type was given
-        self.weight = nn.Parameter(torch.randn(shape, **factory) * weight_std)  # W[i, j]
-        self.bias = nn.Parameter(torch.full((self.out_caps, self.out_dim), BIAS_INIT, **factory)) if bias else None
+        self.weight = nn.Parameter(torch.empty(shape, **factory))  # W[i, j]
+        self.bias = nn.Parameter(torch.empty((self.out_caps, self.out_dim), **factory)) if bias else None
+        self.reset_parameters()
         if routing is not None and (device is not None or dtype is not None):
             routing.to(**factory)  # a routing with parameters of its own (a learned prior) goes where W goes
         self.routing = routing if routing is not None else DynamicRouting()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Draw ``W`` anew, normal with std ``weight_std``, and set the bias to 0.1: what a model built on the meta
+        device (``to_empty``, then ``reset_parameters`` of every module) needs, as torch's own layers."""
+        self.weight.copy_(torch.randn_like(self.weight) * self.weight_std)  # randn * std: the stream of earlier versions
+        if self.bias is not None:
+            self.bias.fill_(BIAS_INIT)
 
     def predictions(self, u: Tensor) -> Tensor:
         """The prediction vectors ``u_hat``: ``(b, in_caps, in_dim)`` -> ``(b, in_caps, out_caps, out_dim)``.

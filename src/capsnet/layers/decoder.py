@@ -60,8 +60,8 @@ class CapsuleDecoder(nn.Module):
         self.in_caps, self.in_dim = int(in_caps), int(in_dim)
         sizes = [in_caps * in_dim, *hidden]
         layers: list[nn.Module] = []
-        for fan_in, fan_out in zip(sizes, sizes[1:]):
-            layers += [nn.Linear(fan_in, fan_out, **factory), nn.ReLU(inplace=True)]
+        for fan_in, fan_out in zip(sizes, sizes[1:]):  # ReLU not in place, so that hooks see each layer's output
+            layers += [nn.Linear(fan_in, fan_out, **factory), nn.ReLU()]
         layers.append(nn.Linear(sizes[-1], out_features, **factory))
         self.net = nn.Sequential(*layers, *([nn.Sigmoid()] if sigmoid else []))
 

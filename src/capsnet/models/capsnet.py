@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._checks import check_image_size, check_int, check_shape
+from .._export import saved_by_name
 from ..functional import capsule_lengths
 from ..layers import WEIGHT_INIT_STD, CapsuleDecoder, PrimaryCapsules, RoutedCapsules
 from ..routing import ROUTING_ITERATIONS, DynamicRouting, Routing, SelfAttentionRouting
@@ -18,6 +19,7 @@ from ..routing import ROUTING_ITERATIONS, DynamicRouting, Routing, SelfAttention
 __all__ = ["CapsNet", "CapsNetOutput", "capsnet_with_self_attention"]
 
 
+@saved_by_name
 class CapsNetOutput(NamedTuple):
     """Everything one forward pass of :class:`CapsNet` computes.
 
@@ -178,7 +180,8 @@ class CapsNet(nn.Module):
         # Several objects per image (MultiMNIST): decode each from its own capsule, in one batched call.
         batch, objects = targets.shape
         copies = poses.unsqueeze(1).expand(batch, objects, *poses.shape[1:]).flatten(0, 1)  # (b * n, j, d)
-        return self.decoder(copies, targets.flatten()).view(batch, objects, -1)  # (b, n, C * H * W)
+        decoded = self.decoder(copies, targets.flatten())  # (b * n, C * H * W)
+        return decoded.view(batch, objects, decoded.shape[-1])  # not -1, which an empty batch leaves undecided
 
 
 def capsnet_with_self_attention(**kwargs: Any) -> CapsNet:

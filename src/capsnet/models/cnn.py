@@ -70,9 +70,9 @@ class BaselineCNN(nn.Module):
         height, width = self.image_size = check_image_size(image_size)
         self.num_classes, self.in_channels = int(num_classes), int(in_channels)
         factory = {"device": device, "dtype": dtype}
-        convs: list[nn.Module] = []
+        convs: list[nn.Module] = []  # ReLUs not in place, so that hooks (Grad-CAM, say) see each layer's output
         for index, (before, after) in enumerate(zip((in_channels, *channels), channels)):
-            convs += [nn.Conv2d(before, after, kernel_size, padding=kernel_size // 2, **factory), nn.ReLU(inplace=True)]
+            convs += [nn.Conv2d(before, after, kernel_size, padding=kernel_size // 2, **factory), nn.ReLU()]
             if index in pool_after:
                 convs.append(nn.MaxPool2d(2))
                 height, width = height // 2, width // 2
@@ -80,7 +80,7 @@ class BaselineCNN(nn.Module):
         widths = (channels[-1] * height * width, *hidden)
         dense: list[nn.Module] = [nn.Flatten()]
         for before, after in zip(widths, hidden):
-            dense += [nn.Linear(before, after, **factory), nn.ReLU(inplace=True)]
+            dense += [nn.Linear(before, after, **factory), nn.ReLU()]
         self.classifier = nn.Sequential(*dense, nn.Dropout(dropout), nn.Linear(widths[-1], num_classes, **factory))
 
     def forward(self, images: Tensor) -> Tensor:

@@ -55,6 +55,12 @@ class SelfAttentionRouting(Routing):
         self.prior = None if in_caps is None else nn.Parameter(torch.zeros(
             check_int(in_caps, "in_caps", 1), check_int(out_caps, "out_caps", 1), device=device, dtype=dtype))
 
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Set the learned prior back to 0 (for a model built on the meta device, as torch's own layers)."""
+        if self.prior is not None:
+            self.prior.zero_()
+
     def route(self, u_hat: Tensor, bias: Tensor | None) -> RoutingOutput:
         if self.prior is not None and self.prior.shape != u_hat.shape[1:3]:
             raise ValueError(f"SelfAttentionRouting has a prior for {tuple(self.prior.shape)} (in_caps, out_caps), "

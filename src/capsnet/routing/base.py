@@ -9,10 +9,12 @@ from typing import Any, NamedTuple, TypeVar
 from torch import Tensor, nn
 
 from .._checks import check_choice, check_shape
+from .._export import saved_by_name
 
 __all__ = ["Routing", "RoutingOutput", "register_routing", "create_routing", "list_routings"]
 
 
+@saved_by_name
 class RoutingOutput(NamedTuple):
     """What a routing algorithm returns; unpacks as ``v, c = routing(u_hat)``.
 
