@@ -263,9 +263,12 @@ def test_load_model_gives_a_runs_trained_model_ready_to_evaluate(tmp_path, share
     assert {p.device.type for p in capsnet.load_model(tmp_path / "run", device="meta").parameters()} == {"meta"}
     checkpoint = load_checkpoint(tmp_path / "run")
     assert checkpoint["model_repr"] == repr(model)
+    save_checkpoint(tmp_path / "inplace.pt", {**checkpoint, "model_repr": checkpoint["model_repr"].replace(
+        "ReLU()", "ReLU(inplace=True)")})  # as saved before 2026-11-29: the same computation
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         capsnet.load_model(tmp_path / "run")  # built as saved: nothing to say
+        capsnet.load_model(tmp_path / "inplace.pt")
     save_checkpoint(tmp_path / "other.pt", {**checkpoint, "model_repr": checkpoint["model_repr"].replace(
         "DynamicRouting(iterations=3", "DynamicRouting(iterations=1")})  # as if saved with routing=DynamicRouting(1)
     with pytest.warns(UserWarning, match=r"other.pt: the model 'capsnet-tiny' is built differently now than when it "

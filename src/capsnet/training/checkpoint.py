@@ -124,13 +124,19 @@ def warn_if_built_differently(model: nn.Module, checkpoint: dict[str, Any], path
     module, say) loads the weights into a model that computes something else. ``stacklevel`` as for
     ``warnings.warn``, counted from the line that calls this function (1)."""
     saved, built = checkpoint.get("model_repr"), repr(model)  # absent in checkpoints saved before 2026-11-29
-    if saved is None or saved == built:
+    if saved is None or _what_it_computes(saved) == _what_it_computes(built):
         return
     change = next((f"{now.strip()} where it had {before.strip()}" for now, before
                    in zip(built.splitlines(), saved.splitlines()) if now != before), "its layers differ")
     warnings.warn(f"{path}: the model {checkpoint['model_name']!r} is built differently now than when it was saved "
                   f"({change}, as their printed forms say); its weights fit, but it may compute something else",
                   stacklevel=stacklevel + 1)
+
+
+def _what_it_computes(printed: str) -> str:
+    """A model's printed form without ``inplace=True``, which changes where a layer writes, not what (the ReLUs of
+    models saved before 2026-11-29 had it)."""
+    return printed.replace("(inplace=True)", "()")
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
