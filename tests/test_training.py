@@ -263,19 +263,22 @@ def test_load_model_gives_a_runs_trained_model_ready_to_evaluate(tmp_path, share
     assert {p.device.type for p in capsnet.load_model(tmp_path / "run", device="meta").parameters()} == {"meta"}
     checkpoint = load_checkpoint(tmp_path / "run")
     assert checkpoint["model_repr"] == repr(model)
-    save_checkpoint(tmp_path / "inplace.pt", {**checkpoint, "model_repr": checkpoint["model_repr"].replace(
-        "ReLU()", "ReLU(inplace=True)")})  # as saved before 2026-11-29: the same computation
+    in_place = checkpoint["model_repr"].replace("ReLU()", "ReLU(inplace=True)")  # as saved by earlier code
+    save_checkpoint(tmp_path / "inplace.pt", {**checkpoint, "model_repr": in_place})  # the same computation
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         capsnet.load_model(tmp_path / "run")  # built as saved: nothing to say
         capsnet.load_model(tmp_path / "inplace.pt")
-    save_checkpoint(tmp_path / "other.pt", {**checkpoint, "model_repr": checkpoint["model_repr"].replace(
+    save_checkpoint(tmp_path / "other.pt", {**checkpoint, "model_repr": in_place.replace(
         "DynamicRouting(iterations=3", "DynamicRouting(iterations=1")})  # as if saved with routing=DynamicRouting(1)
     with pytest.warns(UserWarning, match=r"other.pt: the model 'capsnet-tiny' is built differently now than when it "
                                          r"was saved \(\(routing\): DynamicRouting\(iterations=3, detach_intermediate="
                                          r"True\) where it had \(routing\): DynamicRouting\(iterations=1, ") as caught:
         capsnet.load_model(tmp_path / "other.pt")
     assert [warning.filename for warning in caught] == [__file__]  # the caller's line
+    save_checkpoint(tmp_path / "sigmoid.pt", {**checkpoint, "model_repr": in_place.replace("Sigmoid()", "Identity()")})
+    with pytest.warns(UserWarning, match=r"\(\(5\): Sigmoid\(\) where it had \(5\): Identity\(\), as"):  # not a ReLU
+        capsnet.load_model(tmp_path / "sigmoid.pt")
     save_checkpoint(tmp_path / "renamed.pt", {**checkpoint, "model_name": "capsnet-gone"})
     with pytest.raises(CheckpointError, match=r"holds the model 'capsnet-gone', which is not registered; this version "
                                               r"of capsnet does not define it \(was it written by another version\?\)"):
@@ -645,6 +648,10 @@ def test_settings_of_the_wrong_type_are_refused_not_misread(tmp_path, settings, 
         0.5, 3, 7, str(tmp_path), str(tmp_path / "data"))
     assert [type(value) for value in (config.lr, config.epochs, config.limit_train)] == [float, int, int]
     json.dumps(config.to_dict())  # what config.json will hold
+    with pytest.raises(ValueError, match=r"--model .* must be a string, got PosixPath"):  # a path is not a name
+        TrainConfig(model=tmp_path)
+    with pytest.raises(ValueError, match=r"--data-dir .* must be a path .* got b'/data'"):  # config.json holds no bytes
+        TrainConfig(data_dir=b"/data")
 
 
 def test_zero_or_none_unsets_what_a_quick_runs_config_set(tmp_path):

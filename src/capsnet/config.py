@@ -282,7 +282,7 @@ class TrainConfig:
         NumPy and torch scalars become Python numbers and paths strings, so that ``config.json`` can hold them."""
         for setting in fields(self):
             value = getattr(self, setting.name)
-            kind, _, optional = setting.type.partition(" | ")
+            kind, optional = setting.type.partition(" | ")[0], setting.type.endswith(" | None")
             if value is None and optional:
                 continue
             try:

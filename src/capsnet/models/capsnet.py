@@ -173,7 +173,7 @@ class CapsNet(nn.Module):
         # decoding the label's capsule and the prediction's, say); their shape is checked here, before (b, n)
         # targets are flattened. shape[0], not len(), which would fix the batch size of a torch.export.
         if targets is not None and (targets.dim() not in (1, 2) or targets.shape[0] != poses.shape[0]):
-            raise ValueError(f"expected targets of shape (b,) or (b, n) for b = {len(poses)} images, got "
+            raise ValueError(f"expected targets of shape (b,) or (b, n) for b = {poses.shape[0]} images, got "
                              f"{tuple(targets.shape)}")
         if targets is None or targets.dim() == 1:
             return self.decoder(poses, targets)  # (b, C * H * W)

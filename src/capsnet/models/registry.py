@@ -17,7 +17,8 @@ if TYPE_CHECKING:  # for the types of create_model only: the registry itself sta
     from .capsnet import CapsNet
     from .cnn import BaselineCNN
 
-__all__ = ["register_model", "create_model", "list_models", "is_capsule_model", "registered_default", "registering_module"]
+__all__ = ["register_model", "create_model", "list_models", "is_capsule_model", "registered_default", "registering_module",
+           "CapsNetName", "BaselineCNNName"]
 
 # The built-in names (registered in capsnet.models), so that a type checker knows what create_model builds them as;
 # a name registered again with another builder keeps its overload (register_model warns).
@@ -64,10 +65,16 @@ def register_model(
 
 @overload
 def create_model(name: CapsNetName, **overrides: Any) -> CapsNet: ...
+
+
 @overload
 def create_model(name: BaselineCNNName, **overrides: Any) -> BaselineCNN: ...
+
+
 @overload
 def create_model(name: str, **overrides: Any) -> nn.Module: ...
+
+
 def create_model(name: str, **overrides: Any) -> nn.Module:
     """Build a registered model; keyword ``overrides`` replace the config's values (``None`` ones are ignored,
     so unset command-line flags keep the config's defaults).

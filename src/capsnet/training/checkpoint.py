@@ -123,8 +123,11 @@ def warn_if_built_differently(model: nn.Module, checkpoint: dict[str, Any], path
     ``repr``): a name registered again with other settings that keep the weights' shapes (another routing
     module, say) loads the weights into a model that computes something else. ``stacklevel`` as for
     ``warnings.warn``, counted from the line that calls this function (1)."""
-    saved, built = checkpoint.get("model_repr"), repr(model)  # absent in checkpoints saved before 2026-11-29
-    if saved is None or _what_it_computes(saved) == _what_it_computes(built):
+    saved = checkpoint.get("model_repr")  # absent in checkpoints saved before 2026-11-29
+    if saved is None:
+        return
+    saved, built = _what_it_computes(saved), _what_it_computes(repr(model))
+    if saved == built:
         return
     change = next((f"{now.strip()} where it had {before.strip()}" for now, before
                    in zip(built.splitlines(), saved.splitlines()) if now != before), "its layers differ")
@@ -134,8 +137,8 @@ def warn_if_built_differently(model: nn.Module, checkpoint: dict[str, Any], path
 
 
 def _what_it_computes(printed: str) -> str:
-    """A model's printed form without ``inplace=True``, which changes where a layer writes, not what (the ReLUs of
-    models saved before 2026-11-29 had it)."""
+    """A model's printed form without ``inplace=True``, which changes where a layer writes, not what (the decoder's
+    and BaselineCNN's ReLUs had it in checkpoints saved before the CHANGELOG's entry on hooks)."""
     return printed.replace("(inplace=True)", "()")
 
 
