@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -69,7 +71,7 @@ class RoutedCapsules(nn.Module):
         sizes = {"in_caps": in_caps, "in_dim": in_dim, "out_caps": out_caps, "out_dim": out_dim}
         self.in_caps, self.in_dim, self.out_caps, self.out_dim = (check_int(v, k, 1) for k, v in sizes.items())
         self.weight_std = float(check_positive(weight_std, "weight_std"))  # W = 0 would leave squash without a gradient
-        factory = {"device": device, "dtype": dtype}
+        factory: dict[str, Any] = {"device": device, "dtype": dtype}
         shape = (self.in_caps, self.out_caps, self.out_dim, self.in_dim)  # the checked ints, whatever type was given
         self.weight = nn.Parameter(torch.empty(shape, **factory))  # W[i, j]
         self.bias = nn.Parameter(torch.empty((self.out_caps, self.out_dim), **factory)) if bias else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -52,10 +53,9 @@ class CapsuleDecoder(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        factory = {"device": device, "dtype": dtype}
-        sizes = [("in_caps", in_caps), ("in_dim", in_dim), ("out_features", out_features),
-                 *(("hidden", h) for h in hidden)]
-        for name, size in sizes:
+        factory: dict[str, Any] = {"device": device, "dtype": dtype}
+        for name, size in [("in_caps", in_caps), ("in_dim", in_dim), ("out_features", out_features),
+                           *(("hidden", h) for h in hidden)]:
             check_int(size, name, 1)
         self.in_caps, self.in_dim = int(in_caps), int(in_dim)
         sizes = [in_caps * in_dim, *hidden]

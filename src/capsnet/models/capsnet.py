@@ -98,7 +98,7 @@ class CapsNet(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        factory = {"device": device, "dtype": dtype}
+        factory: dict[str, Any] = {"device": device, "dtype": dtype}
         sizes = {"num_classes": num_classes, "in_channels": in_channels, "conv_channels": conv_channels,
                  "primary_types": primary_types, "primary_dim": primary_dim, "out_dim": out_dim}
         for name, size in sizes.items():

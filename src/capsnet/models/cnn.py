@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -69,7 +70,7 @@ class BaselineCNN(nn.Module):
                              f"{tuple(pool_after)}")
         height, width = self.image_size = check_image_size(image_size)
         self.num_classes, self.in_channels = int(num_classes), int(in_channels)
-        factory = {"device": device, "dtype": dtype}
+        factory: dict[str, Any] = {"device": device, "dtype": dtype}
         convs: list[nn.Module] = []  # ReLUs not in place, so that hooks (Grad-CAM, say) see each layer's output
         for index, (before, after) in enumerate(zip((in_channels, *channels), channels)):
             convs += [nn.Conv2d(before, after, kernel_size, padding=kernel_size // 2, **factory), nn.ReLU()]
