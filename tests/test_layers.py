@@ -79,6 +79,10 @@ def test_routed_capsules_rejects_wrong_input():
     layer = RoutedCapsules(in_caps=1152, in_dim=8, out_caps=10, out_dim=16)
     with pytest.raises(ValueError, match=r"expected u of shape \(b, in_caps, in_dim\) = \(\*, 1152, 8\), got \(2, 1152, 16\)"):
         layer(torch.randn(2, 1152, 16))
+    with pytest.raises(TypeError, match="u is torch.float64 but the weights W of RoutedCapsules are torch.float32"):
+        layer(torch.randn(2, 1152, 8, dtype=torch.float64))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 capsules from the layers before, cast with W
+        assert layer(torch.randn(2, 1152, 8, dtype=torch.bfloat16)).poses.shape == (2, 10, 16)
 
 
 def test_routed_capsules_constructor_is_keyword_only():

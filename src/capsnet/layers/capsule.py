@@ -95,6 +95,9 @@ class RoutedCapsules(nn.Module):
         example; the result is a view of ``(in_caps, b, out_caps, out_dim)`` storage.
         """
         check_shape(u, "u", "(b, in_caps, in_dim)", 3, (None, self.in_caps, self.in_dim))
+        if u.dtype != self.weight.dtype and not torch.is_autocast_enabled(u.device.type):  # autocast casts both
+            raise TypeError(f"u is {u.dtype} but the weights W of RoutedCapsules are {self.weight.dtype}: convert the "
+                            f"input, or the layer with .to(dtype)")
         batch = u.shape[0]
         # reshape, not view: model.to(memory_format=torch.channels_last) also re-lays this 4-D weight out
         weight = self.weight.reshape(self.in_caps, self.out_caps * self.out_dim, self.in_dim)
